@@ -1,0 +1,132 @@
+"""The Whisper audio encoder as data: its dimensions and its float32 weights.
+
+Nothing here knows how the weights were stored (see :mod:`aiowhisper_npu.ct2_format`,
+:mod:`aiowhisper_npu.hf_format`) or how they are run (see :mod:`aiowhisper_npu.kernels`).
+Linear and convolution weights keep PyTorch's ``(out, in[, k])`` layout; devices re-lay them out once when
+they make them resident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+
+__all__ = ["ModelDimensions", "BlockWeights", "EncoderWeights", "WhisperModel"]
+
+
+@dataclass(frozen=True)
+class ModelDimensions:
+    """Every size of the audio encoder, read from the weights themselves."""
+
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_audio_state // self.n_audio_head
+
+    @property
+    def n_mlp(self) -> int:
+        return 4 * self.n_audio_state
+
+
+@dataclass(frozen=True, eq=False)
+class BlockWeights:
+    """One pre-LN residual attention block. ``qkv_w`` is Q, K and V stacked on the output axis."""
+
+    attn_ln_w: np.ndarray  # (d,)
+    attn_ln_b: np.ndarray  # (d,)
+    qkv_w: np.ndarray  # (3d, d)
+    qkv_b: np.ndarray  # (3d,) -- the key part is zero in Whisper
+    out_w: np.ndarray  # (d, d)
+    out_b: np.ndarray  # (d,)
+    mlp_ln_w: np.ndarray  # (d,)
+    mlp_ln_b: np.ndarray  # (d,)
+    fc1_w: np.ndarray  # (4d, d)
+    fc1_b: np.ndarray  # (4d,)
+    fc2_w: np.ndarray  # (d, 4d)
+    fc2_b: np.ndarray  # (d,)
+
+
+@dataclass(frozen=True, eq=False)
+class EncoderWeights:
+    conv1_w: np.ndarray  # (d, n_mels, 3)
+    conv1_b: np.ndarray  # (d,)
+    conv2_w: np.ndarray  # (d, d, 3)
+    conv2_b: np.ndarray  # (d,)
+    positional_embedding: np.ndarray  # (n_ctx, d)
+    blocks: tuple[BlockWeights, ...]
+    ln_post_w: np.ndarray  # (d,)
+    ln_post_b: np.ndarray  # (d,)
+
+    def dims(self, n_head: int | None = None) -> ModelDimensions:
+        """Derive the dimensions from the arrays; ``n_head`` comes from metadata (default: head size 64)."""
+        d, n_mels, k = self.conv1_w.shape
+        if k != 3 or self.conv2_w.shape != (d, d, 3):
+            raise ModelError(f"unexpected conv shapes {self.conv1_w.shape}, {self.conv2_w.shape}")
+        n_ctx = self.positional_embedding.shape[0]
+        heads = n_head if n_head is not None else max(1, d // 64)
+        if d % heads:
+            raise ModelError(f"d_model {d} is not divisible by {heads} heads")
+        return ModelDimensions(n_mels, n_ctx, d, heads, len(self.blocks))
+
+    def validate(self, dims: ModelDimensions) -> None:
+        """Check every array's shape and dtype against ``dims`` and that all values are finite."""
+        d, f = dims.n_audio_state, dims.n_mlp
+        expected: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {
+            "conv1.weight": (self.conv1_w, (d, dims.n_mels, 3)),
+            "conv1.bias": (self.conv1_b, (d,)),
+            "conv2.weight": (self.conv2_w, (d, d, 3)),
+            "conv2.bias": (self.conv2_b, (d,)),
+            "positional_embedding": (self.positional_embedding, (dims.n_audio_ctx, d)),
+            "ln_post.weight": (self.ln_post_w, (d,)),
+            "ln_post.bias": (self.ln_post_b, (d,)),
+        }
+        for i, b in enumerate(self.blocks):
+            for name, arr, shape in (
+                ("attn_ln.weight", b.attn_ln_w, (d,)),
+                ("attn_ln.bias", b.attn_ln_b, (d,)),
+                ("attn.qkv.weight", b.qkv_w, (3 * d, d)),
+                ("attn.qkv.bias", b.qkv_b, (3 * d,)),
+                ("attn.out.weight", b.out_w, (d, d)),
+                ("attn.out.bias", b.out_b, (d,)),
+                ("mlp_ln.weight", b.mlp_ln_w, (d,)),
+                ("mlp_ln.bias", b.mlp_ln_b, (d,)),
+                ("mlp.0.weight", b.fc1_w, (f, d)),
+                ("mlp.0.bias", b.fc1_b, (f,)),
+                ("mlp.2.weight", b.fc2_w, (d, f)),
+                ("mlp.2.bias", b.fc2_b, (d,)),
+            ):
+                expected[f"blocks.{i}.{name}"] = (arr, shape)
+        for name, (arr, shape) in expected.items():
+            if arr.shape != shape:
+                raise ModelError(f"weight {name} has shape {arr.shape}, expected {shape}")
+            if arr.dtype != np.float32:
+                raise ModelError(f"weight {name} has dtype {arr.dtype}, expected float32")
+            if not np.isfinite(arr).all():
+                raise ModelError(f"weight {name} holds NaN or inf values: the model file is corrupt")
+
+
+@dataclass(frozen=True, eq=False)
+class WhisperModel:
+    """A loaded Whisper audio encoder: what :func:`aiowhisper_npu.load_model` returns."""
+
+    name: str
+    path: Path
+    dims: ModelDimensions
+    weights: EncoderWeights
+    format: str  # "ctranslate2" or "huggingface"
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return (
+            f"WhisperModel(name={self.name!r}, d_model={d.n_audio_state}, layers={d.n_audio_layer}, "
+            f"heads={d.n_audio_head}, n_mels={d.n_mels}, format={self.format!r})"
+        )
