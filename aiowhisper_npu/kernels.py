@@ -1,0 +1,211 @@
+"""The Whisper encoder as numpy tile kernels (fp32).
+
+Each kernel computes one *row tile* (encoder positions ``r0:r1``) of one op and writes into arrays it is
+given, so a device can run it on its own buffers. Nothing here knows about asyncio, slots or devices:
+
+- ``stem``: conv1 + GELU, conv2 (stride 2) + GELU, + positional embedding, from a slab of mel frames;
+- ``qkv``: pre-attention layer norm and the fused Q/K/V projection. Q, K and V go to the per-window
+  ``qkv`` tensor as ``(3, heads, T, head_dim)``; Q is pre-scaled by ``head_dim ** -0.5``;
+- ``attn_mlp``: attention of the tile's queries against all keys, output projection, residual, the MLP
+  block (layer norm, fc1, exact-erf GELU, fc2), residual, and for the last block ``ln_post``.
+
+Layer-norm scales are folded into the following linear layer once, when the weights are prepared
+(:func:`prepare_weights`); that and the Q scaling change rounding only, well inside the 1e-3 tolerance
+against CTranslate2. Given the same inputs and the same tile size, every kernel is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .model import EncoderWeights, ModelDimensions
+
+__all__ = ["LN_EPS", "prepare_weights", "Workspace", "gelu_", "stem", "qkv", "attn_mlp", "OPS"]
+
+LN_EPS = 1e-5
+_SQRT1_2 = np.float32(0.7071067811865476)
+
+# Rational approximation of erf on [-4, 4] (the float32 form used by Eigen and XLA; a few ulp from the true
+# erf, far below the fp32 rounding of the GEMMs around it). Coefficients are pre-halved so the kernel
+# evaluates 0.5 * erf(t) directly.
+_ERF_ALPHA = tuple(np.float32(0.5 * c) for c in (
+    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+    -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02,
+))
+_ERF_BETA = tuple(np.float32(c) for c in (
+    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+    -1.42647390514189e-02,
+))
+
+
+def prepare_weights(w: EncoderWeights, dims: ModelDimensions) -> dict[str, np.ndarray]:
+    """Lay the weights out for the kernels: ``(in, out)`` matrices, LN scales folded in, Q pre-scaled.
+
+    The result is what a device keeps resident. Keys: ``conv1_w (3*n_mels, d)``, ``conv1_b``, ``conv2_w
+    (3d, d)``, ``conv2_b``, ``pos (T, d)``, then per block ``{i}.qkv_w (d, 3d)``, ``{i}.qkv_b``, ``{i}.out_w``,
+    ``{i}.out_b``, ``{i}.fc1_w``, ``{i}.fc1_b``, ``{i}.fc2_w``, ``{i}.fc2_b``, and ``ln_post_w``, ``ln_post_b``.
+    """
+    d = dims.n_audio_state
+    q_scale = np.float64(dims.head_dim) ** -0.5
+    f64 = np.float64
+    r: dict[str, np.ndarray] = {
+        "conv1_w": w.conv1_w.transpose(2, 1, 0).reshape(3 * dims.n_mels, d),
+        "conv1_b": w.conv1_b,
+        "conv2_w": w.conv2_w.transpose(2, 1, 0).reshape(3 * d, d),
+        "conv2_b": w.conv2_b,
+        "pos": w.positional_embedding,
+        "ln_post_w": w.ln_post_w,
+        "ln_post_b": w.ln_post_b,
+    }
+    for i, b in enumerate(w.blocks):
+        qkv_w = b.qkv_w.T.astype(f64) * b.attn_ln_w.astype(f64)[:, None]  # (d, 3d), LN gamma folded
+        qkv_b = b.qkv_b.astype(f64) + b.attn_ln_b.astype(f64) @ b.qkv_w.T.astype(f64)
+        qkv_w[:, :d] *= q_scale
+        qkv_b[:d] *= q_scale
+        fc1_w = b.fc1_w.T.astype(f64) * b.mlp_ln_w.astype(f64)[:, None]
+        fc1_b = b.fc1_b.astype(f64) + b.mlp_ln_b.astype(f64) @ b.fc1_w.T.astype(f64)
+        r[f"{i}.qkv_w"], r[f"{i}.qkv_b"] = qkv_w, qkv_b
+        r[f"{i}.out_w"], r[f"{i}.out_b"] = b.out_w.T, b.out_b
+        r[f"{i}.fc1_w"], r[f"{i}.fc1_b"] = fc1_w, fc1_b
+        r[f"{i}.fc2_w"], r[f"{i}.fc2_b"] = b.fc2_w.T, b.fc2_b
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in r.items()}
+
+
+@dataclass
+class Workspace:
+    """Scratch arrays for one kernel worker, sized for the largest tile; reused to avoid page faults."""
+
+    dims: ModelDimensions
+    tile_rows: int
+
+    def __post_init__(self) -> None:
+        d, n, t, h = self.dims.n_audio_state, self.tile_rows, self.dims.n_audio_ctx, self.dims.n_audio_head
+        self.conv1 = np.empty((2 * n + 1, d), np.float32)
+        self.cols = np.empty((2 * n + 1, 3 * max(d, self.dims.n_mels)), np.float32)
+        self.ln = np.empty((n, d), np.float32)
+        self.qkv = np.empty((n, 3 * d), np.float32)
+        self.scores = np.empty((h, n, t), np.float32)
+        self.rowvec = np.empty((h, n, 1), np.float32)
+        self.heads = np.empty((h, n, self.dims.head_dim), np.float32)
+        self.proj = np.empty((n, d), np.float32)
+        self.mlp = np.empty((n, self.dims.n_mlp), np.float32)
+        self.gelu = np.empty(3 * max((2 * n + 1) * d, n * self.dims.n_mlp), np.float32)
+
+
+def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """In-place exact (erf) GELU, ``x * 0.5 * (1 + erf(x / sqrt(2)))``.
+
+    ``scratch`` is a flat float32 array of at least ``3 * x.size`` elements (no allocation per call).
+    """
+    t, x2, p = (scratch[i * x.size : (i + 1) * x.size].reshape(x.shape) for i in range(3))
+    np.multiply(x, _SQRT1_2, out=t)
+    np.clip(t, -4.0, 4.0, out=t)
+    np.multiply(t, t, out=x2)
+    np.multiply(x2, _ERF_ALPHA[0], out=p)
+    for c in _ERF_ALPHA[1:-1]:
+        p += c
+        p *= x2
+    p += _ERF_ALPHA[-1]
+    p *= t  # 0.5 * numerator; t is free from here on
+    q = np.multiply(x2, _ERF_BETA[0], out=t)
+    for c in _ERF_BETA[1:-1]:
+        q += c
+        q *= x2
+    q += _ERF_BETA[-1]
+    p /= q  # 0.5 * erf(x / sqrt(2))
+    p += np.float32(0.5)
+    x *= p
+    return x
+
+
+def _layer_norm(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Normalise rows of ``x`` into ``out`` (no affine part: it is folded into the next linear layer)."""
+    mean = x.mean(axis=1, keepdims=True)
+    np.subtract(x, mean, out=out)
+    var = np.einsum("ij,ij->i", out, out)[:, None]
+    var *= np.float32(1.0 / x.shape[1])
+    var += np.float32(LN_EPS)
+    np.sqrt(var, out=var)
+    out /= var
+    return out
+
+
+def _layer_norm_affine(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    _layer_norm(x, out)
+    out *= w
+    out += b
+    return out
+
+
+def stem(res: Mapping[str, np.ndarray], ws: Workspace, slab: np.ndarray, r0: int, out: np.ndarray) -> None:
+    """conv1+GELU, conv2+GELU, + positions for rows ``r0:r0+n``.
+
+    ``slab`` is ``(2n+3, n_mels)``: mel frames ``2*r0-2 .. 2*(r0+n)`` with zeros outside the window.
+    """
+    n = out.shape[0]
+    m = slab.shape[1]
+    f = 2 * n + 1  # conv1 frames 2*r0-1 .. 2*r0+2n-1
+    cols = ws.cols[:f, : 3 * m]
+    cols[:, :m], cols[:, m : 2 * m], cols[:, 2 * m :] = slab[0:f], slab[1 : f + 1], slab[2 : f + 2]
+    h = np.matmul(cols, res["conv1_w"], out=ws.conv1[:f])
+    h += res["conv1_b"]
+    gelu_(h, ws.gelu)
+    if r0 == 0:
+        h[0] = 0.0  # conv2's zero padding: conv1 frame -1 does not exist
+    d = h.shape[1]
+    cols2 = ws.cols[:n, : 3 * d]
+    cols2[:, :d], cols2[:, d : 2 * d], cols2[:, 2 * d :] = h[0 : f - 2 : 2], h[1 : f - 1 : 2], h[2:f:2]
+    np.matmul(cols2, res["conv2_w"], out=out)
+    out += res["conv2_b"]
+    gelu_(out, ws.gelu)
+    out += res["pos"][r0 : r0 + n]
+
+
+def qkv(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray, r0: int,
+        qkv_out: np.ndarray) -> None:
+    """Layer norm + fused Q/K/V projection for rows ``r0:r0+n``, into ``qkv_out (3, H, T, hd)``."""
+    n = x.shape[0]
+    ln = _layer_norm(x, ws.ln[:n])
+    y = np.matmul(ln, res[f"{layer}.qkv_w"], out=ws.qkv[:n])
+    y += res[f"{layer}.qkv_b"]
+    _, h, _, hd = qkv_out.shape
+    qkv_out[:, :, r0 : r0 + n, :] = y.reshape(n, 3, h, hd).transpose(1, 2, 0, 3)
+
+
+def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray, r0: int,
+             qkv_in: np.ndarray, out: np.ndarray, final: bool) -> None:
+    """Self-attention for rows ``r0:r0+n`` against all positions, then the MLP block; ``final`` adds ln_post."""
+    n, d = x.shape
+    q, k, v = qkv_in[0, :, r0 : r0 + n], qkv_in[1], qkv_in[2]
+    h = q.shape[0]
+    s = np.matmul(q, k.transpose(0, 2, 1), out=ws.scores[:, :n])  # (H, n, T)
+    mx = np.max(s, axis=2, keepdims=True, out=ws.rowvec[:, :n])
+    s -= mx
+    np.exp(s, out=s)
+    denom = np.sum(s, axis=2, keepdims=True, out=ws.rowvec[:, :n])
+    heads = np.matmul(s, v, out=ws.heads[:, :n])  # (H, n, hd)
+    heads /= denom
+    merged = ws.ln[:n]
+    merged.reshape(n, h, -1)[...] = heads.transpose(1, 0, 2)
+    x1 = np.matmul(merged, res[f"{layer}.out_w"], out=ws.proj[:n])
+    x1 += res[f"{layer}.out_b"]
+    x1 += x  # residual
+    ln = _layer_norm(x1, ws.ln[:n])
+    hid = np.matmul(ln, res[f"{layer}.fc1_w"], out=ws.mlp[:n])
+    hid += res[f"{layer}.fc1_b"]
+    gelu_(hid, ws.gelu)
+    if final:
+        y = np.matmul(hid, res[f"{layer}.fc2_w"], out=ws.qkv[:n, :d])
+        y += res[f"{layer}.fc2_b"]
+        y += x1
+        _layer_norm_affine(y, res["ln_post_w"], res["ln_post_b"], out)
+    else:
+        np.matmul(hid, res[f"{layer}.fc2_w"], out=out)
+        out += res[f"{layer}.fc2_b"]
+        out += x1
+
+
+OPS = ("stem", "qkv", "attn_mlp")
