@@ -1,0 +1,27 @@
+"""Devices behind one small protocol (:mod:`.base`): ``cpu``, ``xrt`` (real NPU) and ``sim`` (stand-in)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BackendUnavailable
+from .base import ALIGN, BufferView, Device, DeviceBuffer, Run, aligned_empty
+from .cpu import CpuDevice
+
+__all__ = ["ALIGN", "BACKENDS", "BufferView", "CpuDevice", "Device", "DeviceBuffer", "Run", "aligned_empty",
+           "make_device"]
+
+BACKENDS = ("cpu", "sim", "xrt")
+
+
+def make_device(backend: str, *, lanes: int = 1, **options: Any) -> Device:
+    """Build the device for ``backend``. Raises :class:`BackendUnavailable` when it cannot run here."""
+    if backend == "cpu":
+        return CpuDevice(lanes, **options)
+    if backend in ("xrt", "sim"):
+        try:
+            from .xrt import make_xrt_device
+        except ImportError as exc:  # the xrt backend module itself is missing from this build
+            raise BackendUnavailable(f"backend {backend!r} is not available in this build: {exc}") from exc
+        return make_xrt_device(backend, lanes=lanes, **options)
+    raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

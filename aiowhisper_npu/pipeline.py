@@ -1,0 +1,368 @@
+"""A bounded, staged, asynchronous tile pipeline: host prep -> to-device -> kernel -> from-device.
+
+The pipeline knows tiles, jobs and the device protocol; it knows nothing about Whisper. Stages are anyio
+tasks joined by bounded memory object streams. A tile holds one slot of the :class:`~.pool.BufferPool`
+from host prep until its outputs are committed, so the pool size is the pipeline depth: the most tiles in
+flight. ``depth=1`` is the fully serial baseline (write, wait, run, wait, read, wait).
+
+Scheduling: a tile becomes ready when its dependencies have completed. Ready tiles are taken round-robin
+across requests (owners), then from the earliest job and lowest tile index within a request, so a
+dependency barrier in one job never drains the device while other jobs have work. At most
+``max_active_jobs`` jobs hold job-scoped device tensors at once; the rest wait their turn.
+
+Kernel waits run in worker threads (``Device.wait`` is GIL-friendly by contract); copies and host prep are
+short and run on the loop. A failing tile fails only its own request; the pipeline keeps serving.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .devices.base import BufferView, Device
+from .errors import AiowhisperError, DeviceError
+from .pool import BufferPool, Slot
+from .stats import StageEvent, StatsRecorder
+from .tiles import Job, Tile
+
+__all__ = ["Pipeline"]
+
+_now = time.perf_counter
+
+
+@dataclass(eq=False)
+class _JobState:
+    id: int
+    job: Job
+    owner: Hashable
+    recorders: list[StatsRecorder]
+    dependents: list[list[int]]
+    remaining: list[int] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)  # heap of tile indices
+    done_tiles: int = 0
+    in_flight: int = 0
+    tensors: dict[str, BufferView] = field(default_factory=dict)
+    error: BaseException | None = None
+    dead: bool = False
+    active: bool = False
+    finished: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(eq=False)
+class _Item:
+    st: _JobState
+    tile: Tile
+    slot: Slot
+    t_prep: float
+    run: Any = None
+
+
+class Pipeline:
+    """Runs jobs' tiles through the staged pipeline. Start it with ``await task_group.start(p.serve)``."""
+
+    def __init__(self, device: Device, pool: BufferPool, *, lanes: int | None = None,
+                 max_active_jobs: int = 4, history: int | None = 50_000):
+        self.device = device
+        self.pool = pool
+        self.depth = pool.slots
+        self.lanes = lanes or device.lanes
+        self.max_active_jobs = max(1, max_active_jobs)
+        self.stats = StatsRecorder(max_events=history)
+        self._ids = itertools.count()
+        self._owners: deque[Hashable] = deque()  # round-robin order of owners with active jobs
+        self._active: dict[Hashable, list[_JobState]] = {}
+        self._pending: deque[_JobState] = deque()
+        self._wake = anyio.Event()
+        self._upstream = 0  # tiles taken for prep and not yet received by a kernel lane
+        self._limiter = anyio.CapacityLimiter(self.lanes)
+        self._dependents: dict[int, tuple[Sequence[Tile], list[list[int]]]] = {}
+        self._serving = False
+        self._closed = False
+        self._busy_since: float | None = None
+
+    # -- public ---------------------------------------------------------------------------------------
+    async def run(self, jobs: Sequence[Job], recorder: StatsRecorder | None = None,
+                  owner: Hashable | None = None) -> None:
+        """Run ``jobs`` to completion. Cancelling this call drains the jobs' in-flight tiles, then re-raises."""
+        if self._closed or not self._serving:
+            raise RuntimeError("pipeline is not running (use the runtime as 'async with')")
+        owner = owner if owner is not None else object()
+        recs = [self.stats] + ([recorder] if recorder is not None else [])
+        states = [self._submit(j, owner, recs) for j in jobs]
+        t0 = _now()
+        try:
+            for st in states:
+                await st.done.wait()
+                if st.error is not None:
+                    raise st.error
+        except BaseException:
+            for st in states:
+                self._kill(st, None)
+            with anyio.CancelScope(shield=True):
+                for st in states:
+                    await st.done.wait()
+            raise
+        finally:
+            if recorder is not None:
+                recorder.wall_s += _now() - t0
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the stages until cancelled; then fail whatever is still queued."""
+        send1, recv1 = anyio.create_memory_object_stream[_Item](self.depth)
+        send2, recv2 = anyio.create_memory_object_stream[_Item](self.depth)
+        send3, recv3 = anyio.create_memory_object_stream[_Item](self.depth)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._prep_stage, send1)
+                tg.start_soon(self._to_device_stage, recv1, send2)
+                for lane in range(self.lanes):
+                    tg.start_soon(self._kernel_stage, lane, recv2.clone(), send3.clone())
+                recv2.close()
+                send3.close()
+                tg.start_soon(self._from_device_stage, recv3)
+                self._serving = True
+                task_status.started()
+        finally:
+            self._serving = False
+            self._closed = True
+            for s in (send1, recv1, send2, recv2, send3, recv3):
+                s.close()
+            err = RuntimeError("the runtime was closed while this request was running")
+            for st in [*self._pending, *itertools.chain.from_iterable(self._active.values())]:
+                st.error = st.error or err
+                st.dead = True
+                self._finish(st, force=True)
+
+    # -- scheduling -----------------------------------------------------------------------------------
+    def _deps(self, tiles: Sequence[Tile]) -> list[list[int]]:
+        hit = self._dependents.get(id(tiles))
+        if hit is not None and hit[0] is tiles:
+            return hit[1]
+        dependents: list[list[int]] = [[] for _ in tiles]
+        for t in tiles:
+            for d in t.deps:
+                dependents[d].append(t.index)
+        self._dependents[id(tiles)] = (tiles, dependents)
+        return dependents
+
+    def _submit(self, job: Job, owner: Hashable, recs: list[StatsRecorder]) -> _JobState:
+        st = _JobState(next(self._ids), job, owner, recs, self._deps(job.tiles))
+        self._pending.append(st)
+        self._activate()
+        return st
+
+    def _n_active(self) -> int:
+        return sum(len(v) for v in self._active.values())
+
+    def _activate(self) -> None:
+        while self._pending and self._n_active() < self.max_active_jobs:
+            # prefer an owner with no active job, so a long request cannot monopolise activation
+            pick = next((s for s in self._pending if s.owner not in self._active), self._pending[0])
+            self._pending.remove(pick)
+            try:
+                pick.tensors = {name: BufferView(self.device.alloc(spec.nbytes), spec)
+                                for name, spec in pick.job.tensor_specs.items()}
+            except BaseException as exc:
+                pick.error = exc
+                pick.dead = True
+                self._finish(pick, force=True)
+                continue
+            tiles = pick.job.tiles
+            pick.remaining = [len(t.deps) for t in tiles]
+            pick.ready = [t.index for t in tiles if not t.deps]
+            heapq.heapify(pick.ready)
+            pick.active = True
+            if self._busy_since is None:
+                self._busy_since = _now()
+            if pick.owner not in self._active:
+                self._active[pick.owner] = []
+                self._owners.append(pick.owner)
+            self._active[pick.owner].append(pick)
+            if not tiles:
+                self._finish(pick)
+        self._wake.set()
+
+    def _pop_ready(self) -> tuple[_JobState, Tile] | None:
+        for _ in range(len(self._owners)):
+            owner = self._owners[0]
+            self._owners.rotate(-1)
+            for st in self._active[owner]:
+                if st.ready and not st.dead:
+                    return st, st.job.tiles[heapq.heappop(st.ready)]
+        return None
+
+    def _ready_total(self) -> int:
+        return sum(len(st.ready) for sts in self._active.values() for st in sts if not st.dead)
+
+    def _kill(self, st: _JobState, error: BaseException | None) -> None:
+        """Stop scheduling ``st``: it fails with ``error`` (or was cancelled) once its in-flight tiles drain."""
+        if st.finished:
+            return
+        if error is not None and st.error is None:
+            st.error = error
+        st.dead = True
+        st.ready.clear()
+        if st in self._pending:
+            self._pending.remove(st)
+            self._finish(st, force=True)
+        elif st.in_flight == 0:
+            self._finish(st, force=True)
+
+    def _finish(self, st: _JobState, force: bool = False) -> None:
+        if st.finished:
+            return
+        st.finished = True
+        for view in st.tensors.values():
+            self.device.free(view.buffer)
+        st.tensors = {}
+        if st.active:
+            sts = self._active[st.owner]
+            sts.remove(st)
+            if not sts:
+                del self._active[st.owner]
+                self._owners.remove(st.owner)
+            if not self._active and self._busy_since is not None:
+                self.stats.wall_s += _now() - self._busy_since  # cumulative: time with work in flight
+                self._busy_since = None
+        st.done.set()
+        if not self._closed:
+            self._activate()
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def _record(self, st: _JobState, tile: Tile, stage: str, lane: int, t0: float, t1: float) -> None:
+        ev = StageEvent(st.id, tile.index, tile.op, stage, lane, t0, t1)
+        for r in st.recorders:
+            r.event(ev)
+
+    def _queue(self, st: _JobState, name: str, stream: MemoryObjectSendStream[_Item]) -> None:
+        s = stream.statistics()
+        for r in st.recorders:
+            r.queue(name, s.current_buffer_used, self.depth)
+
+    async def _prep_stage(self, send: MemoryObjectSendStream[_Item]) -> None:
+        async with send:
+            while True:
+                picked = self._pop_ready()
+                if picked is None:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    continue
+                st, tile = picked
+                self._upstream += 1
+                st.in_flight += 1
+                slot = await self.pool.acquire()
+                t0 = _now()
+                if not st.dead:
+                    try:
+                        st.job.prepare(tile, slot.host_inputs(tile))
+                    except Exception as exc:
+                        exc.add_note(f"while preparing tile {tile.label or tile.index} ({tile.op})")
+                        self._kill(st, exc)
+                self._record(st, tile, "host_prep", 0, t0, _now())
+                await send.send(_Item(st, tile, slot, t0))
+                self._queue(st, "to_device", send)
+
+    async def _to_device_stage(self, recv: MemoryObjectReceiveStream[_Item],
+                               send: MemoryObjectSendStream[_Item]) -> None:
+        async with recv, send:
+            async for item in recv:
+                st, tile, slot = item.st, item.tile, item.slot
+                if not st.dead:
+                    t0 = _now()
+                    try:
+                        for dst, src in zip(slot.device_inputs(tile), slot.host_inputs(tile)):
+                            self.device.to_device(dst, src)
+                    except Exception as exc:
+                        self._kill(st, _device_error(exc, self.device, tile, "copy to device"))
+                    self._record(st, tile, "to_device", 0, t0, _now())
+                await send.send(item)
+                self._queue(st, "kernel", send)
+
+    async def _kernel_stage(self, lane: int, recv: MemoryObjectReceiveStream[_Item],
+                            send: MemoryObjectSendStream[_Item]) -> None:
+        async with recv, send:
+            while True:
+                idle_since, stall = None, False
+                if recv.statistics().current_buffer_used == 0:
+                    idle_since = _now()
+                    stall = self._upstream > 0 or self._ready_total() > 0
+                    busy = stall or self._n_active() > 0
+                    if not busy:
+                        idle_since = None
+                try:
+                    item = await recv.receive()
+                except anyio.EndOfStream:
+                    return
+                self._upstream -= 1
+                st, tile, slot = item.st, item.tile, item.slot
+                if idle_since is not None:
+                    for r in st.recorders:
+                        r.idle(_now() - idle_since, stall)
+                if not st.dead:
+                    try:
+                        run = self.device.launch(tile.op, tile.params, slot.device_inputs(tile),
+                                                 slot.device_outputs(tile),
+                                                 {k: st.tensors[k] for k in tile.tensors}, lane)
+                        item.run = run
+                        await anyio.to_thread.run_sync(self.device.wait, run, None, limiter=self._limiter)
+                    except Exception as exc:
+                        self._kill(st, _device_error(exc, self.device, tile, "kernel"))
+                    if item.run is not None:
+                        t0, t1 = item.run.timing
+                        if t1 > 0:
+                            self._record(st, tile, "kernel", lane, t0, t1)
+                await send.send(item)
+                self._queue(st, "from_device", send)
+
+    async def _from_device_stage(self, recv: MemoryObjectReceiveStream[_Item]) -> None:
+        async with recv:
+            async for item in recv:
+                st, tile, slot = item.st, item.tile, item.slot
+                if not st.dead:
+                    t0 = _now()
+                    try:
+                        host_out = slot.host_outputs(tile)
+                        for src, dst in zip(slot.device_outputs(tile), host_out):
+                            self.device.from_device(src, dst)
+                        st.job.commit(tile, host_out)
+                    except Exception as exc:
+                        self._kill(st, _device_error(exc, self.device, tile, "copy from device"))
+                    t1 = _now()
+                    self._record(st, tile, "from_device", 0, t0, t1)
+                    if not st.dead:
+                        for r in st.recorders:
+                            r.tile_done(t1 - item.t_prep)
+                self.pool.release(slot)
+                st.in_flight -= 1
+                if st.dead:
+                    if st.in_flight == 0:
+                        self._finish(st, force=True)
+                    continue
+                st.done_tiles += 1
+                for dep in st.dependents[tile.index]:
+                    st.remaining[dep] -= 1
+                    if st.remaining[dep] == 0:
+                        heapq.heappush(st.ready, dep)
+                self._wake.set()
+                if st.done_tiles == len(st.job.tiles):
+                    self._finish(st)
+
+
+def _device_error(exc: Exception, device: Device, tile: Tile, what: str) -> BaseException:
+    where = f"{device.name} {what} failed on tile {tile.label or tile.index} (op {tile.op!r})"
+    if isinstance(exc, AiowhisperError):
+        exc.add_note(where)
+        return exc
+    err = DeviceError(f"{where}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
