@@ -1,0 +1,27 @@
+"""aiowhisper_npu: an asyncio streaming runtime for the Whisper encoder on AMD NPUs (XRT) and CPUs.
+
+    import aiowhisper_npu as aw
+    async with aw.Runtime("tiny.en") as rt:
+        out = await rt.encode("speech.wav")
+        out.hidden_states  # (n_windows, 1500, d_model) float32
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .audio import SAMPLE_RATE, load_audio, validate_audio
+from .errors import AiowhisperError, AudioError, BackendUnavailable, DeviceError, ModelError
+from .loading import load_model
+from .mel import log_mel_spectrogram, log_mel_windows
+from .model import ModelDimensions, WhisperModel
+from .pool import BufferPool, PoolStats
+from .runtime import EncoderOutput, Runtime
+from .stats import PipelineStats, StageEvent
+
+__all__ = [
+    "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",
+    "load_model", "ModelDimensions", "WhisperModel", "Runtime", "EncoderOutput", "PipelineStats",
+    "StageEvent", "BufferPool", "PoolStats", "AiowhisperError", "AudioError", "ModelError",
+    "BackendUnavailable", "DeviceError",
+]

@@ -1,0 +1,160 @@
+"""The ``aiowhisper-npu`` command line: ``encode``, ``stream``, ``bench`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+import anyio
+import numpy as np
+
+from .errors import AiowhisperError
+
+__all__ = ["main", "run_async"]
+
+
+def run_async(fn: Callable[[], Awaitable[Any]], loop: str = "auto") -> Any:
+    """Run ``fn`` on asyncio (with uvloop when installed and ``loop`` is auto/uvloop) or trio."""
+    if loop == "trio":
+        return anyio.run(fn, backend="trio")
+    use_uvloop = False
+    if loop in ("auto", "uvloop"):
+        try:
+            import uvloop  # noqa: F401
+
+            use_uvloop = True
+        except ImportError:
+            if loop == "uvloop":
+                raise AiowhisperError("uvloop is not installed: pip install 'aiowhisper-npu[uvloop]'")
+    return anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny.en", help="model name (tiny.en, base) or model directory")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "sim", "xrt"), help="device backend")
+    p.add_argument("--depth", type=int, default=2, help="pipeline depth: most tiles in flight (1 = serial)")
+    p.add_argument("--lanes", type=int, default=1, help="parallel kernel workers")
+    p.add_argument("--tile-rows", type=int, default=64, help="encoder positions per tile")
+    p.add_argument("--manifest", default=None, help="kernel manifest for the xrt/sim backends")
+    p.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop", "trio"),
+                   help="event loop (auto: uvloop when installed)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+
+
+def _make_runtime(args: argparse.Namespace) -> Any:
+    from .runtime import Runtime
+
+    opts: dict[str, Any] = {}
+    if getattr(args, "manifest", None):
+        opts["manifest"] = args.manifest
+    return Runtime(args.model, backend=args.backend, pipeline_depth=args.depth, lanes=args.lanes,
+                   tile_rows=args.tile_rows, **opts)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+
+    async def go() -> dict[str, Any]:
+        audio = await anyio.to_thread.run_sync(load_audio, args.file)
+        async with _make_runtime(args) as rt:
+            t0 = time.perf_counter()
+            out = await rt.encode(audio)
+            elapsed = time.perf_counter() - t0
+        if args.output:
+            np.save(args.output, out.hidden_states)
+        return {"file": str(args.file), "shape": list(out.hidden_states.shape), "audio_s": out.audio_s,
+                "elapsed_s": elapsed, "realtime_factor": out.audio_s / elapsed if elapsed else None,
+                "model": args.model, "backend": args.backend, "output": args.output,
+                "stats": out.stats.summary()}
+
+    res = run_async(go, args.loop)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['file']}: {res['audio_s']:.2f} s of audio -> hidden_states {tuple(res['shape'])} "
+              f"float32 in {res['elapsed_s']:.3f} s ({res['realtime_factor']:.1f}x realtime, "
+              f"{args.model} on {args.backend})")
+        if args.output:
+            print(f"saved to {args.output}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .info import collect_info, format_info
+
+    info = collect_info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from .stream_cli import run_stream_command
+
+    return run_stream_command(args, _make_runtime, run_async)
+
+
+def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        import latency  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise AiowhisperError(f"the benchmark lives in bench/latency.py of a source checkout ({exc})") from exc
+    return int(latency.main(list(rest)) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiowhisper-npu",
+                                     description="Whisper encoder runtime: pipelined tiles on NPU (XRT) or CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("encode", help="encode an audio file into encoder hidden states",
+                       description="Encode an audio file; prints the output shape, time taken and realtime "
+                                   "factor, and optionally saves hidden states as .npy.")
+    p.add_argument("file", help="audio file (wav; other formats with the 'audio' extra)")
+    p.add_argument("-o", "--output", default=None, help="save hidden states (n_windows, 1500, d) to this .npy")
+    _runtime_args(p)
+    p = sub.add_parser("stream", help="stream an audio file through the encoder, printing updates",
+                       description="Feed a file in chunks (optionally at real-time pace) to Runtime.stream "
+                                   "and print each update with its latency.")
+    p.add_argument("file", help="audio file")
+    p.add_argument("--realtime", action="store_true", help="feed chunks at real-time pace")
+    p.add_argument("--chunk-ms", type=int, default=1000, help="chunk length in milliseconds")
+    p.add_argument("--update-every-s", type=float, default=1.0, help="seconds of new audio between updates")
+    p.add_argument("--context", default="full", choices=("full", "bucketed"), help="encoder context")
+    _runtime_args(p)
+    p = sub.add_parser("info", help="show backends, pyxrt, model cache, installed models and BLAS",
+                       description="Show which backends can run here, whether pyxrt was found and where, the "
+                                   "model cache and installed models, and the BLAS library and threads.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("bench", help="run the latency benchmark (bench/latency.py; --help for its flags)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] == "bench":
+        try:
+            return _cmd_bench(argparse.Namespace(), argv[1:])
+        except AiowhisperError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "encode":
+            return _cmd_encode(args)
+        if args.command == "stream":
+            return _cmd_stream(args)
+        return _cmd_info(args)
+    except AiowhisperError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

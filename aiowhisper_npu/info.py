@@ -1,0 +1,65 @@
+"""What this machine offers the runtime: backends, pyxrt, models, BLAS. Used by ``aiowhisper-npu info``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+
+__all__ = ["collect_info", "format_info"]
+
+
+def _pyxrt() -> dict[str, Any]:
+    spec = importlib.util.find_spec("pyxrt")
+    if spec is None:
+        return {"found": False, "path": None,
+                "hint": "source /opt/xilinx/xrt/setup.sh (puts XRT's python dir on PYTHONPATH); pyxrt must be "
+                        f"built for Python {sys.version_info.major}.{sys.version_info.minor}"}
+    return {"found": True, "path": spec.origin}
+
+
+def _blas() -> list[dict[str, Any]]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"note": "install threadpoolctl to see the BLAS library and its threads"}]
+    return [{"library": i.get("internal_api"), "version": i.get("version"), "threads": i.get("num_threads"),
+             "architecture": i.get("architecture"), "path": i.get("filepath")}
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def collect_info() -> dict[str, Any]:
+    """A JSON-able description of the backends, pyxrt, model cache, installed models and BLAS."""
+    from . import __version__
+    from .registry import cache_dir, installed_models
+
+    pyxrt = _pyxrt()
+    backends = {"cpu": True, "sim": True, "xrt": pyxrt["found"]}
+    return {
+        "version": __version__, "python": platform.python_version(), "numpy": np.__version__,
+        "machine": platform.machine(), "cpus": os.cpu_count(), "backends": backends, "pyxrt": pyxrt,
+        "model_cache": str(cache_dir()),
+        "models": {k: (str(v) if v else None) for k, v in installed_models().items()},
+        "blas": _blas(),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = [f"aiowhisper_npu {info['version']} (Python {info['python']}, numpy {info['numpy']}, "
+             f"{info['machine']}, {info['cpus']} CPUs)", "backends:"]
+    for name, ok in info["backends"].items():
+        lines.append(f"  {name:4} {'available' if ok else 'unavailable'}")
+    px = info["pyxrt"]
+    lines.append(f"pyxrt: {'found at ' + px['path'] if px['found'] else 'not found: ' + px['hint']}")
+    lines.append(f"model cache: {info['model_cache']}")
+    lines.append("models:")
+    for name, path in info["models"].items():
+        lines.append(f"  {name:8} {path or 'not installed (pip install aiowhisper-npu[models])'}")
+    lines.append("BLAS:")
+    for b in info["blas"]:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in b.items()))
+    return "\n".join(lines)

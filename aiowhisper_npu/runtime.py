@@ -1,0 +1,187 @@
+"""The public async runtime: ``async with Runtime(model) as rt: out = await rt.encode(audio)``.
+
+It wires the layers together: a model and its :class:`~.plan.EncoderProgram` loaded on a device, a
+:class:`~.pool.BufferPool` with one buffer set per in-flight tile, and a :class:`~.pipeline.Pipeline`
+whose stage tasks live in the runtime's own task group for as long as the ``async with`` block.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, AsyncIterable, AsyncIterator, Union
+
+import anyio
+import numpy as np
+
+from .audio import SAMPLE_RATE, load_audio, validate_audio
+from .devices import make_device
+from .devices.base import Device
+from .loading import load_model
+from .mel import log_mel_windows
+from .model import WhisperModel
+from .pipeline import Pipeline
+from .plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram, WindowJob
+from .pool import BufferPool
+from .stats import PipelineStats, StatsRecorder
+from .tiles import slot_nbytes
+
+__all__ = ["AudioInput", "EncoderOutput", "Runtime"]
+
+AudioInput = Union[np.ndarray, str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True, eq=False)
+class EncoderOutput:
+    """What :meth:`Runtime.encode` returns."""
+
+    hidden_states: np.ndarray  # float32 (n_windows, positions, d_model)
+    stats: PipelineStats
+    audio_s: float  # seconds of audio encoded
+
+    @property
+    def windows(self) -> int:
+        return int(self.hidden_states.shape[0])
+
+
+class Runtime:
+    """An encoder runtime on one device. Use it as ``async with Runtime(...) as rt``.
+
+    Args:
+        model: a :class:`WhisperModel`, a known name (``"tiny.en"``, ``"base"``) or a model directory.
+        backend: ``"cpu"`` (default), ``"sim"`` (the simulated NPU) or ``"xrt"`` (a real NPU via pyxrt).
+        pipeline_depth: the most tiles in flight; 1 is the fully serial baseline.
+        lanes: parallel kernel workers (NPU columns; CPU kernel threads).
+        tile_rows: encoder positions per tile.
+        zero_copy: stage tile inputs directly in device memory when the device allows it.
+        max_active_jobs: windows that may hold device tensors at once (bounds memory).
+        device: a ready-made :class:`Device` instead of ``backend``.
+        **backend_options: passed to the backend's device (e.g. ``manifest=`` for xrt/sim).
+    """
+
+    def __init__(self, model: WhisperModel | str | os.PathLike[str] = "tiny.en", *, backend: str = "cpu",
+                 pipeline_depth: int = 2, lanes: int = 1, tile_rows: int = DEFAULT_TILE_ROWS,
+                 zero_copy: bool = False, max_active_jobs: int = 8, reuse_buffers: bool = True,
+                 device: Device | None = None, **backend_options: Any):
+        if pipeline_depth < 1:
+            raise ValueError(f"pipeline_depth must be >= 1, got {pipeline_depth}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        if tile_rows < 1:
+            raise ValueError(f"tile_rows must be >= 1, got {tile_rows}")
+        self._model_arg = model
+        self.backend = backend if device is None else device.name
+        self.pipeline_depth = pipeline_depth
+        self.lanes = lanes
+        self.tile_rows = tile_rows
+        self.zero_copy = zero_copy
+        self.max_active_jobs = max_active_jobs
+        self.reuse_buffers = reuse_buffers
+        self._device_arg = device
+        self._backend_options = backend_options
+        self._stack: AsyncExitStack | None = None
+        self._pipeline: Pipeline | None = None
+        self._pool: BufferPool | None = None
+        self._plans: dict[int | None, EncoderPlan] = {}
+        self.model: WhisperModel | None = model if isinstance(model, WhisperModel) else None
+        self.device: Device | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def __aenter__(self) -> Runtime:
+        if self._stack is not None:
+            raise RuntimeError("Runtime is already open")
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            model = self.model or await anyio.to_thread.run_sync(load_model, self._model_arg)
+            self.model = model
+            device = self._device_arg or make_device(self.backend, lanes=self.lanes, **self._backend_options)
+            stack.callback(device.close)
+            program = EncoderProgram(model, self.tile_rows)
+            await anyio.to_thread.run_sync(device.load, program)
+            self.device = device
+            plan = self._plan(None)
+            ins, outs = slot_nbytes(plan.tiles)
+            pool = BufferPool(device, ins, outs, self.pipeline_depth, zero_copy=self.zero_copy,
+                              reuse=self.reuse_buffers)
+            stack.callback(pool.close)
+            self._pool = pool
+            pipeline = Pipeline(device, pool, lanes=self.lanes, max_active_jobs=self.max_active_jobs)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            await tg.start(pipeline.serve)
+            self._pipeline = pipeline
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the pipeline, free every buffer and release the device. Idempotent."""
+        stack, self._stack = self._stack, None
+        self._pipeline = None
+        if stack is not None:
+            await stack.aclose()
+
+    # -- introspection --------------------------------------------------------------------------------
+    @property
+    def buffer_pool(self) -> BufferPool:
+        if self._pool is None:
+            raise RuntimeError("Runtime is not open")
+        return self._pool
+
+    @property
+    def stats(self) -> PipelineStats:
+        """Cumulative statistics since the runtime opened (timeline bounded to the last 50,000 events)."""
+        if self._pipeline is None:
+            return PipelineStats()
+        return self._pipeline.stats.snapshot()
+
+    def _plan(self, n_ctx: int | None) -> EncoderPlan:
+        assert self.model is not None
+        plan = self._plans.get(n_ctx)
+        if plan is None:
+            plan = self._plans[n_ctx] = EncoderPlan(self.model.dims, self.tile_rows, n_ctx)
+        return plan
+
+    def _require_open(self) -> Pipeline:
+        if self._pipeline is None:
+            raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
+        return self._pipeline
+
+    # -- encoding -------------------------------------------------------------------------------------
+    async def encode(self, audio: AudioInput) -> EncoderOutput:
+        """Encode 16 kHz mono float audio (or an audio file) into hidden states, one row per 30 s window."""
+        self._require_open()
+        if isinstance(audio, (str, os.PathLike)):
+            samples = await anyio.to_thread.run_sync(load_audio, audio)
+        else:
+            samples = validate_audio(audio)
+        assert self.model is not None
+        mels = await anyio.to_thread.run_sync(log_mel_windows, samples, self.model.dims.n_mels)
+        out, stats = await self.encode_mels(mels)
+        return EncoderOutput(out, stats, samples.size / SAMPLE_RATE)
+
+    async def encode_mels(self, mels: np.ndarray, n_ctx: int | None = None,
+                          recorder: StatsRecorder | None = None) -> tuple[np.ndarray, PipelineStats]:
+        """Encode ready log-mel windows ``(n_windows, n_mels, 3000)``; ``n_ctx`` limits the positions."""
+        pipeline = self._require_open()
+        plan = self._plan(n_ctx)
+        d = plan.dims
+        out = np.empty((mels.shape[0], plan.positions, d.n_audio_state), np.float32)
+        jobs = [WindowJob(plan, mels[i], out[i]) for i in range(mels.shape[0])]
+        rec = recorder or StatsRecorder()
+        await pipeline.run(jobs, rec)
+        return out, rec.snapshot()
+
+    def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> AsyncIterator[Any]:
+        """Encode an async stream of audio chunks as it arrives (see :mod:`aiowhisper_npu.stream`)."""
+        from .stream import stream_encode
+
+        return stream_encode(self, chunks, **options)
+

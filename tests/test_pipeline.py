@@ -1,0 +1,281 @@
+"""The pipelined runtime: bit-exactness at every depth, concurrency, cancellation, faults and honest stats."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+import numpy as np
+import pytest
+
+import aiowhisper_npu as aw
+from aiowhisper_npu.devices.cpu import CpuDevice
+from aiowhisper_npu.plan import EncoderPlan, EncoderProgram, encode_window_sequential
+
+from conftest import rel_l2
+
+pytestmark = pytest.mark.anyio
+
+
+class HookedDevice(CpuDevice):
+    """A CPU device that calls ``hook(stage, n)`` on every copy/kernel and records in-flight buffers."""
+
+    def __init__(self, lanes: int = 1, hook: Callable[[str, int], None] | None = None):
+        super().__init__(lanes)
+        self.hook = hook or (lambda stage, n: None)
+        self.calls = {"to_device": 0, "kernel": 0, "from_device": 0}
+        self.in_flight: dict[int, int] = {}  # buffer address -> id of the running kernel using it
+        self.overlaps = 0
+        self._runs = 0
+        self._lock = threading.Lock()
+
+    def _count(self, stage: str) -> int:
+        with self._lock:
+            self.calls[stage] += 1
+            return self.calls[stage]
+
+    def to_device(self, dst: Any, src: np.ndarray) -> None:
+        self.hook("to_device", self._count("to_device"))
+        super().to_device(dst, src)
+
+    def launch(self, op: str, params: Any, inputs: Any, outputs: Any, tensors: Any, lane: int) -> Any:
+        run = super().launch(op, params, inputs, outputs, tensors, lane)
+        with self._lock:
+            self._runs += 1
+            for v in (*inputs, *outputs):
+                if v.buffer.address in self.in_flight:
+                    self.overlaps += 1
+                self.in_flight[v.buffer.address] = self._runs
+
+        run.addresses = [v.buffer.address for v in (*inputs, *outputs)]
+        return run
+
+    def wait(self, run: Any, timeout_s: float | None = None) -> bool:
+        try:
+            self.hook("kernel", self._count("kernel"))
+            return super().wait(run, timeout_s)
+        finally:
+            with self._lock:
+                for a in run.addresses:
+                    self.in_flight.pop(a, None)
+
+    def from_device(self, src: Any, dst: np.ndarray) -> None:
+        self.hook("from_device", self._count("from_device"))
+        super().from_device(src, dst)
+
+
+def _reference(model: aw.WhisperModel, audio: np.ndarray, tile_rows: int) -> np.ndarray:
+    plan, program = EncoderPlan(model.dims, tile_rows), EncoderProgram(model, tile_rows)
+    return np.stack([encode_window_sequential(program, plan, m) for m in aw.log_mel_windows(audio)])
+
+
+@pytest.fixture(scope="module")
+def speech(clip_paths: dict[str, Path]) -> np.ndarray:
+    return aw.load_audio(clip_paths["numbers.wav"])
+
+
+@pytest.mark.parametrize("tile_rows", [64, 100, 375])
+async def test_bit_identical_at_every_depth(tiny: aw.WhisperModel, speech: np.ndarray, tile_rows: int) -> None:
+    ref = _reference(tiny, speech, tile_rows)
+    for depth in (1, 2, 3):
+        async with aw.Runtime(tiny, pipeline_depth=depth, tile_rows=tile_rows) as rt:
+            out = await rt.encode(speech)
+        assert np.array_equal(out.hidden_states, ref), f"depth={depth} tile_rows={tile_rows}"
+        assert out.stats.tiles == len(EncoderPlan(tiny.dims, tile_rows).tiles)
+
+
+async def test_zero_copy_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    ref = _reference(tiny, speech, 64)
+    async with aw.Runtime(tiny, pipeline_depth=3, zero_copy=True) as rt:
+        assert np.array_equal((await rt.encode(speech)).hidden_states, ref)
+
+
+async def test_lanes_agree_within_tolerance(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    ref = _reference(tiny, speech, 64)
+    async with aw.Runtime(tiny, pipeline_depth=3, lanes=2) as rt:
+        out = await rt.encode(speech)
+    assert rel_l2(out.hidden_states, ref) <= 1e-6
+    kernel_lanes = {e.lane for e in out.stats.timeline if e.stage == "kernel"}
+    assert kernel_lanes == {0, 1}
+
+
+async def test_concurrent_encodes_equal_serial(tiny: aw.WhisperModel, clip_paths: dict[str, Path]) -> None:
+    audios = [aw.load_audio(clip_paths[n]) for n in ("quick_fox.wav", "numbers.wav", "weather.wav", "door.wav")]
+    audios.append(aw.load_audio(clip_paths["long_40s.wav"]))
+    async with aw.Runtime(tiny, pipeline_depth=3) as rt:
+        serial = [(await rt.encode(a)).hidden_states for a in audios]
+        results: list[Any] = [None] * len(audios)
+
+        async def one(i: int) -> None:
+            results[i] = await rt.encode(audios[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(audios)):
+                tg.start_soon(one, i)
+        assert rt.buffer_pool.in_use == 0
+    for s, r in zip(serial, results):
+        assert np.array_equal(s, r.hidden_states)
+    # fairness: the short requests' tiles interleave with each other rather than running one after another
+    firsts = [min(e.start for e in r.stats.timeline) for r in results[:4]]
+    lasts = [max(e.end for e in r.stats.timeline) for r in results[:4]]
+    assert max(firsts) < min(lasts), "requests did not overlap"
+
+
+def _tasks() -> int:
+    return len(asyncio.all_tasks())
+
+
+@pytest.mark.parametrize("stage", ["to_device", "kernel", "from_device", "random"])
+async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: np.ndarray, stage: str) -> None:
+    ref = _reference(tiny, speech, 64)
+    rng = random.Random(1234)
+    for attempt in range(3):
+        trigger = anyio.Event()
+        target = rng.randint(1, 150)
+
+        def hook(s: str, n: int) -> None:
+            if s == stage and n == target:
+                trigger.set() if threading.current_thread() is threading.main_thread() else None
+                if s == "kernel":
+                    anyio.from_thread.run_sync(trigger.set)
+
+        device = HookedDevice(1, hook)
+        async with aw.Runtime(tiny, device=device, pipeline_depth=3) as rt:
+            await rt.encode(np.zeros(1000, np.float32))  # warm: worker threads exist now
+            device.calls = dict.fromkeys(device.calls, 0)
+            tasks, threads = _tasks(), threading.active_count()
+            async with anyio.create_task_group() as tg:
+                async def encode() -> None:
+                    await rt.encode(speech)
+
+                async def cancel_at_trigger() -> None:
+                    if stage == "random":
+                        await anyio.sleep(rng.uniform(0.0, 0.2))
+                    else:
+                        await trigger.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(encode)
+                tg.start_soon(cancel_at_trigger)
+            assert rt.buffer_pool.in_use == 0
+            assert _tasks() == tasks
+            assert threading.active_count() <= threads
+            assert device.overlaps == 0
+            out = await rt.encode(speech)  # the runtime keeps serving
+            assert np.array_equal(out.hidden_states, ref)
+            assert rt.buffer_pool.in_use == 0
+
+
+class Boom(Exception):
+    pass
+
+
+class FaultyDevice(HookedDevice):
+    """Fails the 3rd kernel that touches the first job's device tensors (i.e. one request only)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.victim: int | None = None
+        self.victim_runs = 0
+        self.armed = True
+
+    def launch(self, op: str, params: Any, inputs: Any, outputs: Any, tensors: Any, lane: int) -> Any:
+        run = super().launch(op, params, inputs, outputs, tensors, lane)
+        run.poison = False
+        if tensors and self.armed:
+            addr = next(iter(tensors.values())).buffer.address
+            self.victim = self.victim or addr
+            if addr == self.victim:
+                self.victim_runs += 1
+                run.poison = self.victim_runs == 3
+        return run
+
+    def wait(self, run: Any, timeout_s: float | None = None) -> bool:
+        if run.poison:
+            try:
+                raise Boom("injected kernel failure")
+            finally:
+                with self._lock:
+                    for a in run.addresses:
+                        self.in_flight.pop(a, None)
+        return super().wait(run, timeout_s)
+
+
+async def test_kernel_error_fails_only_that_request(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    ref = _reference(tiny, speech, 64)
+    device = FaultyDevice()
+    outcomes: dict[str, Any] = {}
+
+    async def request(name: str, delay: float) -> None:
+        await anyio.sleep(delay)
+        try:
+            outcomes[name] = await rt.encode(speech)
+        except aw.DeviceError as exc:
+            outcomes[name] = exc
+
+    async with aw.Runtime(tiny, device=device, pipeline_depth=2) as rt:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request, "first", 0.0)
+            tg.start_soon(request, "second", 0.005)
+        errors = [o for o in outcomes.values() if isinstance(o, aw.DeviceError)]
+        served = [o for o in outcomes.values() if not isinstance(o, aw.DeviceError)]
+        assert len(errors) == 1 and len(served) == 1, outcomes  # one request failed, the other did not
+        err = errors[0]
+        assert "injected kernel failure" in str(err) and isinstance(err.__cause__, Boom)
+        assert np.array_equal(served[0].hidden_states, ref)
+        assert rt.buffer_pool.in_use == 0
+        device.armed = False
+        assert np.array_equal((await rt.encode(speech)).hidden_states, ref)  # still serving
+        assert rt.buffer_pool.in_use == 0
+
+
+async def test_stats_add_up(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    plan = EncoderPlan(tiny.dims, 64)
+    async with aw.Runtime(tiny, pipeline_depth=1) as rt:
+        serial = (await rt.encode(speech)).stats
+    async with aw.Runtime(tiny, pipeline_depth=3, lanes=2) as rt:
+        piped = (await rt.encode(speech)).stats
+        cumulative = rt.stats
+    for s, lanes in ((serial, 1), (piped, 2)):
+        assert s.tiles == len(plan.tiles)
+        assert len(s.timeline) == 4 * s.tiles
+        busy = s.stage_busy_s
+        assert set(busy) == {"host_prep", "to_device", "kernel", "from_device"}
+        for stage in ("host_prep", "to_device", "from_device"):
+            assert 0 < busy[stage] <= s.wall_s
+        assert 0 < busy["kernel"] <= lanes * s.wall_s
+        assert 0 <= s.dma_overhead_pct < 100
+        assert 0 < s.tile_latency_p50_s <= s.tile_latency_p95_s <= s.wall_s
+        for e in s.timeline:
+            assert e.start <= e.end
+    # serial: stages never overlap, so they add up to no more than the wall time, and every tile but the
+    # first waits on host work with the kernel idle (a stall)
+    assert sum(serial.stage_busy_s.values()) <= serial.wall_s
+    assert serial.stalls >= serial.tiles - 1 - serial.dependency_waits
+    assert serial.stall_s > 0
+    assert cumulative.tiles == piped.tiles
+
+
+async def test_buffer_pool_addresses_aligned_and_distinct(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    device = HookedDevice(1)
+    async with aw.Runtime(tiny, device=device, pipeline_depth=3) as rt:
+        await rt.encode(speech)
+        pool = rt.buffer_pool
+        addrs = pool.addresses()
+        assert all(a % 64 == 0 for a in addrs)
+        assert len(set(addrs)) == len(addrs)
+        st = pool.stats()
+        assert st.slots == 3 and st.in_use == 0 and 1 <= st.high_water <= 3
+        assert st.reuses == len(EncoderPlan(tiny.dims, 64).tiles)
+    assert device.overlaps == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_runs_on_trio(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    ref = _reference(tiny, speech, 64)
+    async with aw.Runtime(tiny, pipeline_depth=2) as rt:
+        assert np.array_equal((await rt.encode(speech)).hidden_states, ref)
