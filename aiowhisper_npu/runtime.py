@@ -56,6 +56,8 @@ class Runtime:
         tile_rows: encoder positions per tile.
         zero_copy: stage tile inputs directly in device memory when the device allows it.
         max_active_jobs: windows that may hold device tensors at once (bounds memory).
+        reuse_buffers: keep one buffer set per slot (False: fresh buffers per tile, the naive baseline).
+        dma_batch: move up to this many prepared tiles to the device in one transfer.
         device: a ready-made :class:`Device` instead of ``backend``.
         **backend_options: passed to the backend's device (e.g. ``manifest=`` for xrt/sim).
     """
@@ -63,6 +65,7 @@ class Runtime:
     def __init__(self, model: WhisperModel | str | os.PathLike[str] = "tiny.en", *, backend: str = "cpu",
                  pipeline_depth: int = 2, lanes: int = 1, tile_rows: int = DEFAULT_TILE_ROWS,
                  zero_copy: bool = False, max_active_jobs: int = 8, reuse_buffers: bool = True,
+                 dma_batch: int = 1,
                  device: Device | None = None, **backend_options: Any):
         if pipeline_depth < 1:
             raise ValueError(f"pipeline_depth must be >= 1, got {pipeline_depth}")
@@ -78,6 +81,7 @@ class Runtime:
         self.zero_copy = zero_copy
         self.max_active_jobs = max_active_jobs
         self.reuse_buffers = reuse_buffers
+        self.dma_batch = dma_batch
         self._device_arg = device
         self._backend_options = backend_options
         self._stack: AsyncExitStack | None = None
@@ -107,7 +111,8 @@ class Runtime:
                               reuse=self.reuse_buffers)
             stack.callback(pool.close)
             self._pool = pool
-            pipeline = Pipeline(device, pool, lanes=self.lanes, max_active_jobs=self.max_active_jobs)
+            pipeline = Pipeline(device, pool, lanes=self.lanes, max_active_jobs=self.max_active_jobs,
+                                dma_batch=self.dma_batch)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(pipeline.serve)

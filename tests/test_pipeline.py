@@ -94,6 +94,14 @@ async def test_zero_copy_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndar
         assert np.array_equal((await rt.encode(speech)).hidden_states, ref)
 
 
+async def test_batched_dma_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    ref = _reference(tiny, speech, 64)
+    async with aw.Runtime(tiny, pipeline_depth=3, dma_batch=3) as rt:
+        out = await rt.encode(speech)
+    assert np.array_equal(out.hidden_states, ref)
+    assert out.stats.tiles == len(EncoderPlan(tiny.dims, 64).tiles)
+
+
 async def test_lanes_agree_within_tolerance(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     ref = _reference(tiny, speech, 64)
     async with aw.Runtime(tiny, pipeline_depth=3, lanes=2) as rt:
@@ -254,7 +262,7 @@ async def test_stats_add_up(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
             assert e.start <= e.end
     # serial: stages never overlap, so they add up to no more than the wall time, and every tile but the
     # first waits on host work with the kernel idle (a stall)
-    assert sum(serial.stage_busy_s.values()) <= serial.wall_s
+    assert 0.6 * serial.wall_s <= sum(serial.stage_busy_s.values()) <= serial.wall_s
     assert serial.stalls >= serial.tiles - 1 - serial.dependency_waits
     assert serial.stall_s > 0
     assert cumulative.tiles == piped.tiles
