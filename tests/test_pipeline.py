@@ -287,3 +287,23 @@ async def test_runs_on_trio(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     ref = _reference(tiny, speech, 64)
     async with aw.Runtime(tiny, pipeline_depth=2) as rt:
         assert np.array_equal((await rt.encode(speech)).hidden_states, ref)
+
+
+async def test_barrier_does_not_drain_next_block(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    """qkv tiles of block L+1 are prepared and sent while block L's attention tiles still run (row-wise deps).
+
+    So the kernel goes straight from block L's last attention tile to block L+1's first qkv tile.
+    """
+    plan = EncoderPlan(tiny.dims, 64)
+    async with aw.Runtime(tiny, pipeline_depth=3) as rt:
+        stats = (await rt.encode(speech)).stats
+    kernel = {e.tile: e for e in stats.timeline if e.stage == "kernel"}
+    sent = {e.tile: e for e in stats.timeline if e.stage == "to_device"}
+    overlapped = 0
+    for layer in range(tiny.dims.n_audio_layer - 1):
+        attn_end = max(kernel[t.index].end for t in plan.tiles
+                       if t.op == "attn_mlp" and t.params["layer"] == layer)
+        next_qkv_start = min(sent[t.index].start for t in plan.tiles
+                             if t.op == "qkv" and t.params["layer"] == layer + 1)
+        overlapped += next_qkv_start < attn_end
+    assert overlapped == tiny.dims.n_audio_layer - 1
