@@ -181,7 +181,7 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     n, d = x.shape
     q, k, v = qkv_in[0, :, r0 : r0 + n], qkv_in[1], qkv_in[2]
     h = q.shape[0]
-    s = np.matmul(q, k.transpose(0, 2, 1), out=ws.scores[:, :n])  # (H, n, T)
+    s = np.matmul(q, k.transpose(0, 2, 1), out=ws.scores[:, :n, : k.shape[1]])  # (H, n, T); T <= n_audio_ctx
     mx = np.max(s, axis=2, keepdims=True, out=ws.rowvec[:, :n])
     s -= mx
     np.exp(s, out=s)

@@ -146,7 +146,7 @@ class WindowJob:
         if tile.op == "stem":
             slab = host_in[0]
             lo, hi = 2 * r0 - 2, 2 * (r0 + n) + 1
-            frames = self._mel_t.shape[0]
+            frames = 2 * self.plan.positions  # a shorter context sees only its own frames (like audio_ctx)
             a, b = max(lo, 0), min(hi, frames)
             slab[: a - lo] = 0.0
             slab[a - lo : b - lo] = self._mel_t[a:b]
