@@ -1,0 +1,238 @@
+"""What the simulated NPU's kernels compute, and what they cost.
+
+A kernel implementation has ``cost(call) -> (macs, dma_bytes)`` and ``run(call)``. ``run`` reads its
+arguments through :meth:`KernelCall.read` (device memory converted with the argument's precision: bf16
+weights widened exactly, float32 data rounded to bf16 when the argument is read at bf16) and writes through
+:meth:`KernelCall.write` (device memory itself). The encoder kernels call the project's own numpy kernels
+(:mod:`aiowhisper_npu.kernels`) on that data, so the only numerical difference from the CPU backend is the
+declared precision: bf16 operands, fp32 accumulation.
+
+Built-ins (the ``impl`` of an xclbin kernel): ``encoder.stem``, ``encoder.qkv``, ``encoder.attn_mlp``,
+``copy`` (first read data argument -> first write argument) and ``none`` (timing only). Anything else is
+``"package.module:attribute"``, an object with ``cost`` and ``run`` or a plain ``run`` function.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from .bf16 import from_bf16_bits, round_bf16
+from .xclbin import DTYPES, ArgDesc, KernelDesc
+
+__all__ = ["KernelCall", "KernelImpl", "BUILTINS", "resolve_impl"]
+
+
+class KernelImpl(Protocol):
+    def cost(self, call: KernelCall) -> tuple[float, int]: ...
+
+    def run(self, call: KernelCall) -> None: ...
+
+
+@dataclass
+class KernelCall:
+    """One run's view of its arguments. ``memory`` holds each argument's device memory (uint8)."""
+
+    kernel: KernelDesc
+    memory: Mapping[str, np.ndarray]
+    scratch: dict[Any, Any] = field(default_factory=dict)  # per column: workspaces, reused across runs
+    read_cache: Callable[[ArgDesc, np.ndarray], np.ndarray] | None = None
+
+    @property
+    def params(self) -> dict[str, int]:
+        """The first argument with ``fields``, decoded as int32 words."""
+        for a in self.kernel.args:
+            if a.fields:
+                words = self.memory[a.name][: 4 * len(a.fields)].view(np.int32)
+                return {f: int(w) for f, w in zip(a.fields, words)}
+        return {}
+
+    def arg(self, name: str) -> ArgDesc:
+        return next(a for a in self.kernel.args if a.name == name)
+
+    def nbytes(self, name: str) -> int:
+        return int(self.memory[name].nbytes)
+
+    def read(self, name: str) -> np.ndarray:
+        """A read-only float view/copy of argument ``name`` at its declared precision (1-D)."""
+        a = self.arg(name)
+        raw = self.memory[name]
+        copies = a.dtype == "bfloat16" or (a.dtype == "float32" and a.precision == "bf16")
+        if self.read_cache is not None and copies:
+            return self.read_cache(a, raw)
+        return convert(a, raw)
+
+    def write(self, name: str, dtype: str = "float32") -> np.ndarray:
+        """Argument ``name``'s device memory as a writable 1-D array."""
+        raw = self.memory[name]
+        return raw[: raw.nbytes - raw.nbytes % np.dtype(dtype).itemsize].view(dtype)
+
+
+def convert(a: ArgDesc, raw: np.ndarray) -> np.ndarray:
+    """Device bytes -> what the kernel computes with, for a read argument."""
+    if a.dtype == "bfloat16":
+        return from_bf16_bits(raw[: raw.nbytes & ~1].view(np.uint16))
+    data = raw[: raw.nbytes - raw.nbytes % np.dtype(DTYPES[a.dtype]).itemsize].view(DTYPES[a.dtype])
+    if a.dtype == "float32" and a.precision == "bf16":
+        return round_bf16(data)
+    return data
+
+
+# -- the encoder's ops ------------------------------------------------------------------------------------
+
+def _dims(call: KernelCall, positions: int) -> Any:
+    from ..model import ModelDimensions
+
+    p = call.params
+    return ModelDimensions(p.get("n_mels", 1), positions, p["n_audio_state"], p["n_audio_head"], 1)
+
+
+def _workspace(call: KernelCall, dims: Any, n: int) -> Any:
+    from ..kernels import Workspace
+
+    key = ("ws", dims, n)
+    ws = call.scratch.get(key)
+    if ws is None:
+        ws = call.scratch[key] = Workspace(dims, n)
+    return ws
+
+
+def _weights(call: KernelCall, names: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    return {key: call.read(arg).reshape(shape) for key, (arg, shape) in names.items()}
+
+
+class _Stem:
+    """conv1 + GELU, conv2 (stride 2) + GELU, + positions. Args: params, mel, conv1_w/b, conv2_w/b, pos, out."""
+
+    def cost(self, c: KernelCall) -> tuple[float, int]:
+        p = c.params
+        n, m, d = p["n"], p["n_mels"], p["n_audio_state"]
+        macs = (2 * n + 1) * 3 * m * d + n * 3 * d * d
+        io = ((2 * n + 3) * m + 2 * n * d) * 4
+        return float(macs), io + sum(c.nbytes(k) for k in ("conv1_w", "conv1_b", "conv2_w", "conv2_b"))
+
+    def run(self, c: KernelCall) -> None:
+        from .. import kernels
+
+        p = c.params
+        n, m, d, r0 = p["n"], p["n_mels"], p["n_audio_state"], p["r0"]
+        pos = c.read("pos").reshape(-1, d)
+        res = _weights(c, {"conv1_w": ("conv1_w", (3 * m, d)), "conv1_b": ("conv1_b", (d,)),
+                           "conv2_w": ("conv2_w", (3 * d, d)), "conv2_b": ("conv2_b", (d,))})
+        res["pos"] = pos
+        slab = c.read("mel")[: (2 * n + 3) * m].reshape(2 * n + 3, m)
+        out = c.write("out")[: n * d].reshape(n, d)
+        kernels.stem(res, _workspace(c, _dims(c, pos.shape[0]), n), slab, r0, out)
+
+
+class _Qkv:
+    """Layer norm + fused Q/K/V projection into rows r0:r0+n of the qkv tensor. Args: params, x, w, b, qkv."""
+
+    def cost(self, c: KernelCall) -> tuple[float, int]:
+        p = c.params
+        n, d = p["n"], p["n_audio_state"]
+        return float(n * d * 3 * d), (n * d + 3 * n * d) * 4 + c.nbytes("w") + c.nbytes("b")
+
+    def run(self, c: KernelCall) -> None:
+        from .. import kernels
+
+        p = c.params
+        n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
+        t = c.nbytes("qkv") // (4 * 3 * d)
+        res = _weights(c, {f"{layer}.qkv_w": ("w", (d, 3 * d)), f"{layer}.qkv_b": ("b", (3 * d,))})
+        x = c.read("x")[: n * d].reshape(n, d)
+        qkv = c.write("qkv")[: 3 * t * d].reshape(3, h, t, d // h)
+        kernels.qkv(res, _workspace(c, _dims(c, t), n), layer, x, r0, qkv)
+
+
+class _AttnMlp:
+    """Attention of rows r0:r0+n against all keys, output projection, MLP, residuals (+ ln_post if final)."""
+
+    _W = ("out_w", "out_b", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "ln_post_w", "ln_post_b")
+
+    def cost(self, c: KernelCall) -> tuple[float, int]:
+        p = c.params
+        n, d = p["n"], p["n_audio_state"]
+        t = c.nbytes("qkv") // (4 * 3 * d)
+        macs = 2 * n * t * d + n * d * d + 2 * n * d * 4 * d
+        io = (n * d + 2 * t * d + 2 * n * d) * 4
+        return float(macs), io + sum(c.nbytes(k) for k in self._W)
+
+    def run(self, c: KernelCall) -> None:
+        from .. import kernels
+
+        p = c.params
+        n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
+        t = c.nbytes("qkv") // (4 * 3 * d)
+        m = 4 * d
+        res = _weights(c, {f"{layer}.out_w": ("out_w", (d, d)), f"{layer}.out_b": ("out_b", (d,)),
+                           f"{layer}.fc1_w": ("fc1_w", (d, m)), f"{layer}.fc1_b": ("fc1_b", (m,)),
+                           f"{layer}.fc2_w": ("fc2_w", (m, d)), f"{layer}.fc2_b": ("fc2_b", (d,)),
+                           "ln_post_w": ("ln_post_w", (d,)), "ln_post_b": ("ln_post_b", (d,))})
+        x = c.read("x")[: n * d].reshape(n, d)
+        qkv = c.read("qkv")[: 3 * t * d].reshape(3, h, t, d // h)
+        out = c.write("out")[: n * d].reshape(n, d)
+        kernels.attn_mlp(res, _workspace(c, _dims(c, t), n), layer, x, r0, qkv, out, bool(p["final"]))
+
+
+class _Copy:
+    def _pair(self, c: KernelCall) -> tuple[str | None, str | None]:
+        src = next((a.name for a in c.kernel.args if a.reads and not a.fields), None)
+        dst = next((a.name for a in c.kernel.args if a.writes), None)
+        return src, dst
+
+    def cost(self, c: KernelCall) -> tuple[float, int]:
+        src, dst = self._pair(c)
+        return 0.0, (c.nbytes(src) if src else 0) + (c.nbytes(dst) if dst else 0)
+
+    def run(self, c: KernelCall) -> None:
+        src, dst = self._pair(c)
+        if src is None or dst is None:
+            return
+        s, d = c.memory[src], c.memory[dst]
+        k = min(s.nbytes, d.nbytes)
+        d[:k] = s[:k]
+
+
+class _None:
+    def cost(self, c: KernelCall) -> tuple[float, int]:
+        return 0.0, sum(c.nbytes(a.name) for a in c.kernel.args)
+
+    def run(self, c: KernelCall) -> None:
+        return None
+
+
+class _FunctionImpl:
+    def __init__(self, fn: Callable[[KernelCall], None]):
+        self.fn = fn
+
+    def cost(self, c: KernelCall) -> tuple[float, int]:
+        return 0.0, sum(c.nbytes(a.name) for a in c.kernel.args)
+
+    def run(self, c: KernelCall) -> None:
+        self.fn(c)
+
+
+BUILTINS: dict[str, KernelImpl] = {"encoder.stem": _Stem(), "encoder.qkv": _Qkv(),
+                                   "encoder.attn_mlp": _AttnMlp(), "copy": _Copy(), "none": _None()}
+
+
+def resolve_impl(spec: str) -> KernelImpl:
+    """A built-in name or ``"package.module:attribute"``; raises RuntimeError when it cannot be found."""
+    if spec in BUILTINS:
+        return BUILTINS[spec]
+    mod, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod), attr) if attr else None
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(f"Invalid xclbin: kernel implementation {spec!r} not found ({exc})") from None
+    if obj is None:
+        raise RuntimeError(f"Invalid xclbin: kernel implementation {spec!r} is not a built-in or module:attr")
+    if hasattr(obj, "run") and hasattr(obj, "cost"):
+        return obj  # type: ignore[no-any-return]
+    if callable(obj):
+        return _FunctionImpl(obj)
+    raise RuntimeError(f"Invalid xclbin: kernel implementation {spec!r} has no run()")
