@@ -314,15 +314,20 @@ class Pipeline:
                             send: MemoryObjectSendStream[_Item]) -> None:
         async with recv, send:
             while True:
+                # Take the next tile without yielding to the loop when one is queued, so the lane launches
+                # it at once instead of waiting behind other stages' work (copies, commits).
                 idle_since, stall = None, False
-                if recv.statistics().current_buffer_used == 0:
+                try:
+                    item = recv.receive_nowait()
+                except anyio.WouldBlock:
                     idle_since = _now()
                     stall = self._upstream > 0 or self._ready_total() > 0
-                    busy = stall or self._n_active() > 0
-                    if not busy:
+                    if not (stall or self._n_active() > 0):
                         idle_since = None
-                try:
-                    item = await recv.receive()
+                    try:
+                        item = await recv.receive()
+                    except anyio.EndOfStream:
+                        return
                 except anyio.EndOfStream:
                     return
                 self._upstream -= 1
@@ -347,7 +352,10 @@ class Pipeline:
                         d0, d1 = item.run.timing
                         for r in st.recorders:
                             r.device_kernel_s += max(0.0, d1 - d0)
-                await send.send(item)
+                try:
+                    send.send_nowait(item)
+                except anyio.WouldBlock:
+                    await send.send(item)
                 self._queue(st, "from_device", send)
 
     async def _from_device_stage(self, recv: MemoryObjectReceiveStream[_Item]) -> None:
