@@ -11,6 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .audio import SAMPLE_RATE, load_audio, validate_audio
+from .devices.manifest import ManifestError
 from .errors import AiowhisperError, AudioError, BackendUnavailable, DeviceError, ModelError
 from .loading import load_model
 from .mel import log_mel_spectrogram, log_mel_windows
@@ -23,5 +24,5 @@ __all__ = [
     "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",
     "load_model", "ModelDimensions", "WhisperModel", "Runtime", "EncoderOutput", "PipelineStats",
     "StageEvent", "BufferPool", "PoolStats", "AiowhisperError", "AudioError", "ModelError",
-    "BackendUnavailable", "DeviceError",
+    "BackendUnavailable", "DeviceError", "ManifestError",
 ]

@@ -87,6 +87,7 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._pipeline: Pipeline | None = None
         self._pool: BufferPool | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None  # hosts detached stream readers (stream.py)
         self._plans: dict[int | None, EncoderPlan] = {}
         self.model: WhisperModel | None = model if isinstance(model, WhisperModel) else None
         self.device: Device | None = None
@@ -117,6 +118,7 @@ class Runtime:
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(pipeline.serve)
             self._pipeline = pipeline
+            self._task_group = tg
         except BaseException:
             await stack.aclose()
             raise
@@ -130,6 +132,7 @@ class Runtime:
         """Stop the pipeline, free every buffer and release the device. Idempotent."""
         stack, self._stack = self._stack, None
         self._pipeline = None
+        self._task_group = None
         if stack is not None:
             await stack.aclose()
 
