@@ -26,6 +26,7 @@ from .model import EncoderWeights, ModelDimensions
 __all__ = ["LN_EPS", "prepare_weights", "Workspace", "gelu_", "stem", "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
+ATTN_ROWS = 128  # attention is computed in chunks of this many query rows
 _SQRT1_2 = np.float32(0.7071067811865476)
 
 # Rational approximation of erf on [-4, 4] (the float32 form used by Eigen and XLA; a few ulp from the true
@@ -87,8 +88,8 @@ class Workspace:
         self.cols = np.empty((2 * n + 1, 3 * max(d, self.dims.n_mels)), np.float32)
         self.ln = np.empty((n, d), np.float32)
         self.qkv = np.empty((n, 3 * d), np.float32)
-        self.scores = np.empty((h, n, t), np.float32)
-        self.rowvec = np.empty((h, n, 1), np.float32)
+        self.scores = np.empty((h, min(n, ATTN_ROWS), t), np.float32)
+        self.rowvec = np.empty((h, min(n, ATTN_ROWS), 1), np.float32)
         self.heads = np.empty((h, n, self.dims.head_dim), np.float32)
         self.proj = np.empty((n, d), np.float32)
         self.mlp = np.empty((n, self.dims.n_mlp), np.float32)
@@ -175,19 +176,28 @@ def qkv(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray,
     qkv_out[:, :, r0 : r0 + n, :] = y.reshape(n, 3, h, hd).transpose(1, 2, 0, 3)
 
 
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Workspace, out: np.ndarray) -> None:
+    """softmax(q k^T) v for every head; q is pre-scaled. ``out`` is (H, rows, hd)."""
+    rows = q.shape[1]
+    s = np.matmul(q, k.transpose(0, 2, 1), out=ws.scores[:, :rows, : k.shape[1]])  # (H, rows, T)
+    mx = np.max(s, axis=2, keepdims=True, out=ws.rowvec[:, :rows])
+    s -= mx
+    np.exp(s, out=s)
+    denom = np.sum(s, axis=2, keepdims=True, out=ws.rowvec[:, :rows])
+    np.matmul(s, v, out=out)
+    out /= denom
+
+
 def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray, r0: int,
              qkv_in: np.ndarray, out: np.ndarray, final: bool) -> None:
     """Self-attention for rows ``r0:r0+n`` against all positions, then the MLP block; ``final`` adds ln_post."""
     n, d = x.shape
     q, k, v = qkv_in[0, :, r0 : r0 + n], qkv_in[1], qkv_in[2]
     h = q.shape[0]
-    s = np.matmul(q, k.transpose(0, 2, 1), out=ws.scores[:, :n, : k.shape[1]])  # (H, n, T); T <= n_audio_ctx
-    mx = np.max(s, axis=2, keepdims=True, out=ws.rowvec[:, :n])
-    s -= mx
-    np.exp(s, out=s)
-    denom = np.sum(s, axis=2, keepdims=True, out=ws.rowvec[:, :n])
-    heads = np.matmul(s, v, out=ws.heads[:, :n])  # (H, n, hd)
-    heads /= denom
+    heads = ws.heads[:, :n]
+    for c0 in range(0, n, ATTN_ROWS):  # row chunks keep the (H, rows, T) scores cache-sized
+        c1 = min(n, c0 + ATTN_ROWS)
+        _attention(q[:, c0:c1], k, v, ws, heads[:, c0:c1])
     merged = ws.ln[:n]
     merged.reshape(n, h, -1)[...] = heads.transpose(1, 0, 2)
     x1 = np.matmul(merged, res[f"{layer}.out_w"], out=ws.proj[:n])
