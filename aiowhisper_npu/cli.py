@@ -36,9 +36,10 @@ def run_async(fn: Callable[[], Awaitable[Any]], loop: str = "auto") -> Any:
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny.en", help="model name (tiny.en, base) or model directory")
     p.add_argument("--backend", default="cpu", choices=("cpu", "sim", "xrt"), help="device backend")
-    p.add_argument("--depth", type=int, default=2, help="pipeline depth: most tiles in flight (1 = serial)")
-    p.add_argument("--lanes", type=int, default=1, help="parallel kernel workers")
-    p.add_argument("--tile-rows", type=int, default=64, help="encoder positions per tile")
+    p.add_argument("--depth", type=int, default=4, help="pipeline depth: most tiles in flight (1 = serial)")
+    p.add_argument("--lanes", type=int, default=None, help="parallel kernel workers (default: 2 on cpu, 1 else)")
+    p.add_argument("--tile-rows", type=int, default=None,
+                   help="encoder positions per tile (default: 375 on cpu, 64 else)")
     p.add_argument("--manifest", default=None, help="kernel manifest for the xrt/sim backends")
     p.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop", "trio"),
                    help="event loop (auto: uvloop when installed)")

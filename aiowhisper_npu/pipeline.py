@@ -54,6 +54,7 @@ class _JobState:
     dead: bool = False
     active: bool = False
     finished: bool = False
+    activated_at: float = 0.0
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -183,6 +184,7 @@ class Pipeline:
             pick.ready = [t.index for t in tiles if not t.deps]
             heapq.heapify(pick.ready)
             pick.active = True
+            pick.activated_at = _now()
             if self._busy_since is None:
                 self._busy_since = _now()
             if pick.owner not in self._active:
@@ -333,8 +335,11 @@ class Pipeline:
                 self._upstream -= 1
                 st, tile, slot = item.st, item.tile, item.slot
                 if idle_since is not None:
-                    for r in st.recorders:
-                        r.idle(_now() - idle_since, stall)
+                    # an idle spell counts for this tile's job only from when the job became active
+                    idle = _now() - max(idle_since, st.activated_at)
+                    if idle > 0:
+                        for r in st.recorders:
+                            r.idle(idle, stall)
                 if not st.dead:
                     t0 = _now()
                     try:

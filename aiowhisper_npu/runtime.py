@@ -27,7 +27,11 @@ from .pool import BufferPool
 from .stats import PipelineStats, StatsRecorder
 from .tiles import slot_nbytes
 
-__all__ = ["AudioInput", "EncoderOutput", "Runtime"]
+__all__ = ["AudioInput", "CPU_TILE_ROWS", "EncoderOutput", "Runtime"]
+
+# Chosen by measurement on a 2-core machine (bench/latency.py, README "Performance"): 4 row tiles per
+# window keep two single-threaded BLAS lanes balanced and the GEMMs large.
+CPU_TILE_ROWS = 375
 
 AudioInput = Union[np.ndarray, str, "os.PathLike[str]"]
 
@@ -52,8 +56,9 @@ class Runtime:
         model: a :class:`WhisperModel`, a known name (``"tiny.en"``, ``"base"``) or a model directory.
         backend: ``"cpu"`` (default), ``"sim"`` (the simulated NPU) or ``"xrt"`` (a real NPU via pyxrt).
         pipeline_depth: the most tiles in flight; 1 is the fully serial baseline.
-        lanes: parallel kernel workers (NPU columns; CPU kernel threads).
-        tile_rows: encoder positions per tile.
+        lanes: parallel kernel workers (NPU columns; CPU kernel threads). Default: 2 on the CPU (or the
+            core count if smaller), 1 on NPU backends.
+        tile_rows: encoder positions per tile. Default: ``CPU_TILE_ROWS`` (375) on the CPU, 64 elsewhere.
         zero_copy: stage tile inputs directly in device memory when the device allows it.
         max_active_jobs: windows that may hold device tensors at once (bounds memory).
         reuse_buffers: keep one buffer set per slot (False: fresh buffers per tile, the naive baseline).
@@ -63,12 +68,17 @@ class Runtime:
     """
 
     def __init__(self, model: WhisperModel | str | os.PathLike[str] = "tiny.en", *, backend: str = "cpu",
-                 pipeline_depth: int = 2, lanes: int = 1, tile_rows: int = DEFAULT_TILE_ROWS,
+                 pipeline_depth: int = 4, lanes: int | None = None, tile_rows: int | None = None,
                  zero_copy: bool = False, max_active_jobs: int = 8, reuse_buffers: bool = True,
                  dma_batch: int = 1,
                  device: Device | None = None, **backend_options: Any):
         if pipeline_depth < 1:
             raise ValueError(f"pipeline_depth must be >= 1, got {pipeline_depth}")
+        on_cpu = (device.name if device is not None else backend) == "cpu"
+        if lanes is None:
+            lanes = device.lanes if device is not None else (min(2, os.cpu_count() or 1) if on_cpu else 1)
+        if tile_rows is None:
+            tile_rows = CPU_TILE_ROWS if on_cpu else DEFAULT_TILE_ROWS
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         if tile_rows < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu.devices.cpu import CpuDevice
+from aiowhisper_npu.devices.cpu import CpuDevice, set_blas_threads
 from aiowhisper_npu.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 
 from conftest import rel_l2
@@ -69,8 +70,19 @@ class HookedDevice(CpuDevice):
 
 
 def _reference(model: aw.WhisperModel, audio: np.ndarray, tile_rows: int) -> np.ndarray:
+    """The sequential path, with the one BLAS thread per lane the CPU device uses (set from a worker
+    thread, as the device does: OpenBLAS results depend on its thread count)."""
     plan, program = EncoderPlan(model.dims, tile_rows), EncoderProgram(model, tile_rows)
-    return np.stack([encode_window_sequential(program, plan, m) for m in aw.log_mel_windows(audio)])
+    out: list[np.ndarray] = []
+
+    def run() -> None:
+        set_blas_threads(CpuDevice(1).blas_threads)
+        out.extend(encode_window_sequential(program, plan, m) for m in aw.log_mel_windows(audio))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return np.stack(out)
 
 
 @pytest.fixture(scope="module")
@@ -82,21 +94,30 @@ def speech(clip_paths: dict[str, Path]) -> np.ndarray:
 async def test_bit_identical_at_every_depth(tiny: aw.WhisperModel, speech: np.ndarray, tile_rows: int) -> None:
     ref = _reference(tiny, speech, tile_rows)
     for depth in (1, 2, 3):
-        async with aw.Runtime(tiny, pipeline_depth=depth, tile_rows=tile_rows) as rt:
+        async with aw.Runtime(tiny, pipeline_depth=depth, tile_rows=tile_rows, lanes=1) as rt:
             out = await rt.encode(speech)
         assert np.array_equal(out.hidden_states, ref), f"depth={depth} tile_rows={tile_rows}"
         assert out.stats.tiles == len(EncoderPlan(tiny.dims, tile_rows).tiles)
 
 
+async def test_default_configuration_matches_sequential(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    """The defaults (chosen by benchmark: 2 lanes on 2 cores, 375-row tiles) agree with the serial path."""
+    async with aw.Runtime(tiny) as rt:
+        out = await rt.encode(speech)
+        assert rt.tile_rows == 375 and rt.lanes == min(2, os.cpu_count() or 1)
+    assert rel_l2(out.hidden_states, _reference(tiny, speech, 375)) <= 1e-6
+    assert out.stats.dependency_wait_s <= out.stats.wall_s
+
+
 async def test_zero_copy_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     ref = _reference(tiny, speech, 64)
-    async with aw.Runtime(tiny, pipeline_depth=3, zero_copy=True) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=3, zero_copy=True, tile_rows=64, lanes=1) as rt:
         assert np.array_equal((await rt.encode(speech)).hidden_states, ref)
 
 
 async def test_batched_dma_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     ref = _reference(tiny, speech, 64)
-    async with aw.Runtime(tiny, pipeline_depth=3, dma_batch=3) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=3, dma_batch=3, tile_rows=64, lanes=1) as rt:
         out = await rt.encode(speech)
     assert np.array_equal(out.hidden_states, ref)
     assert out.stats.tiles == len(EncoderPlan(tiny.dims, 64).tiles)
@@ -104,7 +125,7 @@ async def test_batched_dma_is_bit_identical(tiny: aw.WhisperModel, speech: np.nd
 
 async def test_lanes_agree_within_tolerance(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     ref = _reference(tiny, speech, 64)
-    async with aw.Runtime(tiny, pipeline_depth=3, lanes=2) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=3, lanes=2, tile_rows=64) as rt:
         out = await rt.encode(speech)
     assert rel_l2(out.hidden_states, ref) <= 1e-6
     kernel_lanes = {e.lane for e in out.stats.timeline if e.stage == "kernel"}
@@ -114,7 +135,7 @@ async def test_lanes_agree_within_tolerance(tiny: aw.WhisperModel, speech: np.nd
 async def test_concurrent_encodes_equal_serial(tiny: aw.WhisperModel, clip_paths: dict[str, Path]) -> None:
     audios = [aw.load_audio(clip_paths[n]) for n in ("quick_fox.wav", "numbers.wav", "weather.wav", "door.wav")]
     audios.append(aw.load_audio(clip_paths["long_40s.wav"]))
-    async with aw.Runtime(tiny, pipeline_depth=3) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=3, tile_rows=64, lanes=1) as rt:
         serial = [(await rt.encode(a)).hidden_states for a in audios]
         results: list[Any] = [None] * len(audios)
 
@@ -127,9 +148,19 @@ async def test_concurrent_encodes_equal_serial(tiny: aw.WhisperModel, clip_paths
         assert rt.buffer_pool.in_use == 0
     for s, r in zip(serial, results):
         assert np.array_equal(s, r.hidden_states)
-    # fairness: the short requests' tiles interleave with each other rather than running one after another
-    firsts = [min(e.start for e in r.stats.timeline) for r in results[:4]]
-    lasts = [max(e.end for e in r.stats.timeline) for r in results[:4]]
+
+    # fairness: requests submitted together interleave their tiles instead of running one after another
+    mels = [aw.log_mel_windows(a) for a in audios[:4]]
+    stats: list[Any] = [None] * 4
+    async with aw.Runtime(tiny, pipeline_depth=3, tile_rows=64, lanes=1) as rt:
+        async def mel_one(i: int) -> None:
+            stats[i] = (await rt.encode_mels(mels[i]))[1]
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(mel_one, i)
+    firsts = [min(e.start for e in s.timeline) for s in stats]
+    lasts = [max(e.end for e in s.timeline) for s in stats]
     assert max(firsts) < min(lasts), "requests did not overlap"
 
 
@@ -152,7 +183,7 @@ async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: n
                     anyio.from_thread.run_sync(trigger.set)
 
         device = HookedDevice(1, hook)
-        async with aw.Runtime(tiny, device=device, pipeline_depth=3) as rt:
+        async with aw.Runtime(tiny, device=device, pipeline_depth=3, tile_rows=64) as rt:
             await rt.encode(np.zeros(1000, np.float32))  # warm: worker threads exist now
             device.calls = dict.fromkeys(device.calls, 0)
             tasks, threads = _tasks(), threading.active_count()
@@ -225,7 +256,7 @@ async def test_kernel_error_fails_only_that_request(tiny: aw.WhisperModel, speec
         except aw.DeviceError as exc:
             outcomes[name] = exc
 
-    async with aw.Runtime(tiny, device=device, pipeline_depth=2) as rt:
+    async with aw.Runtime(tiny, device=device, pipeline_depth=2, tile_rows=64) as rt:
         async with anyio.create_task_group() as tg:
             tg.start_soon(request, "first", 0.0)
             tg.start_soon(request, "second", 0.005)
@@ -243,9 +274,9 @@ async def test_kernel_error_fails_only_that_request(tiny: aw.WhisperModel, speec
 
 async def test_stats_add_up(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     plan = EncoderPlan(tiny.dims, 64)
-    async with aw.Runtime(tiny, pipeline_depth=1) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=1, tile_rows=64, lanes=1) as rt:
         serial = (await rt.encode(speech)).stats
-    async with aw.Runtime(tiny, pipeline_depth=3, lanes=2) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=3, lanes=2, tile_rows=64) as rt:
         piped = (await rt.encode(speech)).stats
         cumulative = rt.stats
     for s, lanes in ((serial, 1), (piped, 2)):
@@ -270,7 +301,7 @@ async def test_stats_add_up(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
 
 async def test_buffer_pool_addresses_aligned_and_distinct(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     device = HookedDevice(1)
-    async with aw.Runtime(tiny, device=device, pipeline_depth=3) as rt:
+    async with aw.Runtime(tiny, device=device, pipeline_depth=3, tile_rows=64) as rt:
         await rt.encode(speech)
         pool = rt.buffer_pool
         addrs = pool.addresses()
@@ -285,7 +316,7 @@ async def test_buffer_pool_addresses_aligned_and_distinct(tiny: aw.WhisperModel,
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_runs_on_trio(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     ref = _reference(tiny, speech, 64)
-    async with aw.Runtime(tiny, pipeline_depth=2) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=2, tile_rows=64, lanes=1) as rt:
         assert np.array_equal((await rt.encode(speech)).hidden_states, ref)
 
 
@@ -295,7 +326,7 @@ async def test_barrier_does_not_drain_next_block(tiny: aw.WhisperModel, speech: 
     So the kernel goes straight from block L's last attention tile to block L+1's first qkv tile.
     """
     plan = EncoderPlan(tiny.dims, 64)
-    async with aw.Runtime(tiny, pipeline_depth=3) as rt:
+    async with aw.Runtime(tiny, pipeline_depth=3, tile_rows=64, lanes=1) as rt:
         stats = (await rt.encode(speech)).stats
     kernel = {e.tile: e for e in stats.timeline if e.stage == "kernel"}
     sent = {e.tile: e for e in stats.timeline if e.stage == "to_device"}

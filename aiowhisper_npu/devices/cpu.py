@@ -7,12 +7,14 @@ copies become no-ops, like host-only buffers on an NPU.
 
 A kernel runs in the thread that waits for it (a pipeline worker thread): numpy and BLAS release the GIL,
 so a kernel on one lane overlaps host work and kernels on the other lanes. BLAS threads are split between
-lanes through threadpoolctl when it is installed.
+lanes through threadpoolctl when it is installed (set by each kernel worker before it runs). The default
+is one BLAS thread per lane: OpenBLAS splits a GEMM differently with several threads, or when another
+thread is in BLAS at the same time, which changes rounding; with one thread per lane every kernel is
+deterministic however requests interleave, and the lanes are the parallelism.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -24,7 +26,24 @@ from ..errors import DeviceError
 from ..tiles import KernelProgram
 from .base import BufferView, aligned_empty
 
-__all__ = ["CpuBuffer", "CpuRun", "CpuDevice"]
+__all__ = ["CpuBuffer", "CpuRun", "CpuDevice", "set_blas_threads"]
+
+
+def _blas_controller() -> Any:
+    """threadpoolctl's controller of numpy's BLAS, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    return libs[0] if libs else None
+
+
+def set_blas_threads(n: int) -> None:
+    """Set BLAS threads from the calling thread (used by tests and benchmarks for reference runs)."""
+    ctl = _blas_controller()
+    if ctl is not None and ctl.get_num_threads() != n:
+        ctl.set_num_threads(n)
 
 
 class CpuBuffer:
@@ -75,12 +94,12 @@ class CpuDevice:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.lanes = lanes
-        self.blas_threads = blas_threads or max(1, (os.cpu_count() or 1) // lanes)
+        self.blas_threads = blas_threads or 1  # see the module docstring: determinism
         self._program: KernelProgram | None = None
         self._resident: dict[str, np.ndarray] = {}
         self._workspaces: list[Any] = []
         self._lane_locks = [threading.Lock() for _ in range(lanes)]
-        self._limits: Any = None
+        self._blas: Any = None
         self.buffers_live = 0
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -96,19 +115,23 @@ class CpuDevice:
         self._limit_blas()
 
     def _limit_blas(self) -> None:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            if self.lanes > 1:
-                warnings.warn("threadpoolctl is not installed: BLAS threads are not split between lanes "
-                              "(pip install threadpoolctl)", RuntimeWarning, stacklevel=3)
-            return
-        self._limits = threadpool_limits(limits=self.blas_threads, user_api="blas")
+        self._blas = _blas_controller()
+        if self._blas is None and self.lanes > 1:
+            warnings.warn("threadpoolctl is not installed: BLAS threads are not split between lanes "
+                          "(pip install threadpoolctl)", RuntimeWarning, stacklevel=3)
+
+    def _ensure_blas_threads(self) -> None:
+        """Set the BLAS thread count from the kernel's own thread before it runs (cheap when unchanged).
+
+        The count is process-wide. Setting it from the event loop's thread proved unreliable with
+        OpenBLAS, so each kernel worker checks it instead; runtimes with different lane counts should not
+        run kernels at the same time in one process.
+        """
+        ctl = self._blas
+        if ctl is not None and ctl.get_num_threads() != self.blas_threads:
+            ctl.set_num_threads(self.blas_threads)
 
     def close(self) -> None:
-        if self._limits is not None:
-            self._limits.restore_original_limits()
-            self._limits = None
         self._resident = {}
         self._workspaces = []
 
@@ -151,6 +174,7 @@ class CpuDevice:
             assert self._program is not None
             op, params, ins, outs, tensors = run.call
             with self._lane_locks[run.lane]:  # one kernel per lane at a time: it owns the lane's workspace
+                self._ensure_blas_threads()
                 t0 = time.perf_counter()
                 try:
                     self._program.run(op, self._resident, self._workspaces[run.lane], params, ins, outs,
