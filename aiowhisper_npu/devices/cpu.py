@@ -116,6 +116,7 @@ class CpuDevice:
 
     def _limit_blas(self) -> None:
         self._blas = _blas_controller()
+        self._ensure_blas_threads()  # now too (load runs in a worker thread), so host-side BLAS agrees
         if self._blas is None and self.lanes > 1:
             warnings.warn("threadpoolctl is not installed: BLAS threads are not split between lanes "
                           "(pip install threadpoolctl)", RuntimeWarning, stacklevel=3)
