@@ -1,0 +1,412 @@
+"""Streaming encode: ``async for upd in rt.stream(chunks)`` -- low, bounded latency on audio as it arrives.
+
+::
+
+    async with aw.Runtime("tiny.en") as rt:
+        async for upd in rt.stream(mic_chunks(), update_every_s=1.0, context="full"):
+            upd.window, upd.start_s, upd.end_s, upd.final
+            upd.hidden_states       # float32 (positions, d_model)
+            upd.latency_s, upd.lag  # newest audio -> update ready; the stream's lag (StreamLag)
+
+or, with structured cleanup guaranteed at the end of the block (recommended)::
+
+        async with rt.stream(chunks) as s:
+            async for upd in s:
+                ...
+            s.lag                    # live StreamLag
+
+**Input.** ``chunks`` is an async iterable (a plain list of arrays works too) of 1-D float32/float64 mono
+arrays of any length, down to one sample, at ``sample_rate`` (16 kHz by default), or of ``(array, rate)``
+tuples. NaN/inf, integer dtypes, 2-D arrays and a tuple at a rate other than the declared one raise
+:class:`~aiowhisper_npu.errors.AudioError` from this stream only. With ``sample_rate=44100`` (say) the
+stream resamples as it goes (:class:`~aiowhisper_npu.stream_flow.StreamResampler`, ~70 ms added latency):
+the result equals resampling the whole signal at once (bit for bit with the numpy resampler, within 1e-13
+with soxr), which is what ``encode(path)`` does -- not resampling each chunk on its own, which would leave
+edge artifacts at every chunk boundary.
+
+**Windows.** The stream is cut into the consecutive 30 s windows :meth:`Runtime.encode` uses. Window ``w``
+covers stream seconds ``[30 w, 30 w + 30)``.
+
+* A **final** update (``final=True``) comes once per window, as soon as its 30 s are complete, and for the
+  last, partial window at end of stream. Finals are never skipped, always use the full 1500-position
+  context (also under ``context="bucketed"``), and concatenated they **equal ``encode()`` of the whole audio
+  bit for bit**: the log-mel comes from :class:`~aiowhisper_npu.mel_stream.LogMelStream` (identical to the
+  offline front end for any chunking) and goes through the same :meth:`Runtime.encode_mels`.
+* A **partial** update (``final=False``) encodes the growing window so far, zero-padded to 30 s: it equals
+  ``encode(audio[30 w : end_s])`` of the audio it covers. One comes after every ``update_every_s`` of new
+  audio in the window at most (measured from the previous update of that window), only while the window is
+  still open; the chunk that completes a window gets its final instead.
+* ``context="bucketed"`` (partials only): encode just the first ``k * 256`` positions, the fewest 5.12 s
+  buckets that hold the window's audio, ``n_ctx = min(1500, ceil(ceil(samples / 320) / 256) * 256)`` (the
+  ``audio_ctx`` idea of whisper.cpp). ``hidden_states`` then has ``n_ctx`` rows. These differ from the full
+  context's first rows, because attention no longer sees the padded tail; ``bench/stream_latency.py``
+  measures the effect (relative L2, decoded text): when the audio nearly fills its last bucket the decoder
+  may loop (the failure whisper.cpp users report for small ``audio_ctx``); ``bucket_margin_s`` asks for that
+  much padded silence after the audio (e.g. 2.0). ``context="full"`` is the exact default.
+
+**Flow control.** A reader task (:class:`~aiowhisper_npu.stream_flow.ChunkReader`) pulls chunks into a
+bounded channel; encoding runs in the consumer's own task, inside ``__anext__``, so nothing is computed that
+nobody asks for. Each step drains *everything* queued, then encodes pending finals first and then at most
+one partial, of the newest audio: stale partials are coalesced, never queued (:attr:`StreamLag.partials_skipped`
+counts update points passed over). While more than ``max_queued_s`` of audio waits undrained, the reader
+stops pulling from the source: backpressure to the producer, so memory stays bounded whatever its pace.
+Many streams share one runtime: the pipeline takes tiles round-robin across requests, and each stream has
+at most one request in flight, so no stream starves another; outputs do not depend on the other streams.
+
+**Lag.** Every update carries ``latency_s`` and a :class:`StreamLag` snapshot (``upd.lag``; live as
+``stream.lag``): compute seconds per audio second (overall and over the last 10 updates; near 1.0 means
+the stream is computing all the time and its partials are being coalesced), the audio queued in the
+bounded buffer and its high-water mark, how far the newest update is behind the audio received, and the
+number of coalesced update points.
+
+**Cleanup.** Leaving ``async with``, :meth:`AudioStream.aclose`, the end of the audio, an error, or
+cancelling the consumer stops the reader, closes the source iterator (``aclose()``) and drops the stream's
+buffers; the pipeline drains its in-flight tiles before a cancelled encode returns, so
+``rt.buffer_pool.in_use == 0`` once idle. Under ``async with`` the reader is a child of the block's own
+task group; a bare ``async for`` has no block, so its reader runs in the runtime's task group, and a
+``break`` cannot be seen: the stream stops its reader when it is garbage-collected (at once in CPython) --
+prefer ``async with`` or ``aclose()`` where that matters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Callable, Iterable, TypeVar
+
+import anyio
+import numpy as np
+
+from .audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from .mel_stream import LogMelStream
+from .stats import PipelineStats
+from .stream_flow import ChunkReader
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["SAMPLES_PER_POSITION", "BUCKET_POSITIONS", "context_positions", "StreamLag", "StreamUpdate",
+           "AudioStream", "stream_encode"]
+
+SAMPLES_PER_POSITION = 2 * HOP_LENGTH  #: 320 samples (20 ms) per encoder position
+BUCKET_POSITIONS = 256  #: positions per context bucket (5.12 s)
+_MEL_INLINE_MAX = 3200  # pushes of up to 0.2 s run on the loop; larger ones in a worker thread
+_now = time.perf_counter
+_T = TypeVar("_T")
+
+
+def context_positions(n_samples: int, n_audio_ctx: int = 1500, bucket: int = BUCKET_POSITIONS,
+                      margin_positions: int = 0) -> int:
+    """Positions a bucketed encode uses for a window holding ``n_samples``: whole buckets, at most 1500.
+
+    ``margin_positions`` of silence are required after the audio (0: the fewest buckets that hold it).
+    """
+    held = max(1, -(-n_samples // SAMPLES_PER_POSITION) + margin_positions)
+    return min(n_audio_ctx, -(-held // bucket) * bucket)
+
+
+@dataclass(frozen=True)
+class StreamLag:
+    """How far a stream is behind (a snapshot). All audio amounts are in 16 kHz seconds.
+
+    ``compute_s_per_audio_s`` is the stream's encoder + log-mel wall time per second of audio received.
+    For a real-time source, 1.0 means it is computing all the time and cannot update any faster;
+    ``recent_compute_s_per_audio_s`` is the same over the last 10 updates. ``queued_audio_s`` is audio
+    received but not yet taken by the encoder side (the bounded buffer; at most ``max_queued_s`` plus one
+    chunk); ``behind_s`` is audio received but not yet covered by a yielded update.
+    """
+
+    audio_s: float
+    updated_s: float
+    queued_audio_s: float
+    max_queued_audio_s: float
+    behind_s: float
+    compute_s: float
+    compute_s_per_audio_s: float
+    recent_compute_s_per_audio_s: float
+    updates: int
+    finals: int
+    partials_skipped: int
+
+
+@dataclass(frozen=True, eq=False)
+class StreamUpdate:
+    """One encoder output of a stream (see the module docstring for final/partial/bucketed)."""
+
+    window: int  # 30 s window index
+    start_s: float  # stream seconds: 30 * window
+    end_s: float  # stream seconds up to which audio is included
+    hidden_states: np.ndarray  # float32 (positions, d_model): 1500 rows, or n_ctx when bucketed
+    final: bool  # the window is complete (or the stream ended) and this is its exact encoding
+    latency_s: float  # arrival of the newest audio included (reader clock) -> update ready
+    n_ctx: int  # encoder positions computed
+    audio_positions: int  # positions that hold audio: ceil(samples / 320)
+    compute_s: float  # log-mel + encoder wall time for this update (includes waiting for shared tiles)
+    skipped: int  # update points (every update_every_s) passed over before this update
+    stats: PipelineStats  # the encoder pipeline's statistics for this update
+    lag: StreamLag  # the stream's lag when this update was ready
+
+    @property
+    def positions(self) -> int:
+        return int(self.hidden_states.shape[0])
+
+
+@dataclass(eq=False)
+class _PendingFinal:
+    window: int
+    mel: np.ndarray
+    n_samples: int
+    t_arrival: float
+
+
+class AudioStream:
+    """An async iterator of :class:`StreamUpdate` and an async context manager (``rt.stream(...)``).
+
+    Args:
+        rt: an open :class:`~aiowhisper_npu.runtime.Runtime`.
+        chunks: an async iterable of 1-D float arrays (any length, down to one sample) at ``sample_rate``,
+            or of ``(array, rate)`` tuples. The stream owns the iterator and closes it when done.
+        update_every_s: audio seconds between partial updates of a window (``math.inf``: finals only).
+        context: ``"full"`` (exact, default) or ``"bucketed"`` (partials encode only k*256 positions).
+        bucket_margin_s: with ``"bucketed"``, padded seconds kept after the audio (0: fewest buckets).
+        sample_rate: the rate of the chunks; other than 16000, they are resampled as a stream
+            (:class:`~aiowhisper_npu.stream_flow.StreamResampler`: equal to resampling the whole signal, not
+            to resampling chunk by chunk).
+        max_queued_s: undrained audio at which the reader stops pulling from the source.
+        max_queued_chunks: capacity of the reader's channel, in chunks.
+
+    Raises (from iteration): :class:`~aiowhisper_npu.errors.AudioError` for a bad chunk (NaN/inf, integer
+    dtype, 2-D, a tuple at another rate), or whatever the source raised; the stream is then closed.
+    """
+
+    def __init__(self, rt: Runtime, chunks: AsyncIterable[Any] | Iterable[Any], *, update_every_s: float = 1.0,
+                 context: str = "full", bucket_margin_s: float = 0.0, sample_rate: int = SAMPLE_RATE,
+                 max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
+        rt._require_open()
+        assert rt.model is not None
+        if context not in ("full", "bucketed"):
+            raise ValueError(f"context must be 'full' or 'bucketed', got {context!r}")
+        if not bucket_margin_s >= 0:
+            raise ValueError(f"bucket_margin_s must be >= 0, got {bucket_margin_s!r}")
+        if not update_every_s > 0:
+            raise ValueError(f"update_every_s must be > 0, got {update_every_s!r}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        if not (max_queued_s > 0 and max_queued_chunks >= 1):
+            raise ValueError(f"max_queued_s and max_queued_chunks must be positive, got {max_queued_s!r}, "
+                             f"{max_queued_chunks!r}")
+        self._rt = rt
+        self.context = context
+        self.update_every_s = float(update_every_s)
+        self._step = max(1, round(update_every_s * SAMPLE_RATE)) if math.isfinite(update_every_s) else None
+        self._n_audio_ctx = rt.model.dims.n_audio_ctx
+        self._margin = math.ceil(bucket_margin_s * SAMPLE_RATE / SAMPLES_PER_POSITION)  # positions
+        self._reader = ChunkReader(_as_async_iterable(chunks), sample_rate=int(sample_rate),
+                                   max_queued_samples=round(max_queued_s * SAMPLE_RATE),
+                                   max_queued_chunks=max_queued_chunks)
+        self._mel: LogMelStream | None = LogMelStream(rt.model.dims.n_mels)
+        self._finals: deque[_PendingFinal] = deque()
+        self._mode: str | None = None  # "scoped" (async with) or "detached" (bare async for)
+        self._stack: AsyncExitStack | None = None
+        self._closed = self._eof = False
+        self._pushed = 0  # samples pushed into the log-mel
+        self._newest_t = 0.0  # arrival time of the newest pushed sample
+        self._last = (0, 0)  # (window, samples in it) of the newest update
+        self._updated = 0  # stream sample up to which the newest update reaches
+        self._compute_s = self._unbilled_s = 0.0
+        self._recent: deque[tuple[float, int]] = deque(maxlen=10)  # (compute_s, samples advanced)
+        self._updates = self._n_finals = self._skipped = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def __aenter__(self) -> AudioStream:
+        if self._mode is not None:
+            raise RuntimeError("this stream was already started; use 'async with rt.stream(...)' before iterating")
+        self._mode = "scoped"
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            await tg.start(self._reader.run)
+        except BaseException as exc:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._close_now()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            # the reader never raises and is cancelled now: exit its task group as if the body had succeeded,
+            # so an exception from the body (an AudioError, say) propagates as itself, not in an ExceptionGroup
+            await stack.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        """Stop the stream and wait until its reader task has finished. Idempotent."""
+        self._close_now()
+        if self._mode is not None:
+            with anyio.CancelScope(shield=True):
+                await self._reader.done.wait()
+
+    def __del__(self) -> None:
+        if getattr(self, "_mode", None) == "detached" and not self._closed:
+            self._reader.cancel_soon()
+
+    def _start_detached(self) -> None:
+        tg = getattr(self._rt, "_task_group", None)
+        if tg is None:
+            raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
+        self._mode = "detached"
+        tg.start_soon(self._reader.run, name=f"aiowhisper stream reader {id(self):x}")
+
+    def _close_now(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._reader.cancel()
+            self._mel = None
+            self._finals.clear()
+
+    # -- iteration --------------------------------------------------------------------------------------
+    def __aiter__(self) -> AudioStream:
+        return self
+
+    async def __anext__(self) -> StreamUpdate:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._mode is None:
+            self._start_detached()
+        try:
+            return await self._next()
+        except BaseException:  # StopAsyncIteration, an error or a cancellation: the stream is over
+            self._close_now()
+            raise
+
+    @property
+    def lag(self) -> StreamLag:
+        """The stream's lag right now."""
+        r = self._reader
+        audio_s = r.read_samples / SAMPLE_RATE
+        recent_c = sum(c for c, _ in self._recent)
+        recent_a = sum(a for _, a in self._recent) / SAMPLE_RATE
+        return StreamLag(
+            audio_s=audio_s, updated_s=self._updated / SAMPLE_RATE,
+            queued_audio_s=r.queued_samples / SAMPLE_RATE, max_queued_audio_s=r.max_queued_seen / SAMPLE_RATE,
+            behind_s=max(0.0, audio_s - self._updated / SAMPLE_RATE), compute_s=self._compute_s,
+            compute_s_per_audio_s=self._compute_s / audio_s if audio_s else 0.0,
+            recent_compute_s_per_audio_s=recent_c / recent_a if recent_a else 0.0,
+            updates=self._updates, finals=self._n_finals, partials_skipped=self._skipped)
+
+    async def _next(self) -> StreamUpdate:
+        while True:
+            await self._take(block=False)
+            if self._closed:  # aclose() from another task
+                raise StopAsyncIteration
+            if self._finals:
+                pf = self._finals.popleft()
+                return await self._emit(pf.window, pf.n_samples, pf.t_arrival, final=True, mel=pf.mel)
+            mel = self._mel
+            assert mel is not None
+            if self._eof:
+                return await self._flush(mel)
+            n = mel.current.n_samples
+            if self._step is not None and n - self._last_samples(mel.window_index) >= self._step:
+                return await self._emit(mel.window_index, n, self._newest_t, final=False)
+            await self._take(block=True)
+
+    async def _take(self, block: bool) -> None:
+        """Drain the reader's channel into the log-mel; completed windows become pending finals."""
+        if self._eof:
+            return
+        batch = await self._reader.take(block)
+        mel = self._mel
+        if mel is None:  # closed meanwhile
+            raise StopAsyncIteration
+        if batch.chunks:
+            sizes = [c.samples.size for c in batch.chunks]
+            x = batch.chunks[0].samples if len(sizes) == 1 else np.concatenate([c.samples for c in batch.chunks])
+            ends = np.cumsum(sizes) + self._pushed
+            first = mel.window_index
+            t0 = _now()
+            done = await _maybe_thread(mel.push, x, x.size > _MEL_INLINE_MAX)
+            self._unbilled_s += _now() - t0
+            for k, window_mel in enumerate(done):
+                w = first + k
+                i = int(np.searchsorted(ends, (w + 1) * N_SAMPLES))  # the chunk holding the window's end
+                self._finals.append(_PendingFinal(w, window_mel, N_SAMPLES, batch.chunks[i].t_arrival))
+            self._pushed += x.size
+            self._newest_t = batch.chunks[-1].t_arrival
+        if batch.failure is not None:
+            raise batch.failure
+        if batch.eof:
+            if not self._reader.completed:
+                raise RuntimeError("the stream's reader was cancelled (was the runtime closed?)")
+            self._eof = True
+
+    async def _flush(self, mel: LogMelStream) -> StreamUpdate:
+        n, w = mel.current.n_samples, mel.window_index
+        if n == 0:
+            raise StopAsyncIteration
+        t0 = _now()
+        window_mel = await anyio.to_thread.run_sync(mel.finish)
+        self._unbilled_s += _now() - t0
+        return await self._emit(w, n, self._newest_t, final=True, mel=window_mel)
+
+    def _last_samples(self, window: int) -> int:
+        return self._last[1] if self._last[0] == window else 0
+
+    async def _emit(self, window: int, n: int, t_arrival: float, *, final: bool,
+                    mel: np.ndarray | None = None) -> StreamUpdate:
+        """Encode one window's log-mel (a snapshot of the growing window if ``mel`` is None)."""
+        t0 = _now()
+        if mel is None:
+            if self._mel is None:
+                raise StopAsyncIteration
+            mel = await anyio.to_thread.run_sync(self._mel.snapshot)
+        n_ctx = self._n_audio_ctx
+        if not final and self.context == "bucketed":
+            n_ctx = context_positions(n, self._n_audio_ctx, margin_positions=self._margin)
+        hidden, stats = await self._rt.encode_mels(mel[None], None if n_ctx >= self._n_audio_ctx else n_ctx)
+        t1 = _now()
+        compute_s = t1 - t0 + self._unbilled_s
+        self._unbilled_s = 0.0
+        advanced = window * N_SAMPLES + n - self._updated
+        points = (n - self._last_samples(window)) // self._step if self._step else 0
+        skipped = max(0, points - 1)
+        self._compute_s += compute_s
+        self._recent.append((compute_s, max(0, advanced)))
+        self._updates += 1
+        self._n_finals += final
+        self._skipped += skipped
+        self._last = (window, n)
+        self._updated = window * N_SAMPLES + n
+        return StreamUpdate(
+            window=window, start_s=window * N_SAMPLES / SAMPLE_RATE, end_s=self._updated / SAMPLE_RATE,
+            hidden_states=hidden[0], final=final, latency_s=t1 - t_arrival, n_ctx=n_ctx,
+            audio_positions=-(-n // SAMPLES_PER_POSITION), compute_s=compute_s, skipped=skipped, stats=stats,
+            lag=self.lag)
+
+
+async def _maybe_thread(fn: Callable[[np.ndarray], _T], x: np.ndarray, thread: bool) -> _T:
+    return await anyio.to_thread.run_sync(fn, x) if thread else fn(x)
+
+
+async def _iterate(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+def _as_async_iterable(chunks: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterable[Any]:
+    if hasattr(chunks, "__aiter__"):
+        return chunks  # type: ignore[return-value]
+    if isinstance(chunks, np.ndarray) or not hasattr(chunks, "__iter__"):
+        raise TypeError("chunks must be an async iterable of 1-D float arrays (a list of arrays works too); "
+                        f"got {type(chunks).__name__} -- to stream one array, pass [audio] or slices of it")
+    return _iterate(chunks)  # type: ignore[arg-type]
+
+
+def stream_encode(rt: Runtime, chunks: AsyncIterable[Any] | Iterable[Any], **options: Any) -> AudioStream:
+    """``rt.stream(chunks, **options)``: an :class:`AudioStream` (see its docstring and the module's)."""
+    return AudioStream(rt, chunks, **options)
