@@ -65,6 +65,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("pipelined_d3", 3, note="depth 3"),
     Variant("batch_dma", 3, dma_batch=3, note="depth 3, up to 3 tiles per to-device transfer"),
     Variant("lanes", 2, lanes=2, note="depth 2, 2 kernel lanes"),
+    Variant("lanes_d4", 4, lanes=2, note="depth 4, 2 kernel lanes (the CPU default)"),
 )
 
 
