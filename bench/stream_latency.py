@@ -118,6 +118,12 @@ def summarize(runs: list[StreamRun]) -> dict[str, Any]:
     return out
 
 
+def make_runtime(model: str | aw.WhisperModel, depth: int | None, lanes: int | None) -> aw.Runtime:
+    """A runtime with the runtime's own defaults unless ``depth``/``lanes`` are given."""
+    opts = {k: v for k, v in (("pipeline_depth", depth), ("lanes", lanes)) if v is not None}
+    return aw.Runtime(model, **opts)
+
+
 async def warm(rt: aw.Runtime, audio: np.ndarray) -> None:
     """First-touch every plan a stream will use (full and each bucket), so runs measure steady state."""
     mel = log_mel_windows(audio[:SAMPLE_RATE])
@@ -132,13 +138,13 @@ async def latency_section(args: argparse.Namespace, audio: np.ndarray) -> list[d
     rows = []
     for model in args.models:
         for lanes in args.lanes:
-            async with aw.Runtime(model, pipeline_depth=args.depth, lanes=lanes) as rt:
+            async with make_runtime(model, args.depth, lanes) as rt:
                 await warm(rt, audio)
                 for context in ("full", "bucketed"):
                     for chunk_s in (1.0, 0.5):
                         s = summarize(await realtime_streams(rt, audio, n=1, chunk_s=chunk_s, context=context))
-                        rows.append({"model": model, "lanes": lanes, "context": context, "chunk_s": chunk_s, **s})
-                        print(f"  {model} lanes={lanes} {context} {chunk_s} s: p50 {s['p50_s']:.3f} "
+                        rows.append({"model": model, "lanes": rt.lanes, "context": context, "chunk_s": chunk_s, **s})
+                        print(f"  {model} lanes={rt.lanes} {context} {chunk_s} s: p50 {s['p50_s']:.3f} "
                               f"p95 {s['p95_s']:.3f}", flush=True)
     return rows
 
@@ -146,7 +152,7 @@ async def latency_section(args: argparse.Namespace, audio: np.ndarray) -> list[d
 async def concurrency_section(args: argparse.Namespace, audio: np.ndarray) -> list[dict[str, Any]]:
     rows = []
     for lanes in args.lanes:
-        async with aw.Runtime("tiny.en", pipeline_depth=args.depth, lanes=lanes) as rt:
+        async with make_runtime("tiny.en", args.depth, lanes) as rt:
             await warm(rt, audio)
             for context in args.sweep_contexts:
                 for n in range(1, args.max_streams + 1):
@@ -154,13 +160,13 @@ async def concurrency_section(args: argparse.Namespace, audio: np.ndarray) -> li
                         load0 = os.getloadavg()[0]
                         s = summarize(await realtime_streams(rt, audio, n=n, chunk_s=1.0, context=context))
                         s.update(attempt=attempt + 1, load_before=load0, load_after=os.getloadavg()[0])
-                        print(f"  lanes={lanes} {context} N={n} (attempt {attempt + 1}, load {load0:.1f}): p50 "
+                        print(f"  lanes={rt.lanes} {context} N={n} (attempt {attempt + 1}, load {load0:.1f}): p50 "
                               f"{s['p50_s']:.3f} p95 {s['p95_s']:.3f} skipped {s['skipped']} growth "
                               f"{s['latency_growth_s']:.3f} -> {'ok' if s['sustained'] else 'NOT sustained'}",
                               flush=True)
                         if s["sustained"]:
                             break
-                    rows.append({"model": "tiny.en", "lanes": lanes, "context": context, "chunk_s": 1.0, **s})
+                    rows.append({"model": "tiny.en", "lanes": rt.lanes, "context": context, "chunk_s": 1.0, **s})
                     if not s["sustained"]:
                         break
     return rows
@@ -246,7 +252,7 @@ async def accuracy_section(args: argparse.Namespace) -> list[dict[str, Any]]:
         except ImportError as exc:
             print(f"  (no CTranslate2 decoding: {exc})")
             dec = None
-        async with aw.Runtime(model, pipeline_depth=args.depth, lanes=args.lanes[0]) as rt:
+        async with make_runtime(model, args.depth, args.lanes[0]) as rt:
             for name, x in cases:
                 mel = log_mel_windows(x)
                 full, _ = await rt.encode_mels(mel)
@@ -297,7 +303,8 @@ def report(res: dict[str, Any]) -> str:
                 ("rel_l2_audio", "rel L2 (audio positions)", ".3f"), ("same_text", "same text", ""),
                 ("wer_vs_full", "WER bucketed vs full", ".2f"), ("wer_full_vs_truth", "WER full vs truth", ".2f"),
                 ("wer_bucketed_vs_truth", "WER bucketed vs truth", ".2f")]
-    out = [f"## Streaming latency ({res['env']['when']}, {res['env']['cpus']} CPUs, load {res['env']['load']})", ""]
+    out = [f"## Streaming latency ({res['env']['when']}, {res['env']['cpus']} CPUs, load {res['env']['load']}, "
+           f"runtime {res['env']['runtime']})", ""]
     if res.get("latency"):
         out += ["### One real-time stream: update latency (recorded -> update in hand)", "",
                 table(res["latency"], lat_cols), ""]
@@ -340,14 +347,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=None, help="audio seconds per real-time run (default 30, quick 10)")
     p.add_argument("--max-streams", type=int, default=10, help="stop the concurrency sweep here")
     p.add_argument("--sweep-contexts", default="full,bucketed", help="contexts for the concurrency sweep")
-    p.add_argument("--depth", type=int, default=2, help="pipeline depth")
-    p.add_argument("--lanes", default="1,2", help="comma-separated kernel lanes to measure (runtime lanes=)")
+    p.add_argument("--depth", type=int, default=None, help="pipeline depth (default: the runtime's)")
+    p.add_argument("--lanes", default="default", help="comma-separated kernel lanes to measure, e.g. 1,2 "
+                                                      "(default: the runtime's default only)")
     p.add_argument("--retries", type=int, default=1, help="repeat a concurrency run that was not sustained")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: latency,concurrency,accuracy")
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.sweep_contexts = [c for c in args.sweep_contexts.split(",") if c]
-    args.lanes = [int(x) for x in args.lanes.split(",") if x]
+    args.lanes = [None if x == "default" else int(x) for x in args.lanes.split(",") if x]
     args.skip = set(filter(None, args.skip.split(",")))
     args.seconds = args.seconds or (10.0 if args.quick else 30.0)
     return args
@@ -359,6 +367,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
            "load": " ".join(f"{x:.1f}" for x in os.getloadavg()), "seconds": args.seconds,
            "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
            "depth": args.depth, "lanes": args.lanes}
+    probe = make_runtime("tiny.en", args.depth, args.lanes[0])  # not opened: just its resolved settings
+    env["runtime"] = {"pipeline_depth": probe.pipeline_depth, "lanes": probe.lanes, "tile_rows": probe.tile_rows}
     res: dict[str, Any] = {"env": env}
     if "latency" not in args.skip:
         print("latency:", flush=True)
