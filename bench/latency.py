@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="warm-up encodes per variant before measuring (default 2)")
     p.add_argument("--variants", default=",".join(v.name for v in bm.VARIANTS),
                    help="comma-separated subset of variants (baseline is always included)")
-    p.add_argument("--tile-rows", type=int, default=64, help="encoder positions per tile (default 64)")
+    p.add_argument("--tile-rows", type=int, default=None,
+                   help="encoder positions per tile, the same for every variant (default: the runtime's default "
+                        "for the backend)")
     p.add_argument("--order", default="shuffled", choices=("shuffled", "fixed"),
                    help="variant order per round: a fresh shuffle (seeded) or fixed A/B/A/B (default shuffled)")
     p.add_argument("--seed", type=int, default=1, help="seed of the per-round shuffle")
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overhead", action="store_true", help="skip the null-kernel overhead measurement")
     p.add_argument("--no-e2e", action="store_true", help="skip end-to-end encode() and stream latency")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--render", metavar="JSON", default=None,
+                   help="print the markdown report of a saved --json result and exit (no measurement)")
     p.add_argument("--manifest", default=None, help="kernel manifest for the sim backend (default: packaged)")
     p.add_argument("--sim-numerics", action="store_true",
                    help="sim: also compute the kernels' numbers on the host (default off: pure modeled timing, "
@@ -148,10 +152,12 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
                               "backend": args.backend, "loop_used": _loop_used(), "settings": st}
     async with AsyncExitStack() as stack:
         rts: dict[str, Any] = {}
+        rows = {"tile_rows": st["tile_rows"]} if st["tile_rows"] else {}
         for v in variants:
             progress.note(f"opening {v.name}")
             rts[v.name] = await stack.enter_async_context(
-                Runtime(model, backend=args.backend, tile_rows=st["tile_rows"], **v.runtime_kwargs(), **opts))
+                Runtime(model, backend=args.backend, **rows, **v.runtime_kwargs(), **opts))
+        st["tile_rows"] = rts["baseline"].tile_rows  # resolved: the runtime's default unless --tile-rows
         threads = {n: getattr(rt.device, "blas_threads", None) for n, rt in rts.items()}
         st["blas_threads"] = threads  # pinned around each timed call (CpuDevice's limit is process-wide)
 
@@ -223,11 +229,13 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
             result["peer"]["rel_l2_vs_ours"] = rel_l2
         result["peer_note"] = peer_note
         result["timelines"] = {n: bx.median_timeline(samples[n]) for n in dict.fromkeys(["baseline", best])}
-        e2e_name = "pipelined_d2" if "pipelined_d2" in rts else best
-        if not args.no_e2e:
-            result["e2e"] = await bx.e2e_latency(rts[e2e_name], e2e_name, st["e2e_repeats"], threads[e2e_name],
-                                                 st["settle_ms"] / 1e3, progress)
-            result["stream"] = await bx.stream_first_update(rts[e2e_name], st["stream_trials"], progress)
+        if not args.no_e2e:  # what a user gets: a runtime with default settings (plus --tile-rows if given)
+            progress.note("end-to-end")
+            rt = await stack.enter_async_context(Runtime(model, backend=args.backend, **rows, **opts))
+            name = f"defaults: depth {rt.pipeline_depth}, {rt.lanes} lane(s), {rt.tile_rows}-row tiles"
+            result["e2e"] = await bx.e2e_latency(rt, name, st["e2e_repeats"], getattr(rt.device, "blas_threads",
+                                                 None), st["settle_ms"] / 1e3, progress)
+            result["stream"] = await bx.stream_first_update(rt, st["stream_trials"], progress)
     if not args.no_overhead:
         result["overhead"] = []
         for depth in (1, 3):
@@ -262,6 +270,9 @@ def _plot(res: dict[str, Any], path: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the markdown table; write ``--json``/``--plot``. Returns an exit code."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.render:
+        print(render_markdown(json.loads(Path(args.render).read_text())))
+        return 0
     from aiowhisper_npu.cli import run_async
 
     with bx.ProgressBar(enabled=not args.no_progress) as progress:
