@@ -143,7 +143,7 @@ class Pipeline:
             for st in [*self._pending, *itertools.chain.from_iterable(self._active.values())]:
                 st.error = st.error or err
                 st.dead = True
-                self._finish(st, force=True)
+                self._finish(st)
 
     # -- scheduling -----------------------------------------------------------------------------------
     def _deps(self, tiles: Sequence[Tile]) -> list[list[int]]:
@@ -177,7 +177,7 @@ class Pipeline:
             except BaseException as exc:
                 pick.error = exc
                 pick.dead = True
-                self._finish(pick, force=True)
+                self._finish(pick)
                 continue
             tiles = pick.job.tiles
             pick.remaining = [len(t.deps) for t in tiles]
@@ -217,11 +217,11 @@ class Pipeline:
         st.ready.clear()
         if st in self._pending:
             self._pending.remove(st)
-            self._finish(st, force=True)
+            self._finish(st)
         elif st.in_flight == 0:
-            self._finish(st, force=True)
+            self._finish(st)
 
-    def _finish(self, st: _JobState, force: bool = False) -> None:
+    def _finish(self, st: _JobState) -> None:
         if st.finished:
             return
         st.finished = True
@@ -385,7 +385,7 @@ class Pipeline:
                 st.in_flight -= 1
                 if st.dead:
                     if st.in_flight == 0:
-                        self._finish(st, force=True)
+                        self._finish(st)
                     continue
                 st.done_tiles += 1
                 for dep in st.dependents[tile.index]:
