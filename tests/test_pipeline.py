@@ -186,7 +186,7 @@ async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: n
         async with aw.Runtime(tiny, device=device, pipeline_depth=3, tile_rows=64) as rt:
             await rt.encode(np.zeros(1000, np.float32))  # warm: worker threads exist now
             device.calls = dict.fromkeys(device.calls, 0)
-            tasks, threads = _tasks(), threading.active_count()
+            tasks, threads, buffers = _tasks(), threading.active_count(), device.buffers_live
             async with anyio.create_task_group() as tg:
                 async def encode() -> None:
                     await rt.encode(speech)
@@ -203,6 +203,7 @@ async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: n
             assert rt.buffer_pool.in_use == 0
             assert _tasks() == tasks
             assert threading.active_count() <= threads
+            assert device.buffers_live == buffers  # job tensors freed too, not just pool slots
             assert device.overlaps == 0
             out = await rt.encode(speech)  # the runtime keeps serving
             assert np.array_equal(out.hidden_states, ref)
