@@ -10,8 +10,11 @@ across requests (owners), then from the earliest job and lowest tile index withi
 dependency barrier in one job never drains the device while other jobs have work. At most
 ``max_active_jobs`` jobs hold job-scoped device tensors at once; the rest wait their turn.
 
-Kernel waits run in worker threads (``Device.wait`` is GIL-friendly by contract); copies and host prep are
-short and run on the loop. A failing tile fails only its own request; the pipeline keeps serving.
+Kernels are launched on the loop and waited for on one long-lived thread per lane (:mod:`.lanes`;
+``Device.wait`` is GIL-friendly by contract). A lane holds up to ``ahead`` launched runs, so the next kernel
+is queued behind the running one and starts when it ends. Copies and host prep are short and run on the
+loop. Stages move tiles with ``*_nowait`` calls when they can and only yield to the loop when they must
+wait. A failing tile fails only its own request; the pipeline keeps serving.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Sequence, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -29,6 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .devices.base import BufferView, Device
 from .errors import AiowhisperError, DeviceError
+from .lanes import LaneThreads
 from .pool import BufferPool, Slot
 from .stats import StageEvent, StatsRecorder
 from .tiles import Job, Tile
@@ -36,6 +40,7 @@ from .tiles import Job, Tile
 __all__ = ["Pipeline"]
 
 _now = time.perf_counter
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -65,13 +70,28 @@ class _Item:
     slot: Slot
     t_prep: float
     run: Any = None
+    t_launch: float = 0.0
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One kernel lane's book-keeping (on the loop): launched runs not yet seen complete, idle spells."""
+
+    index: int
+    inflight: int = 0
+    room: anyio.Event = field(default_factory=anyio.Event)
+    last_done: float = 0.0
+    empty_since: float | None = None
+    empty_stall: bool = False
 
 
 class Pipeline:
     """Runs jobs' tiles through the staged pipeline. Start it with ``await task_group.start(p.serve)``."""
 
     def __init__(self, device: Device, pool: BufferPool, *, lanes: int | None = None,
-                 max_active_jobs: int = 4, dma_batch: int = 1, history: int | None = 50_000):
+                 max_active_jobs: int = 4, dma_batch: int = 1, ahead: int = 2,
+                 history: int | None = 50_000):
         self.device = device
         self.pool = pool
         self.depth = pool.slots
@@ -86,7 +106,8 @@ class Pipeline:
         self._pending: deque[_JobState] = deque()
         self._wake = anyio.Event()
         self._upstream = 0  # tiles taken for prep and not yet received by a kernel lane
-        self._limiter = anyio.CapacityLimiter(self.lanes)
+        self.ahead = max(1, ahead)  # launched runs a lane may hold: one running, the rest queued behind
+        self._lane_threads = LaneThreads(self.lanes, self._wait_run)
         self._dependents: dict[int, tuple[Sequence[Tile], list[list[int]]]] = {}
         self._serving = False
         self._closed = False
@@ -119,16 +140,23 @@ class Pipeline:
                 recorder.wall_s += _now() - t0
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the stages until cancelled; then fail whatever is still queued."""
+        """Run the stages until cancelled; then fail whatever is still queued and join the lane threads."""
         send1, recv1 = anyio.create_memory_object_stream[_Item](self.depth)
         send2, recv2 = anyio.create_memory_object_stream[_Item](self.depth)
         send3, recv3 = anyio.create_memory_object_stream[_Item](self.depth)
+        streams: list[Any] = [send1, recv1, send2, recv2, send3, recv3]
+        self._lane_threads.start()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._prep_stage, send1)
                 tg.start_soon(self._to_device_stage, recv1, send2)
-                for lane in range(self.lanes):
-                    tg.start_soon(self._kernel_stage, lane, recv2.clone(), send3.clone())
+                for index in range(self.lanes):
+                    lane = _Lane(index)
+                    # a lane holds at most ``ahead`` runs, so its completion stream never blocks a sender
+                    done_send, done_recv = anyio.create_memory_object_stream[_Item](self.ahead)
+                    streams += [done_send, done_recv]
+                    tg.start_soon(self._kernel_launcher, lane, recv2.clone(), done_send)
+                    tg.start_soon(self._kernel_completer, lane, done_recv, send3.clone())
                 recv2.close()
                 send3.close()
                 tg.start_soon(self._from_device_stage, recv3)
@@ -137,8 +165,10 @@ class Pipeline:
         finally:
             self._serving = False
             self._closed = True
-            for s in (send1, recv1, send2, recv2, send3, recv3):
+            for s in streams:
                 s.close()
+            with anyio.CancelScope(shield=True):  # a running kernel ends first: no orphan thread
+                await anyio.to_thread.run_sync(self._lane_threads.stop)
             err = RuntimeError("the runtime was closed while this request was running")
             for st in [*self._pending, *itertools.chain.from_iterable(self._active.values())]:
                 st.error = st.error or err
@@ -263,7 +293,7 @@ class Pipeline:
                 st, tile = picked
                 self._upstream += 1
                 st.in_flight += 1
-                slot = await self.pool.acquire()
+                slot = self.pool.acquire_nowait() or await self.pool.acquire()
                 self._prep_holding = True
                 t0 = _now()
                 if not st.dead:
@@ -273,7 +303,7 @@ class Pipeline:
                         exc.add_note(f"while preparing tile {tile.label or tile.index} ({tile.op})")
                         self._kill(st, exc)
                 self._record(st, tile, "host_prep", 0, t0, _now())
-                await send.send(_Item(st, tile, slot, t0))
+                await _send(send, _Item(st, tile, slot, t0))
                 self._prep_holding = False
                 self._queue(st, "to_device", send)
 
@@ -292,7 +322,11 @@ class Pipeline:
     async def _to_device_stage(self, recv: MemoryObjectReceiveStream[_Item],
                                send: MemoryObjectSendStream[_Item]) -> None:
         async with recv, send:
-            async for first in recv:
+            while True:
+                try:
+                    first = await _receive(recv)
+                except anyio.EndOfStream:
+                    return
                 batch = await self._gather(first, recv) if self.dma_batch > 1 else [first]
                 live = [i for i in batch if not i.st.dead]
                 t0 = _now()
@@ -309,63 +343,106 @@ class Pipeline:
                 for k, i in enumerate(live):
                     self._record(i.st, i.tile, "to_device", 0, t0 + k * share, t0 + (k + 1) * share)
                 for i in batch:
-                    await send.send(i)
+                    await _send(send, i)
                     self._queue(i.st, "kernel", send)
 
-    async def _kernel_stage(self, lane: int, recv: MemoryObjectReceiveStream[_Item],
-                            send: MemoryObjectSendStream[_Item]) -> None:
-        async with recv, send:
+    def _wait_run(self, run: Any) -> None:
+        """On a lane thread: block until ``run`` ends (the CPU device runs its kernel here)."""
+        self.device.wait(run, None)
+
+    async def _kernel_launcher(self, lane: _Lane, recv: MemoryObjectReceiveStream[_Item],
+                               done: MemoryObjectSendStream[_Item]) -> None:
+        """Take tiles for ``lane`` and launch them; their completions reach :meth:`_kernel_completer`."""
+
+        def complete(item: _Item, error: BaseException | None = None) -> None:  # on the loop
+            item.error = error
+            try:
+                done.send_nowait(item)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # the pipeline is shutting down; its requests fail in serve()
+
+        async with recv, done:
             while True:
-                # Take the next tile without yielding to the loop when one is queued, so the lane launches
-                # it at once instead of waiting behind other stages' work (copies, commits).
-                idle_since, stall = None, False
+                while lane.inflight >= self.ahead:
+                    lane.room = anyio.Event()
+                    await lane.room.wait()
                 try:
-                    item = recv.receive_nowait()
-                except anyio.WouldBlock:
-                    idle_since = _now()
-                    stall = self._upstream > 0 or self._ready_total() > 0
-                    if not (stall or self._n_active() > 0):
-                        idle_since = None
-                    try:
-                        item = await recv.receive()
-                    except anyio.EndOfStream:
-                        return
+                    item = await _receive(recv)
                 except anyio.EndOfStream:
+                    while lane.inflight:  # let launched runs report before closing their stream
+                        lane.room = anyio.Event()
+                        await lane.room.wait()
                     return
                 self._upstream -= 1
                 st, tile, slot = item.st, item.tile, item.slot
-                if idle_since is not None:
-                    # an idle spell counts for this tile's job only from when the job became active
-                    idle = _now() - max(idle_since, st.activated_at)
+                now = item.t_launch = _now()
+                if lane.inflight == 0 and lane.empty_since is not None:
+                    # the lane sat idle; the spell counts for this tile's job only from its activation
+                    idle = now - max(lane.empty_since, st.activated_at)
                     if idle > 0:
                         for r in st.recorders:
-                            r.idle(idle, stall)
+                            r.idle(idle, lane.empty_stall)
+                lane.empty_since = None
+                lane.inflight += 1
                 if not st.dead:
-                    t0 = _now()
                     try:
-                        run = self.device.launch(tile.op, tile.params, slot.device_inputs(tile),
-                                                 slot.device_outputs(tile),
-                                                 {k: st.tensors[k] for k in tile.tensors}, lane)
-                        item.run = run
-                        await anyio.to_thread.run_sync(self.device.wait, run, None, limiter=self._limiter)
+                        item.run = self.device.launch(tile.op, tile.params, slot.device_inputs(tile),
+                                                      slot.device_outputs(tile),
+                                                      {k: st.tensors[k] for k in tile.tensors}, lane.index)
                     except Exception as exc:
                         self._kill(st, _device_error(exc, self.device, tile, "kernel"))
-                    # the stage interval is launch -> completion seen by the pipeline (so stages tile the
-                    # timeline); the device's own measure of the kernel is kept as device_kernel_s
-                    self._record(st, tile, "kernel", lane, t0, _now())
-                    if item.run is not None:
-                        d0, d1 = item.run.timing
-                        for r in st.recorders:
-                            r.device_kernel_s += max(0.0, d1 - d0)
+                if item.run is not None:
+                    self._lane_threads.submit(lane.index, item.run, lambda e, i=item: complete(i, e))
+                else:
+                    complete(item)
+                spent = _now() - now
+                for r in st.recorders:
+                    r.dispatch_s += spent
+
+    async def _kernel_completer(self, lane: _Lane, recv: MemoryObjectReceiveStream[_Item],
+                                send: MemoryObjectSendStream[_Item]) -> None:
+        """Account for ``lane``'s finished runs and pass their tiles on to the from-device stage."""
+        async with recv, send:
+            while True:
                 try:
-                    send.send_nowait(item)
-                except anyio.WouldBlock:
-                    await send.send(item)
+                    item = await _receive(recv)
+                except anyio.EndOfStream:
+                    return
+                now = _now()
+                # the lane was this tile's from its launch, or from when the run ahead of it was seen done
+                start, lane.last_done = max(item.t_launch, lane.last_done), now
+                lane.inflight -= 1
+                if lane.inflight == 0:
+                    lane.empty_since = now
+                    lane.empty_stall = self._upstream > 0 or self._ready_total() > 0
+                    if not (lane.empty_stall or self._n_active() > 0):
+                        lane.empty_since = None
+                lane.room.set()
+                st, tile = item.st, item.tile
+                if item.error is not None:
+                    if not isinstance(item.error, Exception):
+                        raise item.error
+                    self._kill(st, _device_error(item.error, self.device, tile, "kernel"))
+                    item.error = None
+                if item.run is not None:
+                    # the stage interval ends when the pipeline sees the completion (so stages tile the
+                    # timeline); the device's own measure of the kernel is kept as device_kernel_s
+                    self._record(st, tile, "kernel", lane.index, start, now)
+                    d0, d1 = item.run.timing
+                    spent = _now() - now
+                    for r in st.recorders:
+                        r.device_kernel_s += max(0.0, d1 - d0)
+                        r.dispatch_s += spent
+                await _send(send, item)
                 self._queue(st, "from_device", send)
 
     async def _from_device_stage(self, recv: MemoryObjectReceiveStream[_Item]) -> None:
         async with recv:
-            async for item in recv:
+            while True:
+                try:
+                    item = await _receive(recv)
+                except anyio.EndOfStream:
+                    return
                 st, tile, slot = item.st, item.tile, item.slot
                 if not st.dead:
                     t0 = _now()
@@ -395,6 +472,22 @@ class Pipeline:
                 self._wake.set()
                 if st.done_tiles == len(st.job.tiles):
                     self._finish(st)
+
+
+async def _receive(recv: MemoryObjectReceiveStream[T]) -> T:
+    """Receive without a trip through the event loop when an item is already queued."""
+    try:
+        return recv.receive_nowait()
+    except anyio.WouldBlock:
+        return await recv.receive()
+
+
+async def _send(send: MemoryObjectSendStream[T], item: T) -> None:
+    """Send without a trip through the event loop when the queue has room."""
+    try:
+        send.send_nowait(item)
+    except anyio.WouldBlock:
+        await send.send(item)
 
 
 def _copy_many(device: Device, batched: str, single: Any, pairs: list[tuple[Any, Any]]) -> None:

@@ -31,26 +31,46 @@ class PoolStats(NamedTuple):
 
 
 class Slot:
-    """One in-flight tile's buffers: device inputs/outputs and their host staging."""
+    """One in-flight tile's buffers: device inputs/outputs and their host staging.
+
+    The typed views a tile needs are made once per (buffers, tile shapes) and reused: tiles of one plan
+    share a handful of shapes, and making views is a measurable part of the per-tile overhead.
+    """
 
     def __init__(self, index: int):
         self.index = index
-        self.dev_in: list[Any] = []
-        self.dev_out: list[Any] = []
-        self.host_in: list[np.ndarray] = []
-        self.host_out: list[np.ndarray] = []
+        self._views: dict[tuple[str, tuple[ArraySpec, ...]], list[Any]] = {}
+        self.set_buffers([], [], [], [])
+
+    def set_buffers(self, dev_in: list[Any], dev_out: list[Any], host_in: list[np.ndarray],
+                    host_out: list[np.ndarray]) -> None:
+        self.dev_in, self.dev_out, self.host_in, self.host_out = dev_in, dev_out, host_in, host_out
+        self._views = {}
+
+    def _cached(self, kind: str, specs: tuple[ArraySpec, ...]) -> list[Any]:
+        views = self._views.get((kind, specs))
+        if views is None:
+            if kind == "host_in":
+                views = [_typed(b, s) for b, s in zip(self.host_in, specs)]
+            elif kind == "host_out":
+                views = [_typed(b, s) for b, s in zip(self.host_out, specs)]
+            else:
+                bufs = self.dev_in if kind == "dev_in" else self.dev_out
+                views = [BufferView(b, s) for b, s in zip(bufs, specs)]
+            self._views[(kind, specs)] = views
+        return views
 
     def host_inputs(self, tile: Tile) -> list[np.ndarray]:
-        return [_typed(b, s) for b, s in zip(self.host_in, tile.inputs)]
+        return self._cached("host_in", tile.inputs)
 
     def host_outputs(self, tile: Tile) -> list[np.ndarray]:
-        return [_typed(b, s) for b, s in zip(self.host_out, tile.outputs)]
+        return self._cached("host_out", tile.outputs)
 
     def device_inputs(self, tile: Tile) -> list[BufferView]:
-        return [BufferView(b, s) for b, s in zip(self.dev_in, tile.inputs)]
+        return self._cached("dev_in", tile.inputs)
 
     def device_outputs(self, tile: Tile) -> list[BufferView]:
-        return [BufferView(b, s) for b, s in zip(self.dev_out, tile.outputs)]
+        return self._cached("dev_out", tile.outputs)
 
 
 def _typed(raw: np.ndarray, spec: ArraySpec) -> np.ndarray:
@@ -86,10 +106,9 @@ class BufferPool:
 
     # -- allocation -----------------------------------------------------------------------------------
     def _fill(self, s: Slot) -> None:
-        s.dev_in = [self._alloc(n) for n in self._in_sizes]
-        s.dev_out = [self._alloc(n) for n in self._out_sizes]
-        s.host_in = [self._staging(b) for b in s.dev_in]
-        s.host_out = [self._staging(b) for b in s.dev_out]
+        dev_in = [self._alloc(n) for n in self._in_sizes]
+        dev_out = [self._alloc(n) for n in self._out_sizes]
+        s.set_buffers(dev_in, dev_out, [self._staging(b) for b in dev_in], [self._staging(b) for b in dev_out])
 
     def _alloc(self, nbytes: int) -> Any:
         self._allocations += 1
@@ -105,7 +124,7 @@ class BufferPool:
     def _drain(self, s: Slot) -> None:
         for b in (*s.dev_in, *s.dev_out):
             self._device.free(b)
-        s.dev_in, s.dev_out, s.host_in, s.host_out = [], [], [], []
+        s.set_buffers([], [], [], [])
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def acquire(self) -> Slot:
@@ -113,6 +132,19 @@ class BufferPool:
         if self._closed:
             raise RuntimeError("buffer pool is closed")
         await self._sem.acquire()
+        return self._take()
+
+    def acquire_nowait(self) -> Slot | None:
+        """A free slot at once, or None when every slot is in flight."""
+        if self._closed:
+            raise RuntimeError("buffer pool is closed")
+        try:
+            self._sem.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        return self._take()
+
+    def _take(self) -> Slot:
         s = self._free.pop()
         if self._reuse:
             self._reuses += 1

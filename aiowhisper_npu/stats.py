@@ -3,10 +3,14 @@
 Definitions (also in the README):
 
 - ``stage_busy_s[stage]``: the summed duration of that stage's work items. A ``kernel`` item lasts from
-  its launch to the moment the pipeline sees it complete (dispatch and wake-up included, so that in the
-  serial case the four stages tile the timeline), summed over lanes, so it can exceed ``wall_s`` when
-  ``lanes > 1``. ``device_kernel_s`` is the device's own measure of the kernels (compute only). ``host_prep``, ``to_device`` and ``from_device`` (which includes the
-  commit of outputs into host memory) each run one at a time, so each is at most ``wall_s``.
+  its launch (or, when it was queued behind the lane's previous run, from the moment that run was seen
+  complete) to the moment the pipeline sees it complete: dispatch and wake-up included, so that in the
+  serial case the four stages tile the timeline. Summed over lanes, so it can exceed ``wall_s`` when
+  ``lanes > 1``. ``device_kernel_s`` is the device's own measure of the kernels (compute only).
+  ``host_prep``, ``to_device`` and ``from_device`` (which includes the commit of outputs into host
+  memory) each run one at a time, so each is at most ``wall_s``.
+- ``dispatch_s``: event-loop time the kernel stage itself spent per tile (launching the run, handing it to
+  its lane thread, taking the completion): the kernel stage's own cost, without the wait.
 - ``stalls`` / ``stall_s``: times a kernel lane finished a tile and then sat idle waiting for input while
   work remained upstream (a tile ready to prepare, being prepared, or being copied to the device), and the
   idle seconds until its next tile arrived. At ``pipeline_depth=1`` every tile after the first stalls.
@@ -64,6 +68,7 @@ class PipelineStats:
     dependency_wait_s: float = 0.0
     dma_overhead_pct: float = 0.0
     device_kernel_s: float = 0.0
+    dispatch_s: float = 0.0
     queue_occupancy: dict[str, QueueOccupancy] = field(default_factory=dict)
     tile_latency_p50_s: float = 0.0
     tile_latency_p95_s: float = 0.0
@@ -75,7 +80,7 @@ class PipelineStats:
             "tiles": self.tiles, "wall_s": self.wall_s, "stage_busy_s": dict(self.stage_busy_s),
             "stalls": self.stalls, "stall_s": self.stall_s, "dependency_waits": self.dependency_waits,
             "dependency_wait_s": self.dependency_wait_s, "dma_overhead_pct": self.dma_overhead_pct,
-            "device_kernel_s": self.device_kernel_s,
+            "device_kernel_s": self.device_kernel_s, "dispatch_s": self.dispatch_s,
             "queue_occupancy": {k: v._asdict() for k, v in self.queue_occupancy.items()},
             "tile_latency_p50_s": self.tile_latency_p50_s, "tile_latency_p95_s": self.tile_latency_p95_s,
         }
@@ -97,6 +102,7 @@ class StatsRecorder:
         self.queue_caps: dict[str, int] = {}
         self.wall_s = 0.0
         self.device_kernel_s = 0.0
+        self.dispatch_s = 0.0
 
     def event(self, ev: StageEvent) -> None:
         self.events.append(ev)
@@ -132,7 +138,7 @@ class StatsRecorder:
             stalls=self.stalls, stall_s=self.stall_s, dependency_waits=self.dep_waits,
             dependency_wait_s=self.dep_wait_s,
             dma_overhead_pct=100.0 * (b["to_device"] + b["from_device"]) / dev if dev > 0 else 0.0,
-            device_kernel_s=self.device_kernel_s,
+            device_kernel_s=self.device_kernel_s, dispatch_s=self.dispatch_s,
             queue_occupancy=occ,
             tile_latency_p50_s=float(np.percentile(lat, 50)) if lat.size else 0.0,
             tile_latency_p95_s=float(np.percentile(lat, 95)) if lat.size else 0.0,

@@ -8,7 +8,9 @@ tiles gather from and scatter to.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -23,9 +25,9 @@ class ArraySpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
             result["stream"] = await bx.stream_first_update(rt, st["stream_trials"], progress)
     if not args.no_overhead:
         result["overhead"] = []
-        for depth in (1, 3):
+        for depth in (1, 4):
             progress.note(f"null-kernel overhead, depth {depth}")
             result["overhead"].append(await bm.null_overhead(depth, st["overhead_tiles"], st["overhead_repeats"]))
             progress.step(st["overhead_repeats"])

@@ -41,6 +41,7 @@ SETTINGS = {"pipeline_depth": int, "lanes": int, "reuse_buffers": bool, "dma_bat
 SPREAD = ("p50", "p95", "min", "max")
 EVENT = {"job": int, "tile": int, "op": str, "stage": str, "lane": int, "start_ms": NUM, "end_ms": NUM}
 OVERHEAD = {"depth": int, "tiles": int, "stage_us_mean": dict, "stage_us_p50": dict, "wall_us_per_tile": dict,
+            "stage_cost_us": dict, "kernel_latency_us": NUM, "lane_gap_us": NUM, "lane_gap_kernel_ms": NUM,
             "unattributed_us_per_tile": NUM, "max_stage_us": NUM, "goal_us": NUM, "meets_goal": bool}
 
 # Depth 1: a tile's four stages run strictly one after another (the next tile's prep waits for the only pool

@@ -175,12 +175,14 @@ async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: n
     for attempt in range(3):
         trigger = anyio.Event()
         target = rng.randint(1, 150)
+        token = anyio.lowlevel.current_token()
 
         def hook(s: str, n: int) -> None:
             if s == stage and n == target:
-                trigger.set() if threading.current_thread() is threading.main_thread() else None
-                if s == "kernel":
-                    anyio.from_thread.run_sync(trigger.set)
+                if threading.current_thread() is threading.main_thread():
+                    trigger.set()
+                else:  # kernels are waited for on the pipeline's lane threads
+                    anyio.from_thread.run_sync(trigger.set, token=token)
 
         device = HookedDevice(1, hook)
         async with aw.Runtime(tiny, device=device, pipeline_depth=3, tile_rows=64) as rt:
@@ -339,3 +341,45 @@ async def test_barrier_does_not_drain_next_block(tiny: aw.WhisperModel, speech: 
                              if t.op == "qkv" and t.params["layer"] == layer + 1)
         overlapped += next_qkv_start < attn_end
     assert overlapped == tiny.dims.n_audio_layer - 1
+
+
+class AheadDevice(CpuDevice):
+    """Counts, per lane, runs launched and not yet done: more than one means a run was queued ahead."""
+
+    def __init__(self, lanes: int):
+        super().__init__(lanes)
+        self._lock = threading.Lock()
+        self.launched = [0] * lanes
+        self.most_ahead = [0] * lanes
+
+    def launch(self, op: str, params: Any, inputs: Any, outputs: Any, tensors: Any, lane: int) -> Any:
+        run = super().launch(op, params, inputs, outputs, tensors, lane)
+        with self._lock:
+            self.launched[lane] += 1
+            self.most_ahead[lane] = max(self.most_ahead[lane], self.launched[lane])
+        return run
+
+    def wait(self, run: Any, timeout_s: float | None = None) -> bool:
+        try:
+            return super().wait(run, timeout_s)
+        finally:
+            with self._lock:
+                self.launched[run.lane] -= 1
+
+
+def _lane_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("aiowhisper-lane")]
+
+
+async def test_lanes_queue_runs_ahead_and_threads_are_joined(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
+    ref = _reference(tiny, speech, 64)
+    assert _lane_threads() == []
+    device = AheadDevice(2)
+    async with aw.Runtime(tiny, device=device, pipeline_depth=4, tile_rows=64) as rt:
+        assert len(_lane_threads()) == 2  # one long-lived waiter per lane, not a thread per tile
+        out = await rt.encode(speech)
+        assert 0 < out.stats.dispatch_s < out.stats.stage_busy_s["kernel"]
+    assert _lane_threads() == []  # closing the runtime joins them
+    assert max(device.most_ahead) == 2  # a second run waited on the lane behind the running one
+    assert device.launched == [0, 0]
+    assert rel_l2(out.hidden_states, ref) < 1e-6

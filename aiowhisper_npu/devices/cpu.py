@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import DeviceError
-from ..tiles import KernelProgram
+from ..tiles import ArraySpec, KernelProgram
 from .base import BufferView, aligned_empty
 
 __all__ = ["CpuBuffer", "CpuRun", "CpuDevice", "set_blas_threads"]
@@ -49,11 +49,12 @@ def set_blas_threads(n: int) -> None:
 class CpuBuffer:
     """Device memory of the CPU device: an aligned byte array the device owns."""
 
-    __slots__ = ("data", "freed")
+    __slots__ = ("data", "freed", "views")
 
     def __init__(self, nbytes: int):
         self.data = aligned_empty(nbytes)
         self.freed = False
+        self.views: dict[tuple[int, ArraySpec], np.ndarray] = {}  # typed windows, made once
 
     @property
     def nbytes(self) -> int:
@@ -68,8 +69,12 @@ def _view(v: BufferView) -> np.ndarray:
     buf: CpuBuffer = v.buffer
     if buf.freed:
         raise DeviceError("use of a freed device buffer")
-    n = v.spec.nbytes
-    return buf.data[v.offset : v.offset + n].view(v.spec.dtype).reshape(v.spec.shape)
+    key = (v.offset, v.spec)
+    out = buf.views.get(key)
+    if out is None:
+        n = v.spec.nbytes
+        out = buf.views[key] = buf.data[v.offset : v.offset + n].view(v.spec.dtype).reshape(v.spec.shape)
+    return out
 
 
 class CpuRun:
