@@ -4,14 +4,22 @@ Each kernel computes one *row tile* (encoder positions ``r0:r1``) of one op and 
 given, so a device can run it on its own buffers. Nothing here knows about asyncio, slots or devices:
 
 - ``stem``: conv1 + GELU, conv2 (stride 2) + GELU, + positional embedding, from a slab of mel frames;
-- ``qkv``: pre-attention layer norm and the fused Q/K/V projection. Q, K and V go to the per-window
-  ``qkv`` tensor as ``(3, heads, T, head_dim)``; Q is pre-scaled by ``head_dim ** -0.5``;
+- ``qkv``: pre-attention layer norm and the fused Q/K/V projection, written by the GEMM straight into rows
+  ``r0:r0+n`` of the per-window ``qkv`` tensor ``(T, qkv_columns)``: ``[Q | K | V_0, 1 | ... | V_H-1, 1]``,
+  each head's values followed by a column of ones. Q is pre-scaled by ``head_dim ** -0.5``;
 - ``attn_mlp``: attention of the tile's queries against all keys, output projection, residual, the MLP
   block (layer norm, fc1, exact-erf GELU, fc2), residual, and for the last block ``ln_post``.
 
 Layer-norm scales are folded into the following linear layer once, when the weights are prepared
 (:func:`prepare_weights`); that and the Q scaling change rounding only, well inside the 1e-3 tolerance
 against CTranslate2. Given the same inputs and the same tile size, every kernel is deterministic.
+
+Attention works one head at a time on strided views of the ``qkv`` tensor (BLAS takes the row stride, so
+nothing is copied or transposed), and writes each head's output into its columns of the merged rows. The
+ones column makes the softmax denominator come out of the ``P @ [V, 1]`` GEMM, one column wider, instead
+of a separate pass (the prepared weights have zero columns with bias 1 there, so the GEMM writes exact ones).
+When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND``, ``exp`` cannot overflow
+or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ import numpy as np
 
 from .model import EncoderWeights, ModelDimensions
 
-__all__ = ["LN_EPS", "prepare_weights", "Workspace", "gelu_", "stem", "qkv", "attn_mlp", "OPS"]
+__all__ = ["LN_EPS", "qkv_columns", "prepare_weights", "Workspace", "gelu_", "stem", "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
-ATTN_ROWS = 128  # attention is computed in chunks of this many query rows
+ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
+SHIFT_FREE_BOUND = 60.0  # |score| <= 60: exp() neither overflows (88) nor underflows a whole row (-87)
 _SQRT1_2 = np.float32(0.7071067811865476)
 
 # Rational approximation of erf on [-4, 4] (the float32 form used by Eigen and XLA; a few ulp from the true
@@ -42,12 +51,27 @@ _ERF_BETA = tuple(np.float32(c) for c in (
 ))
 
 
+def qkv_columns(d: int, heads: int) -> int:
+    """Width of a row of the ``qkv`` tensor: Q and K (``d`` each), then per head ``head_dim`` values + 1."""
+    return 2 * d + d + heads
+
+
+def _with_ones_columns(m: np.ndarray, d: int, heads: int, fill: float) -> np.ndarray:
+    """Insert, after each head's V columns (the last axis' third ``d``), one column set to ``fill``."""
+    hd = d // heads
+    v = m[..., 2 * d :].reshape(*m.shape[:-1], heads, hd)
+    extra = np.full((*m.shape[:-1], heads, 1), fill, m.dtype)
+    v1 = np.concatenate([v, extra], axis=-1).reshape(*m.shape[:-1], heads * (hd + 1))
+    return np.concatenate([m[..., : 2 * d], v1], axis=-1)
+
+
 def prepare_weights(w: EncoderWeights, dims: ModelDimensions) -> dict[str, np.ndarray]:
     """Lay the weights out for the kernels: ``(in, out)`` matrices, LN scales folded in, Q pre-scaled.
 
     The result is what a device keeps resident. Keys: ``conv1_w (3*n_mels, d)``, ``conv1_b``, ``conv2_w
-    (3d, d)``, ``conv2_b``, ``pos (T, d)``, then per block ``{i}.qkv_w (d, 3d)``, ``{i}.qkv_b``, ``{i}.out_w``,
-    ``{i}.out_b``, ``{i}.fc1_w``, ``{i}.fc1_b``, ``{i}.fc2_w``, ``{i}.fc2_b``, and ``ln_post_w``, ``ln_post_b``.
+    (3d, d)``, ``conv2_b``, ``pos (T, d)``, then per block ``{i}.qkv_w (d, qkv_columns)`` (zero columns where
+    the tensor holds ones) and ``{i}.qkv_b`` (1 there), ``{i}.out_w``, ``{i}.out_b``, ``{i}.fc1_w``,
+    ``{i}.fc1_b``, ``{i}.fc2_w``, ``{i}.fc2_b``, and ``ln_post_w``, ``ln_post_b``.
     """
     d = dims.n_audio_state
     q_scale = np.float64(dims.head_dim) ** -0.5
@@ -68,7 +92,9 @@ def prepare_weights(w: EncoderWeights, dims: ModelDimensions) -> dict[str, np.nd
         qkv_b[:d] *= q_scale
         fc1_w = b.fc1_w.T.astype(f64) * b.mlp_ln_w.astype(f64)[:, None]
         fc1_b = b.fc1_b.astype(f64) + b.mlp_ln_b.astype(f64) @ b.fc1_w.T.astype(f64)
-        r[f"{i}.qkv_w"], r[f"{i}.qkv_b"] = qkv_w, qkv_b
+        h = dims.n_audio_head
+        r[f"{i}.qkv_w"] = _with_ones_columns(qkv_w, d, h, 0.0)
+        r[f"{i}.qkv_b"] = _with_ones_columns(qkv_b, d, h, 1.0)
         r[f"{i}.out_w"], r[f"{i}.out_b"] = b.out_w.T, b.out_b
         r[f"{i}.fc1_w"], r[f"{i}.fc1_b"] = fc1_w, fc1_b
         r[f"{i}.fc2_w"], r[f"{i}.fc2_b"] = b.fc2_w.T, b.fc2_b
@@ -84,13 +110,15 @@ class Workspace:
 
     def __post_init__(self) -> None:
         d, n, t, h = self.dims.n_audio_state, self.tile_rows, self.dims.n_audio_ctx, self.dims.n_audio_head
+        rows = min(n, ATTN_ROWS)
         self.conv1 = np.empty((2 * n + 1, d), np.float32)
         self.cols = np.empty((2 * n + 1, 3 * max(d, self.dims.n_mels)), np.float32)
         self.ln = np.empty((n, d), np.float32)
-        self.qkv = np.empty((n, 3 * d), np.float32)
-        self.scores = np.empty((h, min(n, ATTN_ROWS), t), np.float32)
-        self.rowvec = np.empty((h, min(n, ATTN_ROWS), 1), np.float32)
-        self.heads = np.empty((h, n, self.dims.head_dim), np.float32)
+        self.tmp = np.empty((n, d), np.float32)
+        self.scores = np.empty((rows, t), np.float32)
+        self.rowvec = np.empty((rows, 1), np.float32)
+        self.av = np.empty((rows, self.dims.head_dim + 1), np.float32)
+        self.norms = np.empty(max(n, t), np.float32)
         self.proj = np.empty((n, d), np.float32)
         self.mlp = np.empty((n, self.dims.n_mlp), np.float32)
         self.gelu = np.empty(3 * max((2 * n + 1) * d, n * self.dims.n_mlp), np.float32)
@@ -167,39 +195,56 @@ def stem(res: Mapping[str, np.ndarray], ws: Workspace, slab: np.ndarray, r0: int
 
 def qkv(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray, r0: int,
         qkv_out: np.ndarray) -> None:
-    """Layer norm + fused Q/K/V projection for rows ``r0:r0+n``, into ``qkv_out (3, H, T, hd)``."""
+    """Layer norm + fused Q/K/V projection of rows ``r0:r0+n`` into ``qkv_out[r0:r0+n]`` (``(T, qkv_columns)``)."""
     n = x.shape[0]
     ln = _layer_norm(x, ws.ln[:n])
-    y = np.matmul(ln, res[f"{layer}.qkv_w"], out=ws.qkv[:n])
+    y = np.matmul(ln, res[f"{layer}.qkv_w"], out=qkv_out[r0 : r0 + n])
     y += res[f"{layer}.qkv_b"]
-    _, h, _, hd = qkv_out.shape
-    qkv_out[:, :, r0 : r0 + n, :] = y.reshape(n, 3, h, hd).transpose(1, 2, 0, 3)
 
 
-def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Workspace, out: np.ndarray) -> None:
-    """softmax(q k^T) v for every head; q is pre-scaled. ``out`` is (H, rows, hd)."""
-    rows = q.shape[1]
-    s = np.matmul(q, k.transpose(0, 2, 1), out=ws.scores[:, :rows, : k.shape[1]])  # (H, rows, T)
-    mx = np.max(s, axis=2, keepdims=True, out=ws.rowvec[:, :rows])
-    s -= mx
+def _max_norm(a: np.ndarray, scratch: np.ndarray) -> float:
+    """The largest row norm of ``a`` (rows x head_dim)."""
+    sq = np.einsum("ij,ij->i", a, a, out=scratch[: a.shape[0]])
+    return float(np.sqrt(sq.max()))
+
+
+def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace, out: np.ndarray,
+                    shift: bool) -> bool:
+    """``out = softmax(q k^T) v`` for one head and a chunk of rows; ``v1`` is ``[v, 1]``. False if not finite."""
+    rows, hd = q.shape
+    s = np.matmul(q, k.T, out=ws.scores[:rows, : k.shape[0]])
+    if shift:
+        s -= np.max(s, axis=1, keepdims=True, out=ws.rowvec[:rows])
     np.exp(s, out=s)
-    denom = np.sum(s, axis=2, keepdims=True, out=ws.rowvec[:, :rows])
-    np.matmul(s, v, out=out)
-    out /= denom
+    o1 = np.matmul(s, v1, out=ws.av[:rows])  # last column: the softmax denominator
+    np.divide(o1[:, :hd], o1[:, hd:], out=out)
+    return shift or bool(np.isfinite(o1).all())
+
+
+def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
+    """Multi-head attention of rows ``r0:r0+n`` against every position; heads land in ``merged`` (n, d)."""
+    d = merged.shape[1]
+    hd = d // heads
+    for h in range(heads):
+        q = qkv_in[r0 : r0 + n, h * hd : (h + 1) * hd]
+        k = qkv_in[:, d + h * hd : d + (h + 1) * hd]
+        v1 = qkv_in[:, 2 * d + h * (hd + 1) : 2 * d + (h + 1) * (hd + 1)]
+        k_max = _max_norm(k, ws.norms)
+        for c0 in range(0, n, ATTN_ROWS):
+            c1 = min(n, c0 + ATTN_ROWS)
+            out = merged[c0:c1, h * hd : (h + 1) * hd]
+            shift = _max_norm(q[c0:c1], ws.norms) * k_max > SHIFT_FREE_BOUND
+            if not _head_attention(q[c0:c1], k, v1, ws, out, shift):
+                _head_attention(q[c0:c1], k, v1, ws, out, True)
 
 
 def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray, r0: int,
              qkv_in: np.ndarray, out: np.ndarray, final: bool) -> None:
     """Self-attention for rows ``r0:r0+n`` against all positions, then the MLP block; ``final`` adds ln_post."""
     n, d = x.shape
-    q, k, v = qkv_in[0, :, r0 : r0 + n], qkv_in[1], qkv_in[2]
-    h = q.shape[0]
-    heads = ws.heads[:, :n]
-    for c0 in range(0, n, ATTN_ROWS):  # row chunks keep the (H, rows, T) scores cache-sized
-        c1 = min(n, c0 + ATTN_ROWS)
-        _attention(q[:, c0:c1], k, v, ws, heads[:, c0:c1])
+    heads = (qkv_in.shape[1] - 3 * d)  # one ones column per head
     merged = ws.ln[:n]
-    merged.reshape(n, h, -1)[...] = heads.transpose(1, 0, 2)
+    _attention(qkv_in, r0, n, heads, ws, merged)
     x1 = np.matmul(merged, res[f"{layer}.out_w"], out=ws.proj[:n])
     x1 += res[f"{layer}.out_b"]
     x1 += x  # residual
@@ -208,7 +253,7 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     hid += res[f"{layer}.fc1_b"]
     gelu_(hid, ws.gelu)
     if final:
-        y = np.matmul(hid, res[f"{layer}.fc2_w"], out=ws.qkv[:n, :d])
+        y = np.matmul(hid, res[f"{layer}.fc2_w"], out=ws.tmp[:n])
         y += res[f"{layer}.fc2_b"]
         y += x1
         _layer_norm_affine(y, res["ln_post_w"], res["ln_post_b"], out)

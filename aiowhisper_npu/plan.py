@@ -83,7 +83,7 @@ class EncoderPlan:
     @cached_property
     def tensor_specs(self) -> Mapping[str, ArraySpec]:
         d = self.dims
-        shape = (3, d.n_audio_head, self.positions, d.head_dim)
+        shape = (self.positions, kernels.qkv_columns(d.n_audio_state, d.n_audio_head))
         return {f"qkv{i}": ArraySpec(shape) for i in range(min(2, d.n_audio_layer))}
 
 

@@ -141,10 +141,11 @@ class _Qkv:
 
         p = c.params
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
-        t = c.nbytes("qkv") // (4 * 3 * d)
-        res = _weights(c, {f"{layer}.qkv_w": ("w", (d, 3 * d)), f"{layer}.qkv_b": ("b", (3 * d,))})
+        w = kernels.qkv_columns(d, h)
+        t = c.nbytes("qkv") // (4 * w)
+        res = _weights(c, {f"{layer}.qkv_w": ("w", (d, w)), f"{layer}.qkv_b": ("b", (w,))})
         x = c.read("x")[: n * d].reshape(n, d)
-        qkv = c.write("qkv")[: 3 * t * d].reshape(3, h, t, d // h)
+        qkv = c.write("qkv")[: t * w].reshape(t, w)
         kernels.qkv(res, _workspace(c, _dims(c, t), n), layer, x, r0, qkv)
 
 
@@ -156,7 +157,7 @@ class _AttnMlp:
     def cost(self, c: KernelCall) -> tuple[float, int]:
         p = c.params
         n, d = p["n"], p["n_audio_state"]
-        t = c.nbytes("qkv") // (4 * 3 * d)
+        t = c.nbytes("qkv") // (4 * (3 * d + p["n_audio_head"]))
         macs = 2 * n * t * d + n * d * d + 2 * n * d * 4 * d
         io = (n * d + 2 * t * d + 2 * n * d) * 4
         return float(macs), io + sum(c.nbytes(k) for k in self._W)
@@ -166,14 +167,15 @@ class _AttnMlp:
 
         p = c.params
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
-        t = c.nbytes("qkv") // (4 * 3 * d)
+        w = kernels.qkv_columns(d, h)
+        t = c.nbytes("qkv") // (4 * w)
         m = 4 * d
         res = _weights(c, {f"{layer}.out_w": ("out_w", (d, d)), f"{layer}.out_b": ("out_b", (d,)),
                            f"{layer}.fc1_w": ("fc1_w", (d, m)), f"{layer}.fc1_b": ("fc1_b", (m,)),
                            f"{layer}.fc2_w": ("fc2_w", (m, d)), f"{layer}.fc2_b": ("fc2_b", (d,)),
                            "ln_post_w": ("ln_post_w", (d,)), "ln_post_b": ("ln_post_b", (d,))})
         x = c.read("x")[: n * d].reshape(n, d)
-        qkv = c.read("qkv")[: 3 * t * d].reshape(3, h, t, d // h)
+        qkv = c.read("qkv")[: t * w].reshape(t, w)
         out = c.write("out")[: n * d].reshape(n, d)
         kernels.attn_mlp(res, _workspace(c, _dims(c, t), n), layer, x, r0, qkv, out, bool(p["final"]))
 
