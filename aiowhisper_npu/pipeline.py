@@ -5,10 +5,9 @@ tasks joined by bounded memory object streams. A tile holds one slot of the :cla
 from host prep until its outputs are committed, so the pool size is the pipeline depth: the most tiles in
 flight. ``depth=1`` is the fully serial baseline (write, wait, run, wait, read, wait).
 
-Scheduling: a tile becomes ready when its dependencies have completed. Ready tiles are taken round-robin
-across requests (owners), then from the earliest job and lowest tile index within a request, so a
-dependency barrier in one job never drains the device while other jobs have work. At most
-``max_active_jobs`` jobs hold job-scoped device tensors at once; the rest wait their turn.
+Which tile goes next is the :class:`~.scheduler.Scheduler`'s call: ready tiles (dependencies complete)
+round-robin across requests, so a dependency barrier in one job never drains the device while other jobs
+have work, and at most ``max_active_jobs`` jobs hold job-scoped device tensors at once.
 
 Kernels are launched on the loop and waited for on one long-lived thread per lane (:mod:`.lanes`;
 ``Device.wait`` is GIL-friendly by contract). A lane holds up to ``ahead`` launched runs, so the next kernel
@@ -19,10 +18,7 @@ wait. A failing tile fails only its own request; the pipeline keeps serving.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence, TypeVar
 
@@ -34,6 +30,7 @@ from .devices.base import BufferView, Device
 from .errors import AiowhisperError, DeviceError
 from .lanes import LaneThreads
 from .pool import BufferPool, Slot
+from .scheduler import JobState, Scheduler
 from .stats import StageEvent, StatsRecorder
 from .tiles import Job, Tile
 
@@ -44,28 +41,8 @@ T = TypeVar("T")
 
 
 @dataclass(eq=False)
-class _JobState:
-    id: int
-    job: Job
-    owner: Hashable
-    recorders: list[StatsRecorder]
-    dependents: list[list[int]]
-    remaining: list[int] = field(default_factory=list)
-    ready: list[int] = field(default_factory=list)  # heap of tile indices
-    done_tiles: int = 0
-    in_flight: int = 0
-    tensors: dict[str, BufferView] = field(default_factory=dict)
-    error: BaseException | None = None
-    dead: bool = False
-    active: bool = False
-    finished: bool = False
-    activated_at: float = 0.0
-    done: anyio.Event = field(default_factory=anyio.Event)
-
-
-@dataclass(eq=False)
 class _Item:
-    st: _JobState
+    st: JobState
     tile: Tile
     slot: Slot
     t_prep: float
@@ -96,22 +73,15 @@ class Pipeline:
         self.pool = pool
         self.depth = pool.slots
         self.lanes = lanes or device.lanes
-        self.max_active_jobs = max(1, max_active_jobs)
         self.dma_batch = max(1, min(dma_batch, self.depth))
         self._prep_holding = False  # the prep stage holds a slot for a tile not yet sent on
         self.stats = StatsRecorder(max_events=history)
-        self._ids = itertools.count()
-        self._owners: deque[Hashable] = deque()  # round-robin order of owners with active jobs
-        self._active: dict[Hashable, list[_JobState]] = {}
-        self._pending: deque[_JobState] = deque()
-        self._wake = anyio.Event()
+        self._sched = Scheduler(device, self.stats, max_active_jobs)
         self._upstream = 0  # tiles taken for prep and not yet received by a kernel lane
         self.ahead = max(1, ahead)  # launched runs a lane may hold: one running, the rest queued behind
         self._lane_threads = LaneThreads(self.lanes, self._wait_run)
-        self._dependents: dict[int, tuple[Sequence[Tile], list[list[int]]]] = {}
         self._serving = False
         self._closed = False
-        self._busy_since: float | None = None
 
     # -- public ---------------------------------------------------------------------------------------
     async def run(self, jobs: Sequence[Job], recorder: StatsRecorder | None = None,
@@ -121,7 +91,7 @@ class Pipeline:
             raise RuntimeError("pipeline is not running (use the runtime as 'async with')")
         owner = owner if owner is not None else object()
         recs = [self.stats] + ([recorder] if recorder is not None else [])
-        states = [self._submit(j, owner, recs) for j in jobs]
+        states = [self._sched.submit(j, owner, recs) for j in jobs]
         t0 = _now()
         try:
             for st in states:
@@ -130,7 +100,7 @@ class Pipeline:
                     raise st.error
         except BaseException:
             for st in states:
-                self._kill(st, None)
+                self._sched.kill(st, None)
             with anyio.CancelScope(shield=True):
                 for st in states:
                     await st.done.wait()
@@ -169,115 +139,15 @@ class Pipeline:
                 s.close()
             with anyio.CancelScope(shield=True):  # a running kernel ends first: no orphan thread
                 await anyio.to_thread.run_sync(self._lane_threads.stop)
-            err = RuntimeError("the runtime was closed while this request was running")
-            for st in [*self._pending, *itertools.chain.from_iterable(self._active.values())]:
-                st.error = st.error or err
-                st.dead = True
-                self._finish(st)
-
-    # -- scheduling -----------------------------------------------------------------------------------
-    def _deps(self, tiles: Sequence[Tile]) -> list[list[int]]:
-        hit = self._dependents.get(id(tiles))
-        if hit is not None and hit[0] is tiles:
-            return hit[1]
-        dependents: list[list[int]] = [[] for _ in tiles]
-        for t in tiles:
-            for d in t.deps:
-                dependents[d].append(t.index)
-        self._dependents[id(tiles)] = (tiles, dependents)
-        return dependents
-
-    def _submit(self, job: Job, owner: Hashable, recs: list[StatsRecorder]) -> _JobState:
-        st = _JobState(next(self._ids), job, owner, recs, self._deps(job.tiles))
-        self._pending.append(st)
-        self._activate()
-        return st
-
-    def _n_active(self) -> int:
-        return sum(len(v) for v in self._active.values())
-
-    def _activate(self) -> None:
-        while self._pending and self._n_active() < self.max_active_jobs:
-            # prefer an owner with no active job, so a long request cannot monopolise activation
-            pick = next((s for s in self._pending if s.owner not in self._active), self._pending[0])
-            self._pending.remove(pick)
-            try:
-                pick.tensors = {name: BufferView(self.device.alloc(spec.nbytes), spec)
-                                for name, spec in pick.job.tensor_specs.items()}
-            except BaseException as exc:
-                pick.error = exc
-                pick.dead = True
-                self._finish(pick)
-                continue
-            tiles = pick.job.tiles
-            pick.remaining = [len(t.deps) for t in tiles]
-            pick.ready = [t.index for t in tiles if not t.deps]
-            heapq.heapify(pick.ready)
-            pick.active = True
-            pick.activated_at = _now()
-            if self._busy_since is None:
-                self._busy_since = _now()
-            if pick.owner not in self._active:
-                self._active[pick.owner] = []
-                self._owners.append(pick.owner)
-            self._active[pick.owner].append(pick)
-            if not tiles:
-                self._finish(pick)
-        self._wake.set()
-
-    def _pop_ready(self) -> tuple[_JobState, Tile] | None:
-        for _ in range(len(self._owners)):
-            owner = self._owners[0]
-            self._owners.rotate(-1)
-            for st in self._active[owner]:
-                if st.ready and not st.dead:
-                    return st, st.job.tiles[heapq.heappop(st.ready)]
-        return None
-
-    def _ready_total(self) -> int:
-        return sum(len(st.ready) for sts in self._active.values() for st in sts if not st.dead)
-
-    def _kill(self, st: _JobState, error: BaseException | None) -> None:
-        """Stop scheduling ``st``: it fails with ``error`` (or was cancelled) once its in-flight tiles drain."""
-        if st.finished:
-            return
-        if error is not None and st.error is None:
-            st.error = error
-        st.dead = True
-        st.ready.clear()
-        if st in self._pending:
-            self._pending.remove(st)
-            self._finish(st)
-        elif st.in_flight == 0:
-            self._finish(st)
-
-    def _finish(self, st: _JobState) -> None:
-        if st.finished:
-            return
-        st.finished = True
-        for view in st.tensors.values():
-            self.device.free(view.buffer)
-        st.tensors = {}
-        if st.active:
-            sts = self._active[st.owner]
-            sts.remove(st)
-            if not sts:
-                del self._active[st.owner]
-                self._owners.remove(st.owner)
-            if not self._active and self._busy_since is not None:
-                self.stats.wall_s += _now() - self._busy_since  # cumulative: time with work in flight
-                self._busy_since = None
-        st.done.set()
-        if not self._closed:
-            self._activate()
+            self._sched.fail_all(RuntimeError("the runtime was closed while this request was running"))
 
     # -- stages ---------------------------------------------------------------------------------------
-    def _record(self, st: _JobState, tile: Tile, stage: str, lane: int, t0: float, t1: float) -> None:
+    def _record(self, st: JobState, tile: Tile, stage: str, lane: int, t0: float, t1: float) -> None:
         ev = StageEvent(st.id, tile.index, tile.op, stage, lane, t0, t1)
         for r in st.recorders:
             r.event(ev)
 
-    def _queue(self, st: _JobState, name: str, stream: MemoryObjectSendStream[_Item]) -> None:
+    def _queue(self, st: JobState, name: str, stream: MemoryObjectSendStream[_Item]) -> None:
         s = stream.statistics()
         for r in st.recorders:
             r.queue(name, s.current_buffer_used, self.depth)
@@ -285,10 +155,9 @@ class Pipeline:
     async def _prep_stage(self, send: MemoryObjectSendStream[_Item]) -> None:
         async with send:
             while True:
-                picked = self._pop_ready()
+                picked = self._sched.pop_ready()
                 if picked is None:
-                    self._wake = anyio.Event()
-                    await self._wake.wait()
+                    await self._sched.wait_ready()
                     continue
                 st, tile = picked
                 self._upstream += 1
@@ -301,7 +170,7 @@ class Pipeline:
                         st.job.prepare(tile, slot.host_inputs(tile))
                     except Exception as exc:
                         exc.add_note(f"while preparing tile {tile.label or tile.index} ({tile.op})")
-                        self._kill(st, exc)
+                        self._sched.kill(st, exc)
                 self._record(st, tile, "host_prep", 0, t0, _now())
                 await _send(send, _Item(st, tile, slot, t0))
                 self._prep_holding = False
@@ -336,7 +205,7 @@ class Pipeline:
                     _copy_many(self.device, "to_device_many", self.device.to_device, pairs)
                 except Exception as exc:
                     for i in live:
-                        self._kill(i.st, _device_error(exc, self.device, i.tile, "copy to device"))
+                        self._sched.kill(i.st, _device_error(exc, self.device, i.tile, "copy to device"))
                 # one transfer for the batch: its time is shared evenly between the batch's tiles
                 t1 = _now()
                 share = (t1 - t0) / max(1, len(live))
@@ -390,7 +259,7 @@ class Pipeline:
                                                       slot.device_outputs(tile),
                                                       {k: st.tensors[k] for k in tile.tensors}, lane.index)
                     except Exception as exc:
-                        self._kill(st, _device_error(exc, self.device, tile, "kernel"))
+                        self._sched.kill(st, _device_error(exc, self.device, tile, "kernel"))
                 if item.run is not None:
                     self._lane_threads.submit(lane.index, item.run, lambda e, i=item: complete(i, e))
                 else:
@@ -414,15 +283,15 @@ class Pipeline:
                 lane.inflight -= 1
                 if lane.inflight == 0:
                     lane.empty_since = now
-                    lane.empty_stall = self._upstream > 0 or self._ready_total() > 0
-                    if not (lane.empty_stall or self._n_active() > 0):
+                    lane.empty_stall = self._upstream > 0 or self._sched.ready_total() > 0
+                    if not (lane.empty_stall or self._sched.n_active() > 0):
                         lane.empty_since = None
                 lane.room.set()
                 st, tile = item.st, item.tile
                 if item.error is not None:
                     if not isinstance(item.error, Exception):
                         raise item.error
-                    self._kill(st, _device_error(item.error, self.device, tile, "kernel"))
+                    self._sched.kill(st, _device_error(item.error, self.device, tile, "kernel"))
                     item.error = None
                 if item.run is not None:
                     # the stage interval ends when the pipeline sees the completion (so stages tile the
@@ -452,7 +321,7 @@ class Pipeline:
                             self.device.from_device(src, dst)
                         st.job.commit(tile, host_out)
                     except Exception as exc:
-                        self._kill(st, _device_error(exc, self.device, tile, "copy from device"))
+                        self._sched.kill(st, _device_error(exc, self.device, tile, "copy from device"))
                     t1 = _now()
                     self._record(st, tile, "from_device", 0, t0, t1)
                     if not st.dead:
@@ -462,16 +331,9 @@ class Pipeline:
                 st.in_flight -= 1
                 if st.dead:
                     if st.in_flight == 0:
-                        self._finish(st)
+                        self._sched.finish(st)
                     continue
-                st.done_tiles += 1
-                for dep in st.dependents[tile.index]:
-                    st.remaining[dep] -= 1
-                    if st.remaining[dep] == 0:
-                        heapq.heappush(st.ready, dep)
-                self._wake.set()
-                if st.done_tiles == len(st.job.tiles):
-                    self._finish(st)
+                self._sched.tile_done(st, tile)
 
 
 async def _receive(recv: MemoryObjectReceiveStream[T]) -> T:
