@@ -118,7 +118,7 @@ class Workspace:
         self.scores = np.empty((rows, t), np.float32)
         self.rowvec = np.empty((rows, 1), np.float32)
         self.av = np.empty((rows, self.dims.head_dim + 1), np.float32)
-        self.norms = np.empty(max(n, t), np.float32)
+        self.norms = np.empty((t + n, h), np.float32)
         self.proj = np.empty((n, d), np.float32)
         self.mlp = np.empty((n, self.dims.n_mlp), np.float32)
         self.gelu = np.empty(3 * max((2 * n + 1) * d, n * self.dims.n_mlp), np.float32)
@@ -202,12 +202,6 @@ def qkv(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray,
     y += res[f"{layer}.qkv_b"]
 
 
-def _max_norm(a: np.ndarray, scratch: np.ndarray) -> float:
-    """The largest row norm of ``a`` (rows x head_dim)."""
-    sq = np.einsum("ij,ij->i", a, a, out=scratch[: a.shape[0]])
-    return float(np.sqrt(sq.max()))
-
-
 def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace, out: np.ndarray,
                     shift: bool) -> bool:
     """``out = softmax(q k^T) v`` for one head and a chunk of rows; ``v1`` is ``[v, 1]``. False if not finite."""
@@ -223,17 +217,20 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
 
 def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
     """Multi-head attention of rows ``r0:r0+n`` against every position; heads land in ``merged`` (n, d)."""
-    d = merged.shape[1]
+    t, d = qkv_in.shape[0], merged.shape[1]
     hd = d // heads
+    k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)
+    q3 = qkv_in[r0 : r0 + n, :d].reshape(n, heads, hd)
+    k_sq = np.einsum("thd,thd->th", k3, k3, out=ws.norms[:t]).max(axis=0)  # per head: max |k|^2
+    q_sq = np.einsum("thd,thd->th", q3, q3, out=ws.norms[t : t + n])  # per row and head: |q|^2
     for h in range(heads):
         q = qkv_in[r0 : r0 + n, h * hd : (h + 1) * hd]
         k = qkv_in[:, d + h * hd : d + (h + 1) * hd]
         v1 = qkv_in[:, 2 * d + h * (hd + 1) : 2 * d + (h + 1) * (hd + 1)]
-        k_max = _max_norm(k, ws.norms)
         for c0 in range(0, n, ATTN_ROWS):
             c1 = min(n, c0 + ATTN_ROWS)
             out = merged[c0:c1, h * hd : (h + 1) * hd]
-            shift = _max_norm(q[c0:c1], ws.norms) * k_max > SHIFT_FREE_BOUND
+            shift = float(q_sq[c0:c1, h].max() * k_sq[h]) > SHIFT_FREE_BOUND**2
             if not _head_attention(q[c0:c1], k, v1, ws, out, shift):
                 _head_attention(q[c0:c1], k, v1, ws, out, True)
 
