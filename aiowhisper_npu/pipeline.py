@@ -57,7 +57,6 @@ class _Lane:
 
     index: int
     inflight: int = 0
-    room: anyio.Event = field(default_factory=anyio.Event)
     last_done: float = 0.0
     empty_since: float | None = None
     empty_stall: bool = False
@@ -80,6 +79,8 @@ class Pipeline:
         self._upstream = 0  # tiles taken for prep and not yet received by a kernel lane
         self.ahead = max(1, ahead)  # launched runs a lane may hold: one running, the rest queued behind
         self._lane_threads = LaneThreads(self.lanes, self._wait_run)
+        self._lane_state: list[_Lane] = []
+        self._lanes_changed = anyio.Event()  # set whenever a lane launches or completes a run
         self._serving = False
         self._closed = False
 
@@ -120,8 +121,8 @@ class Pipeline:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._prep_stage, send1)
                 tg.start_soon(self._to_device_stage, recv1, send2)
-                for index in range(self.lanes):
-                    lane = _Lane(index)
+                self._lane_state = [_Lane(i) for i in range(self.lanes)]
+                for lane in self._lane_state:
                     # a lane holds at most ``ahead`` runs, so its completion stream never blocks a sender
                     done_send, done_recv = anyio.create_memory_object_stream[_Item](self.ahead)
                     streams += [done_send, done_recv]
@@ -219,6 +220,19 @@ class Pipeline:
         """On a lane thread: block until ``run`` ends (the CPU device runs its kernel here)."""
         self.device.wait(run, None)
 
+    def _may_take(self, lane: _Lane) -> bool:
+        """A lane takes a tile when empty, or one to queue ahead when it has room and no lane sits empty
+        (a tile queued behind a long kernel must not wait while another lane idles)."""
+        if lane.inflight == 0:
+            return True
+        return lane.inflight < self.ahead and all(o.inflight for o in self._lane_state)
+
+    async def _lanes_change(self) -> None:
+        """Wait for the next launch or completion on any lane (several launchers may wait at once)."""
+        if self._lanes_changed.is_set():
+            self._lanes_changed = anyio.Event()
+        await self._lanes_changed.wait()
+
     async def _kernel_launcher(self, lane: _Lane, recv: MemoryObjectReceiveStream[_Item],
                                done: MemoryObjectSendStream[_Item]) -> None:
         """Take tiles for ``lane`` and launch them; their completions reach :meth:`_kernel_completer`."""
@@ -232,15 +246,13 @@ class Pipeline:
 
         async with recv, done:
             while True:
-                while lane.inflight >= self.ahead:
-                    lane.room = anyio.Event()
-                    await lane.room.wait()
+                while not self._may_take(lane):
+                    await self._lanes_change()
                 try:
                     item = await _receive(recv)
                 except anyio.EndOfStream:
                     while lane.inflight:  # let launched runs report before closing their stream
-                        lane.room = anyio.Event()
-                        await lane.room.wait()
+                        await self._lanes_change()
                     return
                 self._upstream -= 1
                 st, tile, slot = item.st, item.tile, item.slot
@@ -253,6 +265,7 @@ class Pipeline:
                             r.idle(idle, lane.empty_stall)
                 lane.empty_since = None
                 lane.inflight += 1
+                self._lanes_changed.set()
                 if not st.dead:
                     try:
                         item.run = self.device.launch(tile.op, tile.params, slot.device_inputs(tile),
@@ -286,7 +299,7 @@ class Pipeline:
                     lane.empty_stall = self._upstream > 0 or self._sched.ready_total() > 0
                     if not (lane.empty_stall or self._sched.n_active() > 0):
                         lane.empty_since = None
-                lane.room.set()
+                self._lanes_changed.set()
                 st, tile = item.st, item.tile
                 if item.error is not None:
                     if not isinstance(item.error, Exception):
