@@ -20,6 +20,10 @@ ones column makes the softmax denominator come out of the ``P @ [V, 1]`` GEMM, o
 of a separate pass (the prepared weights have zero columns with bias 1 there, so the GEMM writes exact ones).
 When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND``, ``exp`` cannot overflow
 or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
+
+Element-wise work (bias + GELU, the softmax's shift and exp) runs in one fused pass each when the optional C
+extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``), else as numpy passes with the
+same formulas; :func:`use_native` switches between them.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ import numpy as np
 
 from .model import EncoderWeights, ModelDimensions
 
-__all__ = ["LN_EPS", "qkv_columns", "prepare_weights", "Workspace", "gelu_", "stem", "qkv", "attn_mlp", "OPS"]
+try:
+    from . import _fastmath
+except ImportError:  # the C extension was not built: the numpy forms below are used
+    _fastmath = None
+
+__all__ = ["LN_EPS", "native_available", "use_native", "qkv_columns", "prepare_weights", "Workspace", "gelu_",
+           "bias_gelu_", "stem", "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
@@ -49,6 +59,26 @@ _ERF_BETA = tuple(np.float32(c) for c in (
     -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
     -1.42647390514189e-02,
 ))
+
+
+_native = _fastmath is not None
+
+
+def native_available() -> bool:
+    """True when the fused C element-wise kernels (:mod:`aiowhisper_npu._fastmath`) are built."""
+    return _fastmath is not None
+
+
+def use_native(enabled: bool) -> bool:
+    """Use the fused C element-wise kernels (``True``, the default when built) or the numpy forms.
+
+    Process-wide; returns the previous setting. The two agree to a few float32 ulp, not bit for bit, so
+    switch only while no encoder kernels run (tests use it to check the numpy forms too).
+    """
+    global _native
+    previous = _native
+    _native = bool(enabled) and _fastmath is not None
+    return previous
 
 
 def qkv_columns(d: int, heads: int) -> int:
@@ -150,6 +180,15 @@ def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     return x
 
 
+def bias_gelu_(x: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """In place ``x = gelu(x + b)`` for a 2-D ``x`` with contiguous rows; ``scratch`` as for :func:`gelu_`."""
+    if _native:
+        _fastmath.bias_gelu(x, b)
+        return x
+    x += b
+    return gelu_(x, scratch)
+
+
 def _layer_norm(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Normalise rows of ``x`` into ``out`` (no affine part: it is folded into the next linear layer)."""
     mean = x.mean(axis=1, keepdims=True)
@@ -180,16 +219,14 @@ def stem(res: Mapping[str, np.ndarray], ws: Workspace, slab: np.ndarray, r0: int
     cols = ws.cols[:f, : 3 * m]
     cols[:, :m], cols[:, m : 2 * m], cols[:, 2 * m :] = slab[0:f], slab[1 : f + 1], slab[2 : f + 2]
     h = np.matmul(cols, res["conv1_w"], out=ws.conv1[:f])
-    h += res["conv1_b"]
-    gelu_(h, ws.gelu)
+    bias_gelu_(h, res["conv1_b"], ws.gelu)
     if r0 == 0:
         h[0] = 0.0  # conv2's zero padding: conv1 frame -1 does not exist
     d = h.shape[1]
     cols2 = ws.cols[:n, : 3 * d]
     cols2[:, :d], cols2[:, d : 2 * d], cols2[:, 2 * d :] = h[0 : f - 2 : 2], h[1 : f - 1 : 2], h[2:f:2]
     np.matmul(cols2, res["conv2_w"], out=out)
-    out += res["conv2_b"]
-    gelu_(out, ws.gelu)
+    bias_gelu_(out, res["conv2_b"], ws.gelu)
     out += res["pos"][r0 : r0 + n]
 
 
@@ -207,9 +244,12 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
     """``out = softmax(q k^T) v`` for one head and a chunk of rows; ``v1`` is ``[v, 1]``. False if not finite."""
     rows, hd = q.shape
     s = np.matmul(q, k.T, out=ws.scores[:rows, : k.shape[0]])
-    if shift:
-        s -= np.max(s, axis=1, keepdims=True, out=ws.rowvec[:rows])
-    np.exp(s, out=s)
+    if _native:
+        _fastmath.exp_rows(s, shift)
+    else:
+        if shift:
+            s -= np.max(s, axis=1, keepdims=True, out=ws.rowvec[:rows])
+        np.exp(s, out=s)
     o1 = np.matmul(s, v1, out=ws.av[:rows])  # last column: the softmax denominator
     np.divide(o1[:, :hd], o1[:, hd:], out=out)
     return shift or bool(np.isfinite(o1).all())
@@ -247,8 +287,7 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     x1 += x  # residual
     ln = _layer_norm(x1, ws.ln[:n])
     hid = np.matmul(ln, res[f"{layer}.fc1_w"], out=ws.mlp[:n])
-    hid += res[f"{layer}.fc1_b"]
-    gelu_(hid, ws.gelu)
+    bias_gelu_(hid, res[f"{layer}.fc1_b"], ws.gelu)
     if final:
         y = np.matmul(hid, res[f"{layer}.fc2_w"], out=ws.tmp[:n])
         y += res[f"{layer}.fc2_b"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
+from aiowhisper_npu import kernels
 from aiowhisper_npu.audio import split_windows
 
 from conftest import CLIPS, CT2Reference, rel_l2
@@ -35,6 +36,18 @@ async def _check_model(model: aw.WhisperModel, ref: CT2Reference, clip_paths: di
 async def test_tiny_en_matches_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
                                            clip_paths: dict[str, Path]) -> None:
     await _check_model(tiny, ct2_tiny, clip_paths)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)
+async def test_numpy_element_wise_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
+                                                          clip_paths: dict[str, Path]) -> None:
+    """The kernels' numpy forms (used when the C extension is not built) meet the same tolerance."""
+    previous = kernels.use_native(False)
+    try:
+        await _check_model(tiny, ct2_tiny, clip_paths)
+    finally:
+        kernels.use_native(previous)
 
 
 @pytest.mark.anyio

@@ -1,0 +1,185 @@
+/* Fused, in-place float32 element-wise kernels for the CPU encoder (module aiowhisper_npu._fastmath).
+ *
+ * numpy evaluates exp(s - max) or an erf-based GELU as a chain of full passes over memory (about 25 for the
+ * GELU's rational approximation). These loops do the same arithmetic in one pass each, vectorised: every
+ * hot function is compiled for AVX-512, AVX2 and baseline x86-64 (GCC target_clones) and the best one is
+ * picked at load time. The GIL is released while they run, so kernel lanes run them concurrently.
+ *
+ *   exp_rows(s, shift)   s: 2-D float32, unit inner stride.  row = exp(row - max(row)) if shift else exp(row)
+ *   bias_gelu(x, b)      x: 2-D float32, unit inner stride; b: 1-D float32 of x's width.  x = gelu(x + b)
+ *
+ * exp is Cephes' expf (Cody-Waite reduction, degree-5 polynomial; ~1 ulp), with IEEE results outside the
+ * normal range: +inf above ln(FLT_MAX), 0 below the smallest normal's log, NaN for NaN. The GELU is
+ * x * (0.5 + 0.5 erf(x / sqrt 2)) with the float32 rational erf of kernels.gelu_ (Eigen/XLA coefficients).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MULTIVERSION
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- exp ------------------------------------------------------------------------------------------- */
+#define EXP_HI 88.3762626647949f   /* ln(FLT_MAX) */
+#define EXP_LO -87.3365447505531f  /* ln(FLT_MIN): below it the result would be subnormal; flushed to 0 */
+
+INLINE float exp_f32(float x) {
+    float c = x > EXP_HI ? EXP_HI : x;     /* NaN compares false and passes through untouched */
+    c = c < EXP_LO ? EXP_LO : c;
+    /* round(c / ln 2) to an integer in [-126, 127]: adding 1.5 * 2^23 leaves no fraction bits */
+    float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = c - n * 0.693359375f;                    /* Cody-Waite: ln 2 = C1 + C2, C1 exact */
+    r = r - n * -2.12194440e-4f;
+    float z = r * r;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * z + r + 1.0f;                              /* e^r, |r| <= ln(2) / 2 */
+    int32_t bits = ((int32_t)n + 127) << 23;           /* 2^n: n is within the normal exponents */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = p * scale;
+    y = x > EXP_HI ? INFINITY : y;
+    y = x < EXP_LO ? 0.0f : y;
+    return x != x ? x : y;
+}
+
+MULTIVERSION static float row_max(const float *x, Py_ssize_t n) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (Py_ssize_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+MULTIVERSION static void exp_shifted(float *x, Py_ssize_t n, float shift) {
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < n; i++) x[i] = exp_f32(x[i] - shift);
+}
+
+/* ---- GELU with the rational erf of kernels.gelu_ ----------------------------------------------------- */
+/* Eigen's float32 erf numerator coefficients, pre-halved (the result is 0.5 * erf), and denominator. */
+static const float A0 = 0.5f * -2.72614225801306e-10f, A1 = 0.5f * 2.77068142495902e-08f,
+                   A2 = 0.5f * -2.10102402082508e-06f, A3 = 0.5f * -5.69250639462346e-05f,
+                   A4 = 0.5f * -7.34990630326855e-04f, A5 = 0.5f * -2.95459980854025e-03f,
+                   A6 = 0.5f * -1.60960333262415e-02f;
+static const float B0 = -1.45660718464996e-05f, B1 = -2.13374055278905e-04f, B2 = -1.68282697438203e-03f,
+                   B3 = -7.37332916720468e-03f, B4 = -1.42647390514189e-02f;
+
+MULTIVERSION static void bias_gelu_row(float *x, const float *b, Py_ssize_t n) {
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float y = x[i] + b[i];
+        float t = y * 0.70710678118654752f;
+        t = t > 4.0f ? 4.0f : t;
+        t = t < -4.0f ? -4.0f : t;
+        float u = t * t;
+        float p = A0 * u + A1;
+        p = p * u + A2;
+        p = p * u + A3;
+        p = p * u + A4;
+        p = p * u + A5;
+        p = p * u + A6;
+        float q = B0 * u + B1;
+        q = q * u + B2;
+        q = q * u + B3;
+        q = q * u + B4;
+        x[i] = y * (p * t / q + 0.5f);
+    }
+}
+
+/* ---- argument handling ----------------------------------------------------------------------------- */
+static int is_float32(const Py_buffer *v) {
+    const char *f = v->format ? v->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    return f[0] == 'f' && f[1] == '\0' && v->itemsize == 4;
+}
+
+/* A writable 2-D float32 buffer whose rows have unit stride and do not overlap. */
+static int get_rows(PyObject *obj, Py_buffer *v, const char *name) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be a writable float32 array", name);
+        }
+        return -1;
+    }
+    const char *err = NULL;
+    if (!is_float32(v)) err = "%s must be float32";
+    else if (v->ndim != 2) err = "%s must be 2-D";
+    else if (v->shape[1] > 1 && v->strides[1] != 4) err = "%s must have contiguous rows (inner stride 4)";
+    else if (v->shape[0] > 1 && (v->strides[0] < 4 * v->shape[1] || v->strides[0] % 4))
+        err = "%s rows must not overlap";
+    if (err) {
+        PyErr_Format(is_float32(v) ? PyExc_ValueError : PyExc_TypeError, err, name);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *exp_rows(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    int shift;
+    if (!PyArg_ParseTuple(args, "Op:exp_rows", &obj, &shift)) return NULL;
+    Py_buffer v;
+    if (get_rows(obj, &v, "s") < 0) return NULL;
+    Py_ssize_t rows = v.shape[0], cols = v.shape[1], stride = v.strides[0] / 4;
+    float *base = (float *)v.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        float *row = base + r * stride;
+        exp_shifted(row, cols, shift && cols ? row_max(row, cols) : 0.0f);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *bias_gelu(PyObject *self, PyObject *args) {
+    PyObject *xo, *bo;
+    if (!PyArg_ParseTuple(args, "OO:bias_gelu", &xo, &bo)) return NULL;
+    Py_buffer v, b;
+    if (get_rows(xo, &v, "x") < 0) return NULL;
+    if (PyObject_GetBuffer(bo, &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    if (!is_float32(&b) || b.ndim != 1 || b.shape[0] != v.shape[1]) {
+        PyErr_Format(is_float32(&b) ? PyExc_ValueError : PyExc_TypeError,
+                     "b must be a 1-D float32 array of length %zd", v.shape[1]);
+        PyBuffer_Release(&b);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    Py_ssize_t rows = v.shape[0], cols = v.shape[1], stride = v.strides[0] / 4;
+    float *base = (float *)v.buf;
+    const float *bias = (const float *)b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++) bias_gelu_row(base + r * stride, bias, cols);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&v);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"exp_rows", exp_rows, METH_VARARGS,
+     "exp_rows(s, shift) -> None: in place, each row = exp(row - max(row)) if shift else exp(row)."},
+    {"bias_gelu", bias_gelu, METH_VARARGS,
+     "bias_gelu(x, b) -> None: in place, x = gelu(x + b) with the exact-erf GELU of kernels.gelu_."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastmath",
+                                    "Fused float32 element-wise kernels (see _fastmath.c).", -1, methods};
+
+PyMODINIT_FUNC PyInit__fastmath(void) { return PyModule_Create(&module); }
