@@ -161,10 +161,12 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
         threads = {n: getattr(rt.device, "blas_threads", None) for n, rt in rts.items()}
         st["blas_threads"] = threads  # pinned around each timed call (CpuDevice's limit is process-wide)
 
+        native = {v.name: v.native for v in variants}
+
         async def timed(name: str) -> bm.RunSample:
             bm.settle(st["settle_ms"] / 1e3)
             sim = args.backend == "sim"
-            with bm.blas_limit(threads[name]):
+            with bm.blas_limit(threads[name]), bm.element_wise(native[name]):
                 first = bx.sim_run_range(rts[name]) if sim else 0
                 t0 = time.perf_counter()
                 _, stats = await rts[name].encode_mels(mels)
