@@ -7,6 +7,8 @@
  *
  *   exp_rows(s, shift)   s: 2-D float32, unit inner stride.  row = exp(row - max(row)) if shift else exp(row)
  *   bias_gelu(x, b)      x: 2-D float32, unit inner stride; b: 1-D float32 of x's width.  x = gelu(x + b)
+ *   add_norm(x, b, r, out, eps)   x += b (if not None), x += r (if not None), then, if out is not None,
+ *                        out = (x - mean) / sqrt(var + eps) per row (layer norm without its affine part).
  *
  * exp is Cephes' expf (Cody-Waite reduction, degree-5 polynomial; ~1 ulp), with IEEE results outside the
  * normal range: +inf above ln(FLT_MAX), 0 below the smallest normal's log, NaN for NaN. The GELU is
@@ -96,6 +98,27 @@ MULTIVERSION static void bias_gelu_row(float *x, const float *b, Py_ssize_t n) {
     }
 }
 
+/* ---- residual adds and layer norm ------------------------------------------------------------------ */
+MULTIVERSION static void add_row(float *x, const float *a, Py_ssize_t n) {
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < n; i++) x[i] += a[i];
+}
+
+MULTIVERSION static void norm_row(const float *x, float *out, Py_ssize_t n, float eps) {
+    float sum = 0.0f, sq = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (Py_ssize_t i = 0; i < n; i++) sum += x[i];
+    float mean = sum / (float)n;
+#pragma omp simd reduction(+ : sq)
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float d = x[i] - mean;
+        sq += d * d;
+    }
+    float inv = 1.0f / sqrtf(sq / (float)n + eps);
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = (x[i] - mean) * inv;
+}
+
 /* ---- argument handling ----------------------------------------------------------------------------- */
 static int is_float32(const Py_buffer *v) {
     const char *f = v->format ? v->format : "B";
@@ -103,12 +126,13 @@ static int is_float32(const Py_buffer *v) {
     return f[0] == 'f' && f[1] == '\0' && v->itemsize == 4;
 }
 
-/* A writable 2-D float32 buffer whose rows have unit stride and do not overlap. */
-static int get_rows(PyObject *obj, Py_buffer *v, const char *name) {
-    if (PyObject_GetBuffer(obj, v, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+/* A (writable) 2-D float32 buffer whose rows have unit stride and do not overlap. */
+static int get_rows_of(PyObject *obj, Py_buffer *v, const char *name, int writable) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) {
         if (PyErr_ExceptionMatches(PyExc_BufferError)) {
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "%s must be a writable float32 array", name);
+            PyErr_Format(PyExc_ValueError, writable ? "%s must be a writable float32 array"
+                                                    : "%s must be a float32 array", name);
         }
         return -1;
     }
@@ -126,7 +150,10 @@ static int get_rows(PyObject *obj, Py_buffer *v, const char *name) {
     return 0;
 }
 
+static int get_rows(PyObject *obj, Py_buffer *v, const char *name) { return get_rows_of(obj, v, name, 1); }
+
 static PyObject *exp_rows(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *obj;
     int shift;
     if (!PyArg_ParseTuple(args, "Op:exp_rows", &obj, &shift)) return NULL;
@@ -145,6 +172,7 @@ static PyObject *exp_rows(PyObject *self, PyObject *args) {
 }
 
 static PyObject *bias_gelu(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *xo, *bo;
     if (!PyArg_ParseTuple(args, "OO:bias_gelu", &xo, &bo)) return NULL;
     Py_buffer v, b;
@@ -171,11 +199,72 @@ static PyObject *bias_gelu(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* An optional operand (None allowed) of x's shape: 1-D of x's width ("b") or 2-D with x's shape. */
+static int get_operand(PyObject *obj, Py_buffer *v, const char *name, const Py_buffer *x, int ndim, int writable) {
+    if (obj == Py_None) return 0;
+    if (ndim == 1) {
+        if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+        if (!is_float32(v) || v->ndim != 1 || v->shape[0] != x->shape[1]) {
+            PyErr_Format(is_float32(v) ? PyExc_ValueError : PyExc_TypeError,
+                         "%s must be a 1-D float32 array of length %zd", name, x->shape[1]);
+            PyBuffer_Release(v);
+            return -1;
+        }
+        return 1;
+    }
+    if (writable ? get_rows(obj, v, name) < 0
+                 : PyObject_GetBuffer(obj, v, PyBUF_STRIDES | PyBUF_FORMAT) < 0)
+        return -1;
+    if (!is_float32(v) || v->ndim != 2 || v->shape[0] != x->shape[0] || v->shape[1] != x->shape[1] ||
+        (v->shape[1] > 1 && v->strides[1] != 4) || v->strides[0] % 4) {
+        PyErr_Format(is_float32(v) ? PyExc_ValueError : PyExc_TypeError,
+                     "%s must be a float32 array of shape (%zd, %zd) with contiguous rows", name, x->shape[0],
+                     x->shape[1]);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 1;
+}
+
+static PyObject *add_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *bo, *ro, *oo;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOf:add_norm", &xo, &bo, &ro, &oo, &eps)) return NULL;
+    Py_buffer x, b, r, out;
+    if (get_rows_of(xo, &x, "x", bo != Py_None || ro != Py_None) < 0) return NULL;  /* read-only if only normed */
+    int hb = get_operand(bo, &b, "b", &x, 1, 0);
+    int hr = hb < 0 ? -1 : get_operand(ro, &r, "r", &x, 2, 0);
+    int ho = hr < 0 ? -1 : get_operand(oo, &out, "out", &x, 2, 1);
+    if (ho < 0) {
+        if (hr > 0) PyBuffer_Release(&r);
+        if (hb > 0) PyBuffer_Release(&b);
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    Py_ssize_t rows = x.shape[0], cols = x.shape[1];
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        float *row = (float *)((char *)x.buf + i * x.strides[0]);
+        if (hb) add_row(row, (const float *)b.buf, cols);
+        if (hr) add_row(row, (const float *)((const char *)r.buf + i * r.strides[0]), cols);
+        if (ho && cols) norm_row(row, (float *)((char *)out.buf + i * out.strides[0]), cols, eps);
+    }
+    Py_END_ALLOW_THREADS
+    if (ho) PyBuffer_Release(&out);
+    if (hr) PyBuffer_Release(&r);
+    if (hb) PyBuffer_Release(&b);
+    PyBuffer_Release(&x);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"exp_rows", exp_rows, METH_VARARGS,
      "exp_rows(s, shift) -> None: in place, each row = exp(row - max(row)) if shift else exp(row)."},
     {"bias_gelu", bias_gelu, METH_VARARGS,
      "bias_gelu(x, b) -> None: in place, x = gelu(x + b) with the exact-erf GELU of kernels.gelu_."},
+    {"add_norm", add_norm, METH_VARARGS,
+     "add_norm(x, b, r, out, eps) -> None: x += b; x += r (each if not None); out = layer_norm(x) if out."},
     {NULL, NULL, 0, NULL},
 };
 

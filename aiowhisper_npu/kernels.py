@@ -21,7 +21,8 @@ of a separate pass (the prepared weights have zero columns with bias 1 there, so
 When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND``, ``exp`` cannot overflow
 or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
 
-Element-wise work (bias + GELU, the softmax's shift and exp) runs in one fused pass each when the optional C
+Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) runs in one fused
+pass each when the optional C
 extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``), else as numpy passes with the
 same formulas; :func:`use_native` switches between them.
 """
@@ -41,7 +42,7 @@ except ImportError:  # the C extension was not built: the numpy forms below are 
     _fastmath = None
 
 __all__ = ["LN_EPS", "native_available", "use_native", "qkv_columns", "prepare_weights", "Workspace", "gelu_",
-           "bias_gelu_", "stem", "qkv", "attn_mlp", "OPS"]
+           "bias_gelu_", "add_norm_", "stem", "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
@@ -201,6 +202,20 @@ def _layer_norm(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def add_norm_(x: np.ndarray, b: np.ndarray | None, r: np.ndarray | None, out: np.ndarray | None) -> None:
+    """In place ``x += b`` and ``x += r`` (each when given), then ``out = layer_norm(x)`` when ``out`` is given
+    (no affine part). One fused pass per row with the C extension, else numpy passes."""
+    if _native:
+        _fastmath.add_norm(x, b, r, out, LN_EPS)
+        return
+    if b is not None:
+        x += b
+    if r is not None:
+        x += r
+    if out is not None:
+        _layer_norm(x, out)
+
+
 def _layer_norm_affine(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     _layer_norm(x, out)
     out *= w
@@ -234,7 +249,8 @@ def qkv(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray,
         qkv_out: np.ndarray) -> None:
     """Layer norm + fused Q/K/V projection of rows ``r0:r0+n`` into ``qkv_out[r0:r0+n]`` (``(T, qkv_columns)``)."""
     n = x.shape[0]
-    ln = _layer_norm(x, ws.ln[:n])
+    ln = ws.ln[:n]
+    add_norm_(x, None, None, ln)
     y = np.matmul(ln, res[f"{layer}.qkv_w"], out=qkv_out[r0 : r0 + n])
     y += res[f"{layer}.qkv_b"]
 
@@ -283,20 +299,17 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     merged = ws.ln[:n]
     _attention(qkv_in, r0, n, heads, ws, merged)
     x1 = np.matmul(merged, res[f"{layer}.out_w"], out=ws.proj[:n])
-    x1 += res[f"{layer}.out_b"]
-    x1 += x  # residual
-    ln = _layer_norm(x1, ws.ln[:n])
+    ln = ws.ln[:n]
+    add_norm_(x1, res[f"{layer}.out_b"], x, ln)  # bias, residual, then the MLP's layer norm
     hid = np.matmul(ln, res[f"{layer}.fc1_w"], out=ws.mlp[:n])
     bias_gelu_(hid, res[f"{layer}.fc1_b"], ws.gelu)
     if final:
         y = np.matmul(hid, res[f"{layer}.fc2_w"], out=ws.tmp[:n])
-        y += res[f"{layer}.fc2_b"]
-        y += x1
+        add_norm_(y, res[f"{layer}.fc2_b"], x1, None)
         _layer_norm_affine(y, res["ln_post_w"], res["ln_post_b"], out)
     else:
         np.matmul(hid, res[f"{layer}.fc2_w"], out=out)
-        out += res[f"{layer}.fc2_b"]
-        out += x1
+        add_norm_(out, res[f"{layer}.fc2_b"], x1, None)
 
 
 OPS = ("stem", "qkv", "attn_mlp")

@@ -88,3 +88,44 @@ def test_read_only_input_raises() -> None:
     x.flags.writeable = False
     with pytest.raises((TypeError, ValueError)):
         fm.exp_rows(x, False)
+
+
+def test_add_norm_adds_exactly_and_normalises_like_numpy() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((33, 520)) * 3 + 2).astype(np.float32)
+    b = rng.standard_normal(520).astype(np.float32)
+    big = rng.standard_normal((40, 600)).astype(np.float32)
+    r = big[:33, :520]  # a strided residual
+    want_sum = (x + b) + r
+    want_ln = kernels._layer_norm(want_sum, np.empty_like(want_sum))
+    out_buf = np.full((33, 530), 7.0, np.float32)
+    got = x.copy()
+    fm.add_norm(got, b, r, out_buf[:, :520], kernels.LN_EPS)
+    assert np.array_equal(got, want_sum)  # the same two float32 additions, in the same order
+    assert np.max(np.abs(out_buf[:, :520] - want_ln)) <= 2e-6
+    assert np.all(out_buf[:, 520:] == 7.0)
+    only_ln = np.empty_like(x)
+    fm.add_norm(x, None, None, only_ln, kernels.LN_EPS)  # x untouched
+    assert np.max(np.abs(only_ln - kernels._layer_norm(x, np.empty_like(x)))) <= 2e-6
+    assert np.allclose(only_ln.mean(axis=1), 0, atol=1e-6) and np.allclose(only_ln.std(axis=1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda x: fm.add_norm(x, np.zeros(4, np.float32), None, None, 1e-5),  # wrong bias length
+    lambda x: fm.add_norm(x, None, np.zeros((2, 4), np.float32), None, 1e-5),  # wrong residual shape
+    lambda x: fm.add_norm(x, None, None, np.zeros((2, 3)), 1e-5),  # float64 out
+    lambda x: fm.add_norm(x.astype(np.float64), None, None, None, 1e-5),
+])
+def test_add_norm_bad_input_raises(bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises((TypeError, ValueError)):
+        bad(np.zeros((2, 3), np.float32))
+
+
+def test_add_norm_reads_a_read_only_input_when_only_normalising() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    x.flags.writeable = False  # e.g. a device buffer mapped for reading
+    out = np.empty_like(x)
+    fm.add_norm(x, None, None, out, kernels.LN_EPS)
+    assert np.max(np.abs(out - kernels._layer_norm(x, np.empty_like(x)))) <= 2e-6
+    with pytest.raises((TypeError, ValueError)):
+        fm.add_norm(x, np.zeros(6, np.float32), None, None, kernels.LN_EPS)
