@@ -11,7 +11,7 @@
  *                        out = (x - mean) / sqrt(var + eps) per row (layer norm without its affine part).
  *
  * exp is Cephes' expf (Cody-Waite reduction, degree-5 polynomial; ~1 ulp), with IEEE results outside the
- * normal range: +inf above ln(FLT_MAX), 0 below the smallest normal's log, NaN for NaN. The GELU is
+ * normal range: +inf above ln(FLT_MAX) = 88.7228, 0 below ln(FLT_MIN) (no subnormals), NaN for NaN. The GELU is
  * x * (0.5 + 0.5 erf(x / sqrt 2)) with the float32 rational erf of kernels.gelu_ (Eigen/XLA coefficients).
  */
 #define PY_SSIZE_T_CLEAN
@@ -28,13 +28,20 @@
 #define INLINE static inline __attribute__((always_inline))
 
 /* ---- exp ------------------------------------------------------------------------------------------- */
-#define EXP_HI 88.3762626647949f   /* ln(FLT_MAX) */
+#define EXP_HI 88.7228391f         /* ln(FLT_MAX): above it the result overflows to +inf */
 #define EXP_LO -87.3365447505531f  /* ln(FLT_MIN): below it the result would be subnormal; flushed to 0 */
+
+INLINE float pow2i(int32_t k) { /* 2^k for k in [-126, 127] */
+    int32_t bits = (k + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
 
 INLINE float exp_f32(float x) {
     float c = x > EXP_HI ? EXP_HI : x;     /* NaN compares false and passes through untouched */
     c = c < EXP_LO ? EXP_LO : c;
-    /* round(c / ln 2) to an integer in [-126, 127]: adding 1.5 * 2^23 leaves no fraction bits */
+    /* round(c / ln 2) to an integer in [-126, 128]: adding 1.5 * 2^23 leaves no fraction bits */
     float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = c - n * 0.693359375f;                    /* Cody-Waite: ln 2 = C1 + C2, C1 exact */
     r = r - n * -2.12194440e-4f;
@@ -46,10 +53,8 @@ INLINE float exp_f32(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * z + r + 1.0f;                              /* e^r, |r| <= ln(2) / 2 */
-    int32_t bits = ((int32_t)n + 127) << 23;           /* 2^n: n is within the normal exponents */
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
+    int32_t k = (int32_t)n, h = k >> 1;               /* 2^n as two normal factors: n may be 128 */
+    float y = p * pow2i(h) * pow2i(k - h);
     y = x > EXP_HI ? INFINITY : y;
     y = x < EXP_LO ? 0.0f : y;
     return x != x ? x : y;

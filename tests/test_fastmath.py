@@ -24,7 +24,7 @@ def test_is_built_and_used_by_default() -> None:
 
 
 def test_exp_is_accurate_over_the_normal_range() -> None:
-    x = np.concatenate([np.linspace(-87.3, 88.3, 1_000_003), np.random.default_rng(0).uniform(-20, 20, 99_999)])
+    x = np.concatenate([np.linspace(-87.3, 88.72, 1_000_003), np.random.default_rng(0).uniform(-20, 20, 99_999)])
     s = x.astype(np.float32).reshape(1, -1)
     want = np.exp(s.astype(np.float64))
     fm.exp_rows(s, False)
@@ -32,10 +32,18 @@ def test_exp_is_accurate_over_the_normal_range() -> None:
 
 
 def test_exp_special_values() -> None:
-    s = np.array([[np.nan, np.inf, -np.inf, 100.0, -100.0, 88.5, -88.0, 0.0, 1.0]], np.float32)
+    s = np.array([[np.nan, np.inf, -np.inf, 100.0, -100.0, 88.8, -88.0, 0.0, 1.0]], np.float32)
     fm.exp_rows(s, False)
     assert np.isnan(s[0, 0])
     assert list(s[0, 1:]) == [np.inf, 0.0, np.inf, 0.0, np.inf, 0.0, 1.0, np.float32(np.e)]
+
+
+def test_exp_is_finite_up_to_the_largest_float() -> None:
+    x = np.array([[88.38, 88.5, 88.72, 88.7228]], np.float32)  # exp just below FLT_MAX
+    s = x.copy()
+    fm.exp_rows(s, False)
+    assert np.all(np.isfinite(s))
+    assert _rel_err(s, np.exp(x.astype(np.float64))) <= EXP_REL
 
 
 def test_shifted_exp_of_strided_rows_leaves_the_rest_alone() -> None:
