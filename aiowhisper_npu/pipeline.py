@@ -57,6 +57,7 @@ class _Lane:
 
     index: int
     inflight: int = 0
+    head_start: float = 0.0  # when the lane's oldest launched run was launched (or started, if queued)
     last_done: float = 0.0
     empty_since: float | None = None
     empty_stall: bool = False
@@ -122,13 +123,14 @@ class Pipeline:
                 tg.start_soon(self._prep_stage, send1)
                 tg.start_soon(self._to_device_stage, recv1, send2)
                 self._lane_state = [_Lane(i) for i in range(self.lanes)]
+                done_sends = []
                 for lane in self._lane_state:
                     # a lane holds at most ``ahead`` runs, so its completion stream never blocks a sender
                     done_send, done_recv = anyio.create_memory_object_stream[_Item](self.ahead)
                     streams += [done_send, done_recv]
-                    tg.start_soon(self._kernel_launcher, lane, recv2.clone(), done_send)
+                    done_sends.append(done_send)
                     tg.start_soon(self._kernel_completer, lane, done_recv, send3.clone())
-                recv2.close()
+                tg.start_soon(self._kernel_dispatcher, recv2, done_sends)
                 send3.close()
                 tg.start_soon(self._from_device_stage, recv3)
                 self._serving = True
@@ -220,66 +222,77 @@ class Pipeline:
         """On a lane thread: block until ``run`` ends (the CPU device runs its kernel here)."""
         self.device.wait(run, None)
 
-    def _may_take(self, lane: _Lane) -> bool:
-        """A lane takes a tile when empty, or one to queue ahead when it has room and no lane sits empty
-        (a tile queued behind a long kernel must not wait while another lane idles)."""
-        if lane.inflight == 0:
-            return True
-        return lane.inflight < self.ahead and all(o.inflight for o in self._lane_state)
+    def _pick_lane(self) -> _Lane | None:
+        """The lane for the next tile: an empty one first, else the one whose running kernel started first
+        (likely to end first), among lanes with room for one more run queued; None when all are full."""
+        open_lanes = [lane for lane in self._lane_state if lane.inflight < self.ahead]
+        return min(open_lanes, key=lambda lane: (lane.inflight, lane.head_start), default=None)
 
     async def _lanes_change(self) -> None:
-        """Wait for the next launch or completion on any lane (several launchers may wait at once)."""
+        """Wait for the next completion on any lane."""
         if self._lanes_changed.is_set():
             self._lanes_changed = anyio.Event()
         await self._lanes_changed.wait()
 
-    async def _kernel_launcher(self, lane: _Lane, recv: MemoryObjectReceiveStream[_Item],
-                               done: MemoryObjectSendStream[_Item]) -> None:
-        """Take tiles for ``lane`` and launch them; their completions reach :meth:`_kernel_completer`."""
+    async def _kernel_dispatcher(self, recv: MemoryObjectReceiveStream[_Item],
+                                 done: list[MemoryObjectSendStream[_Item]]) -> None:
+        """Take tiles as they arrive and launch each on the best lane; completions reach the lane's
+        :meth:`_kernel_completer`. One dispatcher for all lanes, so a tile is never queued behind a running
+        kernel while another lane sits empty."""
 
-        def complete(item: _Item, error: BaseException | None = None) -> None:  # on the loop
+        def complete(item: _Item, lane: int, error: BaseException | None = None) -> None:  # on the loop
             item.error = error
             try:
-                done.send_nowait(item)
+                done[lane].send_nowait(item)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the pipeline is shutting down; its requests fail in serve()
 
-        async with recv, done:
-            while True:
-                while not self._may_take(lane):
-                    await self._lanes_change()
-                try:
-                    item = await _receive(recv)
-                except anyio.EndOfStream:
-                    while lane.inflight:  # let launched runs report before closing their stream
+        async with recv:
+            try:
+                while True:
+                    while self._pick_lane() is None:
                         await self._lanes_change()
-                    return
-                self._upstream -= 1
-                st, tile, slot = item.st, item.tile, item.slot
-                now = item.t_launch = _now()
-                if lane.inflight == 0 and lane.empty_since is not None:
-                    # the lane sat idle; the spell counts for this tile's job only from its activation
-                    idle = now - max(lane.empty_since, st.activated_at)
-                    if idle > 0:
-                        for r in st.recorders:
-                            r.idle(idle, lane.empty_stall)
-                lane.empty_since = None
-                lane.inflight += 1
-                self._lanes_changed.set()
-                if not st.dead:
                     try:
-                        item.run = self.device.launch(tile.op, tile.params, slot.device_inputs(tile),
-                                                      slot.device_outputs(tile),
-                                                      {k: st.tensors[k] for k in tile.tensors}, lane.index)
-                    except Exception as exc:
-                        self._sched.kill(st, _device_error(exc, self.device, tile, "kernel"))
-                if item.run is not None:
-                    self._lane_threads.submit(lane.index, item.run, lambda e, i=item: complete(i, e))
-                else:
-                    complete(item)
-                spent = _now() - now
-                for r in st.recorders:
-                    r.dispatch_s += spent
+                        item = await _receive(recv)
+                    except anyio.EndOfStream:
+                        while any(lane.inflight for lane in self._lane_state):  # let launched runs report
+                            await self._lanes_change()
+                        return
+                    lane = self._pick_lane()
+                    assert lane is not None  # only completions happened meanwhile: room only grew
+                    self._launch(lane, item, complete)
+            finally:
+                for d in done:
+                    d.close()
+
+    def _launch(self, lane: _Lane, item: _Item, complete: Any) -> None:
+        self._upstream -= 1
+        st, tile, slot = item.st, item.tile, item.slot
+        now = item.t_launch = _now()
+        if lane.inflight == 0:
+            lane.head_start = now
+            if lane.empty_since is not None:
+                # the lane sat idle; the spell counts for this tile's job only from its activation
+                idle = now - max(lane.empty_since, st.activated_at)
+                if idle > 0:
+                    for r in st.recorders:
+                        r.idle(idle, lane.empty_stall)
+        lane.empty_since = None
+        lane.inflight += 1
+        if not st.dead:
+            try:
+                item.run = self.device.launch(tile.op, tile.params, slot.device_inputs(tile),
+                                              slot.device_outputs(tile),
+                                              {k: st.tensors[k] for k in tile.tensors}, lane.index)
+            except Exception as exc:
+                self._sched.kill(st, _device_error(exc, self.device, tile, "kernel"))
+        if item.run is not None:
+            self._lane_threads.submit(lane.index, item.run, lambda e, i=item, n=lane.index: complete(i, n, e))
+        else:
+            complete(item, lane.index)
+        spent = _now() - now
+        for r in st.recorders:
+            r.dispatch_s += spent
 
     async def _kernel_completer(self, lane: _Lane, recv: MemoryObjectReceiveStream[_Item],
                                 send: MemoryObjectSendStream[_Item]) -> None:
@@ -294,6 +307,7 @@ class Pipeline:
                 # the lane was this tile's from its launch, or from when the run ahead of it was seen done
                 start, lane.last_done = max(item.t_launch, lane.last_done), now
                 lane.inflight -= 1
+                lane.head_start = now  # the run queued behind it (if any) is running now
                 if lane.inflight == 0:
                     lane.empty_since = now
                     lane.empty_stall = self._upstream > 0 or self._sched.ready_total() > 0
