@@ -10,8 +10,9 @@ round-robin across requests, so a dependency barrier in one job never drains the
 have work, and at most ``max_active_jobs`` jobs hold job-scoped device tensors at once.
 
 Kernels are launched on the loop and waited for on one long-lived thread per lane (:mod:`.lanes`;
-``Device.wait`` is GIL-friendly by contract). A lane holds up to ``ahead`` launched runs, so the next kernel
-is queued behind the running one and starts when it ends. Copies and host prep are short and run on the
+``Device.wait`` is GIL-friendly by contract). One dispatcher places each tile on an empty lane, else behind
+the kernel that started first: a lane holds up to ``ahead`` launched runs, so the next kernel is queued
+behind the running one and starts when it ends. Copies and host prep are short and run on the
 loop. Stages move tiles with ``*_nowait`` calls when they can and only yield to the loop when they must
 wait. A failing tile fails only its own request; the pipeline keeps serving.
 """
