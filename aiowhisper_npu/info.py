@@ -34,7 +34,7 @@ def _blas() -> list[dict[str, Any]]:
 
 def collect_info() -> dict[str, Any]:
     """A JSON-able description of the backends, pyxrt, model cache, installed models and BLAS."""
-    from . import __version__
+    from . import __version__, kernels
     from .registry import cache_dir, installed_models
 
     pyxrt = _pyxrt()
@@ -45,6 +45,7 @@ def collect_info() -> dict[str, Any]:
         "model_cache": str(cache_dir()),
         "models": {k: (str(v) if v else None) for k, v in installed_models().items()},
         "blas": _blas(),
+        "element_wise": "C (aiowhisper_npu._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
     }
 
 
@@ -59,6 +60,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append("models:")
     for name, path in info["models"].items():
         lines.append(f"  {name:8} {path or 'not installed (pip install aiowhisper-npu[models])'}")
+    lines.append(f"element-wise kernels: {info['element_wise']}")
     lines.append("BLAS:")
     for b in info["blas"]:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in b.items()))

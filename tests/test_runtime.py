@@ -111,3 +111,12 @@ def test_log_mel_spectrogram_shape() -> None:
     audio = np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1
     assert aw.log_mel_spectrogram(audio).shape == (80, 100)
     assert aw.log_mel_spectrogram(audio, n_mels=128).shape == (128, 100)
+
+
+def test_info_reports_which_element_wise_kernels_run() -> None:
+    from aiowhisper_npu import kernels
+    from aiowhisper_npu.info import collect_info, format_info
+
+    info = collect_info()
+    assert info["element_wise"].startswith("C ") == kernels.native_available()
+    assert f"element-wise kernels: {info['element_wise']}" in format_info(info)
