@@ -22,9 +22,8 @@ When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND`
 or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
 
 Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) runs in one fused
-pass each when the optional C
-extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``), else as numpy passes with the
-same formulas; :func:`use_native` switches between them.
+pass each when the optional C extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``),
+else as numpy passes with the same formulas; :func:`use_native` switches between them.
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ def use_native(enabled: bool) -> bool:
 
 def qkv_columns(d: int, heads: int) -> int:
     """Width of a row of the ``qkv`` tensor: Q and K (``d`` each), then per head ``head_dim`` values + 1."""
-    return 2 * d + d + heads
+    return 3 * d + heads
 
 
 def _with_ones_columns(m: np.ndarray, d: int, heads: int, fill: float) -> np.ndarray:
@@ -295,7 +294,7 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
              qkv_in: np.ndarray, out: np.ndarray, final: bool) -> None:
     """Self-attention for rows ``r0:r0+n`` against all positions, then the MLP block; ``final`` adds ln_post."""
     n, d = x.shape
-    heads = (qkv_in.shape[1] - 3 * d)  # one ones column per head
+    heads = qkv_in.shape[1] - 3 * d  # the inverse of qkv_columns: one ones column per head
     merged = ws.ln[:n]
     _attention(qkv_in, r0, n, heads, ws, merged)
     x1 = np.matmul(merged, res[f"{layer}.out_w"], out=ws.proj[:n])

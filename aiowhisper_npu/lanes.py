@@ -68,10 +68,6 @@ class LaneThreads:
             t.join()
         self._threads = []
 
-    @property
-    def alive(self) -> int:
-        return sum(t.is_alive() for t in self._threads)
-
     def _main(self, q: queue.SimpleQueue[tuple[Any, Completion] | None]) -> None:
         post = self._post
         assert post is not None

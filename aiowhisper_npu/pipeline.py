@@ -20,14 +20,14 @@ wait. A failing tile fails only its own request; the pipeline keeps serving.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Hashable, Sequence, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .devices.base import BufferView, Device
+from .devices.base import Device
 from .errors import AiowhisperError, DeviceError
 from .lanes import LaneThreads
 from .pool import BufferPool, Slot
@@ -82,7 +82,7 @@ class Pipeline:
         self.ahead = max(1, ahead)  # launched runs a lane may hold: one running, the rest queued behind
         self._lane_threads = LaneThreads(self.lanes, self._wait_run)
         self._lane_state: list[_Lane] = []
-        self._lanes_changed = anyio.Event()  # set whenever a lane launches or completes a run
+        self._lanes_changed = anyio.Event()  # set whenever a lane's run is seen complete
         self._serving = False
         self._closed = False
 
@@ -220,7 +220,8 @@ class Pipeline:
                     self._queue(i.st, "kernel", send)
 
     def _wait_run(self, run: Any) -> None:
-        """On a lane thread: block until ``run`` ends (the CPU device runs its kernel here)."""
+        """On a lane thread: block until ``run`` ends (the CPU device runs its kernel here). Looked up per
+        run, not bound once, so a device's ``wait`` may be replaced while the pipeline serves."""
         self.device.wait(run, None)
 
     def _pick_lane(self) -> _Lane | None:

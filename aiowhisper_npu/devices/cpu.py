@@ -5,7 +5,7 @@ copies and the weights are copied once into device memory at :meth:`CpuDevice.lo
 ``zero_copy=True`` the pipeline stages its inputs straight into device memory (``host_view``), and the
 copies become no-ops, like host-only buffers on an NPU.
 
-A kernel runs in the thread that waits for it (a pipeline worker thread): numpy and BLAS release the GIL,
+A kernel runs in the thread that waits for it (the pipeline's lane thread): numpy and BLAS release the GIL,
 so a kernel on one lane overlaps host work and kernels on the other lanes. BLAS threads are split between
 lanes through threadpoolctl when it is installed (set by each kernel worker before it runs). The default
 is one BLAS thread per lane: OpenBLAS splits a GEMM differently with several threads, or when another

@@ -156,8 +156,10 @@ class _AttnMlp:
 
     def cost(self, c: KernelCall) -> tuple[float, int]:
         p = c.params
+        from .. import kernels
+
         n, d = p["n"], p["n_audio_state"]
-        t = c.nbytes("qkv") // (4 * (3 * d + p["n_audio_head"]))
+        t = c.nbytes("qkv") // (4 * kernels.qkv_columns(d, p["n_audio_head"]))
         macs = 2 * n * t * d + n * d * d + 2 * n * d * 4 * d
         io = (n * d + 2 * t * d + 2 * n * d) * 4
         return float(macs), io + sum(c.nbytes(k) for k in self._W)
