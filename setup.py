@@ -1,18 +1,19 @@
 """Build of the optional C extension; all other metadata lives in pyproject.toml.
 
-``aiowhisper_npu._fastmath`` fuses the CPU kernels' element-wise passes (exp, bias + exact-erf GELU). It is
-optional: if it cannot be compiled, installation goes on and the kernels use their numpy forms.
+``aiowhisper_npu._fastmath`` fuses the CPU kernels' element-wise passes (exp, bias + exact-erf GELU, layer norm);
+``aiowhisper_npu._gemm`` multiplies activations by weights packed once at load time (AVX-512). Both are
+optional: if one cannot be compiled, installation goes on and the kernels use their numpy forms.
 """
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+HEADERS = ["aiowhisper_npu/_buffers.h"]
+
 setup(
     ext_modules=[
-        Extension(
-            "aiowhisper_npu._fastmath",
-            ["aiowhisper_npu/_fastmath.c"],
-            extra_compile_args=["-O3", "-std=c11", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"],
-            optional=True,
-        )
+        Extension(f"aiowhisper_npu.{name}", [f"aiowhisper_npu/{name}.c"], depends=HEADERS,
+                  extra_compile_args=FLAGS, optional=True)
+        for name in ("_fastmath", "_gemm")
     ]
 )

@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_buffers.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -124,39 +126,6 @@ MULTIVERSION static void norm_row(const float *x, float *out, Py_ssize_t n, floa
     for (Py_ssize_t i = 0; i < n; i++) out[i] = (x[i] - mean) * inv;
 }
 
-/* ---- argument handling ----------------------------------------------------------------------------- */
-static int is_float32(const Py_buffer *v) {
-    const char *f = v->format ? v->format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    return f[0] == 'f' && f[1] == '\0' && v->itemsize == 4;
-}
-
-/* A (writable) 2-D float32 buffer whose rows have unit stride and do not overlap. */
-static int get_rows_of(PyObject *obj, Py_buffer *v, const char *name, int writable) {
-    if (PyObject_GetBuffer(obj, v, PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) {
-        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, writable ? "%s must be a writable float32 array"
-                                                    : "%s must be a float32 array", name);
-        }
-        return -1;
-    }
-    const char *err = NULL;
-    if (!is_float32(v)) err = "%s must be float32";
-    else if (v->ndim != 2) err = "%s must be 2-D";
-    else if (v->shape[1] > 1 && v->strides[1] != 4) err = "%s must have contiguous rows (inner stride 4)";
-    else if (v->shape[0] > 1 && (v->strides[0] < 4 * v->shape[1] || v->strides[0] % 4))
-        err = "%s rows must not overlap";
-    if (err) {
-        PyErr_Format(is_float32(v) ? PyExc_ValueError : PyExc_TypeError, err, name);
-        PyBuffer_Release(v);
-        return -1;
-    }
-    return 0;
-}
-
-static int get_rows(PyObject *obj, Py_buffer *v, const char *name) { return get_rows_of(obj, v, name, 1); }
-
 static PyObject *exp_rows(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *obj;
@@ -182,14 +151,7 @@ static PyObject *bias_gelu(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OO:bias_gelu", &xo, &bo)) return NULL;
     Py_buffer v, b;
     if (get_rows(xo, &v, "x") < 0) return NULL;
-    if (PyObject_GetBuffer(bo, &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        PyBuffer_Release(&v);
-        return NULL;
-    }
-    if (!is_float32(&b) || b.ndim != 1 || b.shape[0] != v.shape[1]) {
-        PyErr_Format(is_float32(&b) ? PyExc_ValueError : PyExc_TypeError,
-                     "b must be a 1-D float32 array of length %zd", v.shape[1]);
-        PyBuffer_Release(&b);
+    if (get_vector(bo, &b, "b", v.shape[1]) < 0) {
         PyBuffer_Release(&v);
         return NULL;
     }
@@ -207,16 +169,7 @@ static PyObject *bias_gelu(PyObject *self, PyObject *args) {
 /* An optional operand (None allowed) of x's shape: 1-D of x's width ("b") or 2-D with x's shape. */
 static int get_operand(PyObject *obj, Py_buffer *v, const char *name, const Py_buffer *x, int ndim, int writable) {
     if (obj == Py_None) return 0;
-    if (ndim == 1) {
-        if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
-        if (!is_float32(v) || v->ndim != 1 || v->shape[0] != x->shape[1]) {
-            PyErr_Format(is_float32(v) ? PyExc_ValueError : PyExc_TypeError,
-                         "%s must be a 1-D float32 array of length %zd", name, x->shape[1]);
-            PyBuffer_Release(v);
-            return -1;
-        }
-        return 1;
-    }
+    if (ndim == 1) return get_vector(obj, v, name, x->shape[1]) < 0 ? -1 : 1;
     if (writable ? get_rows(obj, v, name) < 0
                  : PyObject_GetBuffer(obj, v, PyBUF_STRIDES | PyBUF_FORMAT) < 0)
         return -1;

@@ -46,6 +46,8 @@ def collect_info() -> dict[str, Any]:
         "models": {k: (str(v) if v else None) for k, v in installed_models().items()},
         "blas": _blas(),
         "element_wise": "C (aiowhisper_npu._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
+        "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu._gemm)" if kernels.packed_gemm_available()
+                          else "numpy.matmul (BLAS): the packed GEMM is not built or this CPU lacks AVX-512"),
     }
 
 
@@ -61,6 +63,7 @@ def format_info(info: dict[str, Any]) -> str:
     for name, path in info["models"].items():
         lines.append(f"  {name:8} {path or 'not installed (pip install aiowhisper-npu[models])'}")
     lines.append(f"element-wise kernels: {info['element_wise']}")
+    lines.append(f"linear layers: {info['linear_layers']}")
     lines.append("BLAS:")
     for b in info["blas"]:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in b.items()))

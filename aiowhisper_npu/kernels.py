@@ -23,7 +23,10 @@ or lose a row, so the row-max subtraction is skipped; a non-finite result falls 
 
 Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) runs in one fused
 pass each when the optional C extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``),
-else as numpy passes with the same formulas; :func:`use_native` switches between them.
+else as numpy passes with the same formulas. The linear layers (convolutions as GEMMs, Q/K/V, output
+projection, fc1, fc2) go through :func:`linear_`: with :mod:`aiowhisper_npu._gemm` (AVX-512) the weights are
+packed once (:func:`pack_weights`) and bias, or bias + GELU, is applied as each output block is stored;
+otherwise ``numpy.matmul`` (BLAS). :func:`use_native` switches between the C forms and the numpy forms.
 """
 
 from __future__ import annotations
@@ -39,9 +42,14 @@ try:
     from . import _fastmath
 except ImportError:  # the C extension was not built: the numpy forms below are used
     _fastmath = None
+try:
+    from . import _gemm
+except ImportError:  # not built: the linear layers use numpy.matmul (BLAS)
+    _gemm = None
 
-__all__ = ["LN_EPS", "native_available", "use_native", "qkv_columns", "prepare_weights", "Workspace", "gelu_",
-           "bias_gelu_", "add_norm_", "stem", "qkv", "attn_mlp", "OPS"]
+__all__ = ["LN_EPS", "PACKED", "native_available", "packed_gemm_available", "use_native", "qkv_columns",
+           "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_", "add_norm_", "linear_", "stem",
+           "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
@@ -61,7 +69,8 @@ _ERF_BETA = tuple(np.float32(c) for c in (
 ))
 
 
-_native = _fastmath is not None
+PACKED = ":packed"  # suffix of a weight's packed copy in the resident mapping (see pack_weights)
+_GEMM_WEIGHTS = ("conv1_w", "conv2_w", "qkv_w", "out_w", "fc1_w", "fc2_w")  # names, or suffixes after "{i}."
 
 
 def native_available() -> bool:
@@ -69,15 +78,26 @@ def native_available() -> bool:
     return _fastmath is not None
 
 
-def use_native(enabled: bool) -> bool:
-    """Use the fused C element-wise kernels (``True``, the default when built) or the numpy forms.
+def packed_gemm_available() -> bool:
+    """True when the packed-weight GEMM (:mod:`aiowhisper_npu._gemm`) is built and this CPU can run it."""
+    return _gemm is not None and _gemm.available()
 
-    Process-wide; returns the previous setting. The two agree to a few float32 ulp, not bit for bit, so
+
+_native = native_available()
+_native_gemm = packed_gemm_available()
+
+
+def use_native(enabled: bool) -> bool:
+    """Use the C kernels (``True``, the default when built): the fused element-wise passes and the
+    packed-weight GEMM; or (``False``) their numpy forms: numpy passes and ``numpy.matmul``.
+
+    Process-wide; returns the previous setting. The two agree to float32 rounding, not bit for bit, so
     switch only while no encoder kernels run (tests use it to check the numpy forms too).
     """
-    global _native
-    previous = _native
-    _native = bool(enabled) and _fastmath is not None
+    global _native, _native_gemm
+    previous = _native or _native_gemm
+    _native = bool(enabled) and native_available()
+    _native_gemm = bool(enabled) and packed_gemm_available()
     return previous
 
 
@@ -131,6 +151,23 @@ def prepare_weights(w: EncoderWeights, dims: ModelDimensions) -> dict[str, np.nd
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in r.items()}
 
 
+def pack_weights(resident: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Packed copies of the linear layers' weights for :func:`linear_`, keyed ``name + PACKED``.
+
+    Empty when the packed GEMM is not available. The canonical ``(in, out)`` matrices stay in the resident
+    mapping too: other devices (and the numpy forms) use those.
+    """
+    if not packed_gemm_available():
+        return {}
+    out = {}
+    for name, w in resident.items():
+        if name.rsplit(".", 1)[-1] in _GEMM_WEIGHTS:
+            packed = np.empty(_gemm.packed_shape(*w.shape), np.float32)
+            _gemm.pack(w, packed)
+            out[name + PACKED] = packed
+    return out
+
+
 @dataclass
 class Workspace:
     """Scratch arrays for one kernel worker, sized for the largest tile; reused to avoid page faults."""
@@ -152,6 +189,7 @@ class Workspace:
         self.proj = np.empty((n, d), np.float32)
         self.mlp = np.empty((n, self.dims.n_mlp), np.float32)
         self.gelu = np.empty(3 * max((2 * n + 1) * d, n * self.dims.n_mlp), np.float32)
+        self.packed_rows = np.empty(_gemm.SCRATCH_FLOATS if packed_gemm_available() else 0, np.float32)
 
 
 def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -187,6 +225,25 @@ def bias_gelu_(x: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> np.ndarray:
         return x
     x += b
     return gelu_(x, scratch)
+
+
+def linear_(res: Mapping[str, np.ndarray], name: str, x: np.ndarray, out: np.ndarray, ws: Workspace,
+            bias: np.ndarray | None = None, gelu: bool = False) -> np.ndarray:
+    """``out = x @ res[name]`` (+ ``bias``, then GELU if ``gelu``): the packed GEMM with its fused epilogue
+    when ``res`` holds the packed copy (:func:`pack_weights`), else ``numpy.matmul`` and the element-wise
+    kernels."""
+    packed = res.get(name + PACKED) if _native_gemm else None
+    if packed is not None:
+        _gemm.gemm(x, packed, out, bias, gelu, ws.packed_rows)
+        return out
+    np.matmul(x, res[name], out=out)
+    if bias is not None and gelu:
+        bias_gelu_(out, bias, ws.gelu)
+    elif bias is not None:
+        out += bias
+    elif gelu:
+        gelu_(out, ws.gelu)
+    return out
 
 
 def _layer_norm(x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -232,15 +289,13 @@ def stem(res: Mapping[str, np.ndarray], ws: Workspace, slab: np.ndarray, r0: int
     f = 2 * n + 1  # conv1 frames 2*r0-1 .. 2*r0+2n-1
     cols = ws.cols[:f, : 3 * m]
     cols[:, :m], cols[:, m : 2 * m], cols[:, 2 * m :] = slab[0:f], slab[1 : f + 1], slab[2 : f + 2]
-    h = np.matmul(cols, res["conv1_w"], out=ws.conv1[:f])
-    bias_gelu_(h, res["conv1_b"], ws.gelu)
+    h = linear_(res, "conv1_w", cols, ws.conv1[:f], ws, res["conv1_b"], gelu=True)
     if r0 == 0:
         h[0] = 0.0  # conv2's zero padding: conv1 frame -1 does not exist
     d = h.shape[1]
     cols2 = ws.cols[:n, : 3 * d]
     cols2[:, :d], cols2[:, d : 2 * d], cols2[:, 2 * d :] = h[0 : f - 2 : 2], h[1 : f - 1 : 2], h[2:f:2]
-    np.matmul(cols2, res["conv2_w"], out=out)
-    bias_gelu_(out, res["conv2_b"], ws.gelu)
+    linear_(res, "conv2_w", cols2, out, ws, res["conv2_b"], gelu=True)
     out += res["pos"][r0 : r0 + n]
 
 
@@ -250,8 +305,7 @@ def qkv(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray,
     n = x.shape[0]
     ln = ws.ln[:n]
     add_norm_(x, None, None, ln)
-    y = np.matmul(ln, res[f"{layer}.qkv_w"], out=qkv_out[r0 : r0 + n])
-    y += res[f"{layer}.qkv_b"]
+    linear_(res, f"{layer}.qkv_w", ln, qkv_out[r0 : r0 + n], ws, res[f"{layer}.qkv_b"])
 
 
 def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace, out: np.ndarray,
@@ -297,17 +351,16 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     heads = qkv_in.shape[1] - 3 * d  # the inverse of qkv_columns: one ones column per head
     merged = ws.ln[:n]
     _attention(qkv_in, r0, n, heads, ws, merged)
-    x1 = np.matmul(merged, res[f"{layer}.out_w"], out=ws.proj[:n])
+    x1 = linear_(res, f"{layer}.out_w", merged, ws.proj[:n], ws)
     ln = ws.ln[:n]
     add_norm_(x1, res[f"{layer}.out_b"], x, ln)  # bias, residual, then the MLP's layer norm
-    hid = np.matmul(ln, res[f"{layer}.fc1_w"], out=ws.mlp[:n])
-    bias_gelu_(hid, res[f"{layer}.fc1_b"], ws.gelu)
+    hid = linear_(res, f"{layer}.fc1_w", ln, ws.mlp[:n], ws, res[f"{layer}.fc1_b"], gelu=True)
     if final:
-        y = np.matmul(hid, res[f"{layer}.fc2_w"], out=ws.tmp[:n])
+        y = linear_(res, f"{layer}.fc2_w", hid, ws.tmp[:n], ws)
         add_norm_(y, res[f"{layer}.fc2_b"], x1, None)
         _layer_norm_affine(y, res["ln_post_w"], res["ln_post_b"], out)
     else:
-        np.matmul(hid, res[f"{layer}.fc2_w"], out=out)
+        linear_(res, f"{layer}.fc2_w", hid, out, ws)
         add_norm_(out, res[f"{layer}.fc2_b"], x1, None)
 
 

@@ -93,7 +93,9 @@ class EncoderProgram:
     def __init__(self, model: WhisperModel, tile_rows: int = DEFAULT_TILE_ROWS):
         self.dims = model.dims
         self.tile_rows = tile_rows
-        self._resident = kernels.prepare_weights(model.weights, model.dims)
+        resident = kernels.prepare_weights(model.weights, model.dims)
+        resident.update(kernels.pack_weights(resident))  # the CPU's packed GEMM copies; other devices skip them
+        self._resident = resident
 
     @property
     def resident(self) -> Mapping[str, np.ndarray]:

@@ -40,9 +40,10 @@ async def test_tiny_en_matches_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2R
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)
-async def test_numpy_element_wise_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
-                                                          clip_paths: dict[str, Path]) -> None:
-    """The kernels' numpy forms (used when the C extension is not built) meet the same tolerance."""
+async def test_numpy_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
+                                             clip_paths: dict[str, Path]) -> None:
+    """The kernels' numpy forms (numpy passes and numpy.matmul, used when the C extensions are not built or
+    the CPU lacks AVX-512) meet the same tolerance."""
     previous = kernels.use_native(False)
     try:
         await _check_model(tiny, ct2_tiny, clip_paths)

@@ -120,3 +120,5 @@ def test_info_reports_which_element_wise_kernels_run() -> None:
     info = collect_info()
     assert info["element_wise"].startswith("C ") == kernels.native_available()
     assert f"element-wise kernels: {info['element_wise']}" in format_info(info)
+    assert info["linear_layers"].startswith("packed") == kernels.packed_gemm_available()
+    assert f"linear layers: {info['linear_layers']}" in format_info(info)
