@@ -8,12 +8,12 @@ optional: if one cannot be compiled, installation goes on and the kernels use th
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-HEADERS = ["aiowhisper_npu/_buffers.h"]
+HEADERS = ["aiowhisper_npu/_buffers.h", "aiowhisper_npu/_simd.h"]
 
 setup(
     ext_modules=[
         Extension(f"aiowhisper_npu.{name}", [f"aiowhisper_npu/{name}.c"], depends=HEADERS,
                   extra_compile_args=FLAGS, optional=True)
-        for name in ("_fastmath", "_gemm")
+        for name in ("_fastmath", "_gemm", "_attention")
     ]
 )

@@ -28,21 +28,14 @@
 #include <string.h>
 
 #include "_buffers.h"
+#include "_simd.h"
 
 #define NR 64  /* columns per packed weight panel: four 16-float vectors */
 #define MR 6   /* rows per micro-tile: 6 x 4 accumulators + 4 weight vectors + 1 broadcast <= 32 registers */
 #define KC 512 /* depth of one pass: a 512 x 64 weight panel (128 KiB) stays in L2 across a row block */
 #define MC 384 /* rows per packed activation block (a multiple of MR): 384 x 512 floats = 768 KiB */
 #define SCRATCH_FLOATS (MC * KC)
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define HAVE_KERNEL 1
-#include <immintrin.h>
-#define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
-#define INLINE static inline __attribute__((always_inline))
-#else
-#define HAVE_KERNEL 0
-#endif
+_Static_assert(MC % MR == 0, "a packed row block holds whole micro-panels");
 
 /* ---- packing (plain C) ----------------------------------------------------------------------------- */
 static void pack_weight(const float *w, Py_ssize_t ldw, Py_ssize_t k, Py_ssize_t n, float *out) {
@@ -71,44 +64,15 @@ static void pack_rows(const float *a, Py_ssize_t lda, Py_ssize_t m, Py_ssize_t k
     }
 }
 
-#if HAVE_KERNEL
+#if HAVE_SIMD
 /* ---- the micro-kernel ------------------------------------------------------------------------------ */
-/* kernels.gelu_'s rational erf (Eigen/XLA float32 coefficients, numerator pre-halved), 16 lanes. */
-AVX512 INLINE __m512 gelu16(__m512 y) {
-    __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f));
-    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
-    __m512 u = _mm512_mul_ps(t, t);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.5f * -2.72614225801306e-10f), u,
-                               _mm512_set1_ps(0.5f * 2.77068142495902e-08f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -2.10102402082508e-06f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -5.69250639462346e-05f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -7.34990630326855e-04f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -2.95459980854025e-03f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -1.60960333262415e-02f));
-    __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(-1.45660718464996e-05f), u, _mm512_set1_ps(-2.13374055278905e-04f));
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-1.68282697438203e-03f));
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-7.37332916720468e-03f));
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-1.42647390514189e-02f));
-    __m512 half_erf = _mm512_div_ps(_mm512_mul_ps(p, t), q);
-    return _mm512_mul_ps(y, _mm512_add_ps(half_erf, _mm512_set1_ps(0.5f)));
-}
-
 /* C[0:m, 0:16*nv] (+)= A-panel @ B-panel over kc; masks cut the last vector of a narrow panel. After the
  * last pass (bias != NULL or gelu) the epilogue adds the bias and applies the GELU before the store. */
-AVX512 INLINE void micro_tile(const int nv, Py_ssize_t kc, const float *restrict ap, const float *restrict bp,
-                              float *restrict c, Py_ssize_t ldc, Py_ssize_t m, const __mmask16 *mask, int first,
-                              const float *bias, int gelu) {
+AVX512 SIMD_INLINE void micro_tile(const int nv, Py_ssize_t kc, const float *restrict ap, const float *restrict bp,
+                                   float *restrict c, Py_ssize_t ldc, Py_ssize_t m, const __mmask16 *mask,
+                                   int first, const float *bias, int gelu) {
     __m512 acc[MR][4];
-    for (int i = 0; i < MR; i++)
-        for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_ps();
-    for (Py_ssize_t d = 0; d < kc; d++) {
-        __m512 b[4];
-        for (int v = 0; v < nv; v++) b[v] = _mm512_loadu_ps(bp + d * NR + 16 * v);
-        for (int i = 0; i < MR; i++) {
-            __m512 a = _mm512_set1_ps(ap[d * MR + i]);
-            for (int v = 0; v < nv; v++) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
-        }
-    }
+    accumulate(MR, nv, kc, ap, 1, MR, bp, NR, acc);
     for (int i = 0; i < MR; i++) {
         if (i >= m) break;
         float *row = c + i * ldc;
@@ -135,10 +99,7 @@ AVX512 static void gemm_run(const float *a, Py_ssize_t lda, Py_ssize_t m, Py_ssi
                 Py_ssize_t width = n - p * NR < NR ? n - p * NR : NR;
                 int nv = (int)((width + 15) / 16);
                 __mmask16 mask[4];
-                for (int v = 0; v < 4; v++) {
-                    Py_ssize_t left = width - 16 * v;
-                    mask[v] = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-                }
+                tail_masks(width, mask);
                 const float *bp = w + p * k * NR + d0 * NR;
                 const float *pb = last && bias ? bias + p * NR : NULL;
                 int g = last && gelu;
@@ -160,7 +121,7 @@ AVX512 static void gemm_run(const float *a, Py_ssize_t lda, Py_ssize_t m, Py_ssi
 #endif
 
 static int kernel_available(void) {
-#if HAVE_KERNEL
+#if HAVE_SIMD
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
@@ -263,7 +224,7 @@ static PyObject *gemm(PyObject *self, PyObject *args) {
                      SCRATCH_FLOATS);
         goto release_s;
     }
-#if HAVE_KERNEL
+#if HAVE_SIMD
     Py_BEGIN_ALLOW_THREADS
     gemm_run((const float *)a.buf, a.strides[0] / 4, m, k, (const float *)w.buf, n, (float *)out.buf,
              out.strides[0] / 4, have_b ? (const float *)b.buf : NULL, gelu, (float *)s.buf);

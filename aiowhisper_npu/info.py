@@ -48,6 +48,8 @@ def collect_info() -> dict[str, Any]:
         "element_wise": "C (aiowhisper_npu._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
         "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu._gemm)" if kernels.packed_gemm_available()
                           else "numpy.matmul (BLAS): the packed GEMM is not built or this CPU lacks AVX-512"),
+        "attention": ("fused AVX-512 kernel (aiowhisper_npu._attention)" if kernels.fused_attention_available()
+                      else "BLAS GEMMs around the exp: the fused kernel is not built or this CPU lacks AVX-512"),
     }
 
 
@@ -64,6 +66,7 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"  {name:8} {path or 'not installed (pip install aiowhisper-npu[models])'}")
     lines.append(f"element-wise kernels: {info['element_wise']}")
     lines.append(f"linear layers: {info['linear_layers']}")
+    lines.append(f"attention: {info['attention']}")
     lines.append("BLAS:")
     for b in info["blas"]:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in b.items()))

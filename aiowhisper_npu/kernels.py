@@ -20,6 +20,8 @@ ones column makes the softmax denominator come out of the ``P @ [V, 1]`` GEMM, o
 of a separate pass (the prepared weights have zero columns with bias 1 there, so the GEMM writes exact ones).
 When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND``, ``exp`` cannot overflow
 or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
+That unshifted case runs in :mod:`aiowhisper_npu._attention` when it is built (AVX-512): both products and
+the exp in one kernel whose scores stay in L2 (it computes its own denominators; the ones column is unused).
 
 Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) runs in one fused
 pass each when the optional C extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``),
@@ -46,10 +48,14 @@ try:
     from . import _gemm
 except ImportError:  # not built: the linear layers use numpy.matmul (BLAS)
     _gemm = None
+try:
+    from . import _attention as _attention_c
+except ImportError:  # not built: attention runs as BLAS GEMMs around the element-wise exp
+    _attention_c = None
 
-__all__ = ["LN_EPS", "PACKED", "native_available", "packed_gemm_available", "use_native", "qkv_columns",
-           "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_", "add_norm_", "linear_", "stem",
-           "qkv", "attn_mlp", "OPS"]
+__all__ = ["LN_EPS", "PACKED", "native_available", "packed_gemm_available", "fused_attention_available",
+           "use_native", "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_",
+           "add_norm_", "linear_", "stem", "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
@@ -83,21 +89,28 @@ def packed_gemm_available() -> bool:
     return _gemm is not None and _gemm.available()
 
 
+def fused_attention_available() -> bool:
+    """True when the fused attention kernel (:mod:`aiowhisper_npu._attention`) is built and can run here."""
+    return _attention_c is not None and _attention_c.available()
+
+
 _native = native_available()
 _native_gemm = packed_gemm_available()
+_native_attention = fused_attention_available()
 
 
 def use_native(enabled: bool) -> bool:
-    """Use the C kernels (``True``, the default when built): the fused element-wise passes and the
-    packed-weight GEMM; or (``False``) their numpy forms: numpy passes and ``numpy.matmul``.
+    """Use the C kernels (``True``, the default when built): the fused element-wise passes, the
+    packed-weight GEMM and the fused attention; or (``False``) their numpy forms: numpy passes and BLAS.
 
     Process-wide; returns the previous setting. The two agree to float32 rounding, not bit for bit, so
     switch only while no encoder kernels run (tests use it to check the numpy forms too).
     """
-    global _native, _native_gemm
-    previous = _native or _native_gemm
+    global _native, _native_gemm, _native_attention
+    previous = _native or _native_gemm or _native_attention
     _native = bool(enabled) and native_available()
     _native_gemm = bool(enabled) and packed_gemm_available()
+    _native_attention = bool(enabled) and fused_attention_available()
     return previous
 
 
@@ -189,7 +202,12 @@ class Workspace:
         self.proj = np.empty((n, d), np.float32)
         self.mlp = np.empty((n, self.dims.n_mlp), np.float32)
         self.gelu = np.empty(3 * max((2 * n + 1) * d, n * self.dims.n_mlp), np.float32)
-        self.packed_rows = np.empty(_gemm.SCRATCH_FLOATS if packed_gemm_available() else 0, np.float32)
+        c_scratch = [0]  # for the C kernels: packed activation rows, attention's Q^T and P^T panels
+        if packed_gemm_available():
+            c_scratch.append(_gemm.SCRATCH_FLOATS)
+        if fused_attention_available():
+            c_scratch.append(_attention_c.scratch_floats(t, self.dims.head_dim))
+        self.c_scratch = np.empty(max(c_scratch), np.float32)
 
 
 def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -234,7 +252,7 @@ def linear_(res: Mapping[str, np.ndarray], name: str, x: np.ndarray, out: np.nda
     kernels."""
     packed = res.get(name + PACKED) if _native_gemm else None
     if packed is not None:
-        _gemm.gemm(x, packed, out, bias, gelu, ws.packed_rows)
+        _gemm.gemm(x, packed, out, bias, gelu, ws.c_scratch)
         return out
     np.matmul(x, res[name], out=out)
     if bias is not None and gelu:
@@ -340,6 +358,8 @@ def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, m
             c1 = min(n, c0 + ATTN_ROWS)
             out = merged[c0:c1, h * hd : (h + 1) * hd]
             shift = float(q_sq[c0:c1, h].max() * k_sq[h]) > SHIFT_FREE_BOUND**2
+            if not shift and _native_attention and _attention_c.head(q[c0:c1], k, v1[:, :hd], out, ws.c_scratch):
+                continue
             if not _head_attention(q[c0:c1], k, v1, ws, out, shift):
                 _head_attention(q[c0:c1], k, v1, ws, out, True)
 

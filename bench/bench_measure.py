@@ -27,7 +27,7 @@ from aiowhisper_npu.audio import SAMPLE_RATE, load_audio
 from aiowhisper_npu.stats import STAGES, PipelineStats, StageEvent
 from aiowhisper_npu.tiles import ArraySpec, Tile
 
-__all__ = ["REPO", "Variant", "VARIANTS", "RunSample", "speech_audio", "blas_limit", "element_wise", "stage_table", "aggregate",
+__all__ = ["REPO", "Variant", "VARIANTS", "RunSample", "speech_audio", "blas_limit", "c_kernels", "stage_table", "aggregate",
            "pct", "ct2_peer", "null_overhead", "settle", "timeline_rel"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ class Variant:
     lanes: int = 1
     reuse_buffers: bool = True
     dma_batch: int = 1
-    native: bool = True  # the fused C element-wise kernels (when built); False: their numpy forms
+    native: bool = True  # the C kernels (packed GEMM, fused attention and element-wise; when built); False: numpy forms
     note: str = ""
 
     def runtime_kwargs(self) -> dict[str, Any]:
@@ -67,7 +67,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("lanes", 2, lanes=2, note="depth 2, 2 kernel lanes"),
     Variant("lanes_d4", 4, lanes=2, note="depth 4, 2 kernel lanes (the CPU default)"),
     Variant("lanes_d4_numpy", 4, lanes=2, native=False,
-            note="the CPU default with numpy element-wise passes instead of the fused C kernels"),
+            note="the CPU default with the numpy forms (BLAS GEMMs, numpy element-wise passes) instead of the C kernels"),
 )
 
 
@@ -102,8 +102,8 @@ def blas_limit(threads: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def element_wise(native: bool) -> Iterator[None]:
-    """Run one measured call with the fused C element-wise kernels on (when built) or off."""
+def c_kernels(native: bool) -> Iterator[None]:
+    """Run one measured call with the C kernels (``kernels.use_native``) on (when built) or off."""
     from aiowhisper_npu import kernels
 
     previous = kernels.use_native(native)
@@ -194,7 +194,7 @@ def aggregate(v: Variant, samples: Sequence[RunSample], audio_s: float, windows:
     dev_k = pct([r.stats.device_kernel_s / max(1, r.stats.tiles) * 1e3 for r in samples], 50)
     wall50 = pct(walls, 50)
     return {
-        "name": v.name, "note": v.note, "settings": {**v.runtime_kwargs(), "native_elementwise": v.native}, "repeats": len(samples),
+        "name": v.name, "note": v.note, "settings": {**v.runtime_kwargs(), "native_kernels": v.native}, "repeats": len(samples),
         "tiles": tiles, "tiles_per_window": tiles // max(1, windows),
         "wall_s": {**_stats_pair(walls), "all": walls},
         "internal_wall_s": _stats_pair([r.stats.wall_s for r in samples]),

@@ -165,7 +165,7 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
         async def timed(name: str) -> bm.RunSample:
             bm.settle(st["settle_ms"] / 1e3)
             sim = args.backend == "sim"
-            with bm.blas_limit(threads[name]), bm.element_wise(native[name]):
+            with bm.blas_limit(threads[name]), bm.c_kernels(native[name]):
                 first = bx.sim_run_range(rts[name]) if sim else 0
                 t0 = time.perf_counter()
                 _, stats = await rts[name].encode_mels(mels)

@@ -105,7 +105,7 @@ def test_kernels_linear_uses_it_and_agrees_with_matmul() -> None:
     res = {"l": w, **kernels.pack_weights({"fc1_w": w})}
     assert set(res) == {"l", "fc1_w" + kernels.PACKED}
     res["l" + kernels.PACKED] = res.pop("fc1_w" + kernels.PACKED)
-    ws = type("WS", (), {"packed_rows": _scratch(), "gelu": np.empty(3 * 10 * 96, np.float32)})()
+    ws = type("WS", (), {"c_scratch": _scratch(), "gelu": np.empty(3 * 10 * 96, np.float32)})()
     x = rng.standard_normal((10, 128), dtype=np.float32)
     fast = kernels.linear_(res, "l", x, np.empty((10, 96), np.float32), ws, b, gelu=True)  # type: ignore[arg-type]
     previous = kernels.use_native(False)

@@ -122,3 +122,4 @@ def test_info_reports_which_element_wise_kernels_run() -> None:
     assert f"element-wise kernels: {info['element_wise']}" in format_info(info)
     assert info["linear_layers"].startswith("packed") == kernels.packed_gemm_available()
     assert f"linear layers: {info['linear_layers']}" in format_info(info)
+    assert info["attention"].startswith("fused") == kernels.fused_attention_available()

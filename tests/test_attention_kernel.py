@@ -1,0 +1,118 @@
+"""The fused single-head attention (``aiowhisper_npu._attention``) against a float64 softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiowhisper_npu import kernels
+
+at = pytest.importorskip("aiowhisper_npu._attention")
+if not at.available():
+    pytest.skip("the fused attention needs AVX-512", allow_module_level=True)
+
+REL = 2e-6  # relative L2 error against float64
+
+
+def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    s = q.astype(np.float64) @ k.astype(np.float64).T
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    return (p / p.sum(axis=1, keepdims=True)) @ v.astype(np.float64)
+
+
+def _scratch(t: int, hd: int) -> np.ndarray:
+    return np.empty(at.scratch_floats(t, hd), np.float32)
+
+
+def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def test_is_built_and_used_by_default() -> None:
+    assert kernels.fused_attention_available()
+
+
+@pytest.mark.parametrize("n, t, hd", [(1, 1, 8), (5, 9, 16), (48, 64, 64), (49, 1500, 64), (375, 1500, 64),
+                                      (100, 333, 24)])
+def test_matches_a_float64_softmax(n: int, t: int, hd: int) -> None:
+    rng = np.random.default_rng(n + t + hd)
+    q, k, v = (rng.standard_normal((m, hd), dtype=np.float32) for m in (n, t, t))
+    q *= 0.4
+    out = np.full((n, hd), np.nan, np.float32)
+    assert at.head(q, k, v, out, _scratch(t, hd)) is True
+    assert _rel_l2(out, _reference(q, k, v)) <= REL
+
+
+def test_views_of_a_qkv_tensor_and_nothing_else_written() -> None:
+    """q, k, v as column blocks of one (t, 3d) tensor; out as a column block of the merged heads."""
+    rng = np.random.default_rng(1)
+    t, d, hd = 200, 96, 32
+    qkv = rng.standard_normal((t, 3 * d + 3), dtype=np.float32) * 0.5
+    merged = np.zeros((70, d), np.float32)
+    q, k, v = qkv[10:80, 32:64], qkv[:, d + 32 : d + 64], qkv[:, 2 * d + 33 : 2 * d + 65]
+    out = merged[:, 32:64]
+    assert at.head(q, k, v, out, _scratch(t, hd))
+    assert _rel_l2(out, _reference(q, k, v)) <= REL
+    assert not merged[:, :32].any() and not merged[:, 64:].any()
+
+
+def test_a_query_gives_the_same_bits_in_any_tile() -> None:
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((m, 64), dtype=np.float32) * 0.3 for m in (120, 500, 500))
+    whole = np.empty((120, 64), np.float32)
+    at.head(q, k, v, whole, _scratch(500, 64))
+    for r0, r1 in [(0, 1), (7, 55), (48, 96), (100, 120)]:
+        part = np.empty((r1 - r0, 64), np.float32)
+        at.head(q[r0:r1], k, v, part, _scratch(500, 64))
+        assert np.array_equal(part, whole[r0:r1])
+
+
+def test_overflow_and_nan_are_reported_not_hidden() -> None:
+    k, v = np.ones((5, 8), np.float32), np.ones((5, 8), np.float32)
+    out = np.empty((3, 8), np.float32)
+    q = np.full((3, 8), 10.0, np.float32)  # scores of 80: exp(80) is still finite
+    assert at.head(q, k, v, out, _scratch(5, 8)) is True
+    assert np.allclose(out, 1.0)
+    q[:] = 20.0  # scores of 160: exp overflows without the max shift
+    assert at.head(q, k, v, out, _scratch(5, 8)) is False
+    q[:] = 0.1
+    q[1, 0] = np.nan
+    assert at.head(q, k, v, out, _scratch(5, 8)) is False
+
+
+def test_kernels_attention_agrees_with_the_blas_path() -> None:
+    """kernels._attention with the fused kernel against the same call on the BLAS + exp path."""
+    rng = np.random.default_rng(3)
+    t, d, heads = 300, 128, 2
+    qkv = rng.standard_normal((t, kernels.qkv_columns(d, heads)), dtype=np.float32) * 0.3
+    hd = d // heads
+    for h in range(heads):
+        qkv[:, 2 * d + h * (hd + 1) + hd] = 1.0  # the ones columns the qkv GEMM writes
+    from aiowhisper_npu.model import ModelDimensions
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=t, n_audio_state=d, n_audio_head=heads, n_audio_layer=1)
+    ws = kernels.Workspace(dims, 100)
+    fused, blas = np.empty((100, d), np.float32), np.empty((100, d), np.float32)
+    kernels._attention(qkv, 50, 100, heads, ws, fused)
+    previous = kernels.use_native(False)
+    try:
+        kernels._attention(qkv, 50, 100, heads, ws, blas)
+    finally:
+        kernels.use_native(previous)
+    assert _rel_l2(fused, blas) <= REL
+
+
+@pytest.mark.parametrize("bad", [
+    lambda q, k, v, o, s: (q.astype(np.float64), k, v, o, s),
+    lambda q, k, v, o, s: (q[:, :12], k[:, :12], v[:, :12], o[:, :12], s),  # hd not a multiple of 8
+    lambda q, k, v, o, s: (q, k[:-1], v, o, s),  # k and v lengths differ
+    lambda q, k, v, o, s: (q, k, v, o[:-1], s),
+    lambda q, k, v, o, s: (q, k, v, o, s[:10]),  # scratch too small
+    lambda q, k, v, o, s: (q, k, v, o.T, s),
+])
+def test_bad_input_raises(bad) -> None:  # type: ignore[no-untyped-def]
+    q, k, v = np.ones((16, 16), np.float32), np.ones((20, 16), np.float32), np.ones((20, 16), np.float32)
+    o = np.zeros((16, 16), np.float32)
+    with pytest.raises((TypeError, ValueError)):
+        at.head(*bad(q, k, v, o, _scratch(20, 16)))
+    assert not o.any()
