@@ -11,15 +11,20 @@
  *   2. O^T = V^T P^T: 8 value dims x 48 queries per block, V read in place (columns), P^T as stored; the
  *      block is divided by the denominators and stored transposed into the output rows.
  *
- * No row-max shift: the caller guarantees |q_i . k_j| is small enough that exp cannot overflow or flush a
- * whole row (kernels.SHIFT_FREE_BOUND); the function returns False if any output is not finite, and the
- * caller then takes the shifted path.
+ * No row-max shift: a head runs here only when max_i |q_i| * max_j |k_j| <= bound (the Cauchy-Schwarz bound
+ * on every score; kernels.SHIFT_FREE_BOUND = 60, so exp neither overflows nor flushes a whole row), which
+ * the kernel checks itself. Heads that fail the check, or whose output is not finite, are left to the
+ * caller's shifted path.
  *
  *   available()                  True when compiled in and the CPU has AVX-512 (as _gemm.available()).
- *   scratch_floats(t, hd)        float32 scratch elements head() needs for t positions and head size hd.
- *   head(q, k, v, out, scratch) -> bool
- *                                out = softmax(q k^T) v. q, out: (n, hd); k, v: (t, hd); float32, unit inner
- *                                stride, any row stride (views into the Q/K/V tensor); hd a multiple of 8.
+ *   scratch_floats(t, hd)        float32 scratch elements heads() needs for t positions and head size hd.
+ *   heads(q, k, v, out, n_heads, v_width, bound, scratch) -> list[int]
+ *                                out[:, h] = softmax(q_h k_h^T) v_h for every head h that can run unshifted;
+ *                                returns the heads it left to the caller. q, out: (n, n_heads * hd);
+ *                                k: (t, n_heads * hd); v: (t, n_heads * v_width), head h's values in its
+ *                                first hd columns (the encoder's Q/K/V tensor has a ones column after
+ *                                each head's values); float32, unit inner stride, any row stride; hd a
+ *                                multiple of 8.
  *
  * Summation order is fixed by the shapes (positions in order, head dims in order), never by threads or
  * tile position: a query row gives the same bits in any tile. The GIL is released while it runs.
@@ -40,6 +45,22 @@ static Py_ssize_t scratch_size(Py_ssize_t t, Py_ssize_t hd) {
 }
 
 #if HAVE_SIMD
+/* max over rows of the squared L2 norm (hd a multiple of 8: the last vector may be half used). */
+AVX512 static float max_norm2(const float *x, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t hd) {
+    float best = 0.0f;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (Py_ssize_t d = 0; d < hd; d += 16) {
+            __mmask16 m = hd - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (hd - d)) - 1);
+            __m512 a = _mm512_maskz_loadu_ps(m, x + r * ld + d);
+            acc = _mm512_fmadd_ps(a, a, acc);
+        }
+        float s = _mm512_reduce_add_ps(acc);
+        best = s > best || s != s ? s : best; /* NaN wins: the bound check then fails */
+    }
+    return best;
+}
+
 /* One panel of w <= QW queries; see the header comment. Returns 0 if an output is not finite. */
 AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float *k, Py_ssize_t lk,
                         const float *v, Py_ssize_t lv, Py_ssize_t t, Py_ssize_t hd, float *out, Py_ssize_t lo,
@@ -64,7 +85,7 @@ AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float
         accumulate(PR, 3, hd, kb, ldk, 1, qt, QW, acc);
         for (Py_ssize_t i = 0; i < rows; i++)
             for (int c = 0; c < 3; c++) {
-                __m512 e = exp16(acc[i][c]);
+                __m512 e = exp16_in_range(acc[i][c]);
                 _mm512_storeu_ps(pt + (j0 + i) * QW + 16 * c, e);
                 sum[c] = _mm512_add_ps(sum[c], e);
             }
@@ -110,26 +131,29 @@ static PyObject *scratch_floats(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(scratch_size(t, hd));
 }
 
-static PyObject *head(PyObject *self, PyObject *args) {
+static PyObject *heads(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *qo, *ko, *vo, *oo, *so;
-    if (!PyArg_ParseTuple(args, "OOOOO:head", &qo, &ko, &vo, &oo, &so)) return NULL;
+    Py_ssize_t nh, vw;
+    float bound;
+    if (!PyArg_ParseTuple(args, "OOOOnnfO:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so)) return NULL;
     if (!kernel_available()) {
         PyErr_SetString(PyExc_RuntimeError, "the fused attention needs an x86-64 CPU with AVX-512 (see available())");
         return NULL;
     }
     Py_buffer q, k, v, out, s;
-    int finite = 1, ok = 0;
+    PyObject *left = NULL;
     if (get_rows_of(qo, &q, "q", 0) < 0) return NULL;
     if (get_rows_of(ko, &k, "k", 0) < 0) goto release_q;
     if (get_rows_of(vo, &v, "v", 0) < 0) goto release_k;
     if (get_rows(oo, &out, "out") < 0) goto release_v;
-    Py_ssize_t n = q.shape[0], hd = q.shape[1], t = k.shape[0];
-    if (hd < 8 || hd % 8 || k.shape[1] != hd || v.shape[1] != hd || v.shape[0] != t || t < 1 ||
-        out.shape[0] != n || out.shape[1] != hd) {
+    Py_ssize_t n = q.shape[0], t = k.shape[0], hd = nh > 0 ? q.shape[1] / nh : 0;
+    if (nh < 1 || nh > 4096 || hd < 8 || hd % 8 || q.shape[1] != nh * hd || k.shape[1] != nh * hd || vw < hd ||
+        v.shape[1] != nh * vw || v.shape[0] != t || t < 1 || out.shape[0] != n || out.shape[1] != nh * hd) {
         PyErr_Format(PyExc_ValueError, "shapes q (%zd, %zd), k (%zd, %zd), v (%zd, %zd), out (%zd, %zd) do not "
-                     "fit: need q, out (n, hd); k, v (t, hd); t >= 1; hd a multiple of 8", n, hd, t, k.shape[1],
-                     v.shape[0], v.shape[1], out.shape[0], out.shape[1]);
+                     "fit %zd heads of %zd values each: need q, out (n, heads * hd); k (t, heads * hd); v (t, "
+                     "heads * v_width), v_width >= hd; t >= 1; hd a multiple of 8", n, q.shape[1], t, k.shape[1],
+                     v.shape[0], v.shape[1], out.shape[0], out.shape[1], nh, vw);
         goto release_out;
     }
     if (PyObject_GetBuffer(so, &s, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto release_out;
@@ -139,17 +163,32 @@ static PyObject *head(PyObject *self, PyObject *args) {
                      scratch_size(t, hd));
         goto release_s;
     }
+    left = PyList_New(0);
+    if (left == NULL) goto release_s;
+    Py_ssize_t lq = q.strides[0] / 4, lk = k.strides[0] / 4, lv = v.strides[0] / 4, lo = out.strides[0] / 4;
+    unsigned char done[4096]; /* nh <= 4096, checked above */
 #if HAVE_SIMD
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < n; r += QW) {
-        Py_ssize_t w = n - r < QW ? n - r : QW;
-        finite &= panel((const float *)q.buf + r * (q.strides[0] / 4), q.strides[0] / 4, w, (const float *)k.buf,
-                        k.strides[0] / 4, (const float *)v.buf, v.strides[0] / 4, t, hd,
-                        (float *)out.buf + r * (out.strides[0] / 4), out.strides[0] / 4, (float *)s.buf);
+    for (Py_ssize_t h = 0; h < nh; h++) {
+        const float *qh = (const float *)q.buf + h * hd, *kh = (const float *)k.buf + h * hd;
+        const float *vh = (const float *)v.buf + h * vw;
+        float *oh = (float *)out.buf + h * hd;
+        done[h] = n == 0 || max_norm2(qh, lq, n, hd) * max_norm2(kh, lk, t, hd) <= bound * bound;
+        for (Py_ssize_t r = 0; done[h] && r < n; r += QW) {
+            Py_ssize_t w = n - r < QW ? n - r : QW;
+            done[h] = panel(qh + r * lq, lq, w, kh, lk, vh, lv, t, hd, oh + r * lo, lo, (float *)s.buf);
+        }
     }
     Py_END_ALLOW_THREADS
+#else
+    memset(done, 0, (size_t)nh);
 #endif
-    ok = 1;
+    for (Py_ssize_t h = 0; h < nh && left; h++) {
+        if (done[h]) continue;
+        PyObject *i = PyLong_FromSsize_t(h);
+        if (i == NULL || PyList_Append(left, i) < 0) Py_CLEAR(left);
+        Py_XDECREF(i);
+    }
 release_s:
     PyBuffer_Release(&s);
 release_out:
@@ -160,16 +199,16 @@ release_k:
     PyBuffer_Release(&k);
 release_q:
     PyBuffer_Release(&q);
-    if (!ok) return NULL;
-    return PyBool_FromLong(finite);
+    return left;
 }
 
 static PyMethodDef methods[] = {
     {"available", available, METH_NOARGS, "available() -> bool: the AVX-512 kernel can run here."},
     {"scratch_floats", scratch_floats, METH_VARARGS,
-     "scratch_floats(t, hd) -> int: float32 scratch elements head() needs."},
-    {"head", head, METH_VARARGS,
-     "head(q, k, v, out, scratch) -> bool: out = softmax(q k^T) v without a max shift; False if not finite."},
+     "scratch_floats(t, hd) -> int: float32 scratch elements heads() needs."},
+    {"heads", heads, METH_VARARGS,
+     "heads(q, k, v, out, n_heads, v_width, bound, scratch) -> list[int]: the unshifted heads' attention; "
+     "returns the heads left to the caller."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,14 +6,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-static int is_float32(const Py_buffer *v) {
+static inline int is_float32(const Py_buffer *v) {
     const char *f = v->format ? v->format : "B";
     if (*f == '<' || *f == '=' || *f == '@') f++;
     return f[0] == 'f' && f[1] == '\0' && v->itemsize == 4;
 }
 
 /* A (writable) 2-D float32 buffer whose rows have unit stride and do not overlap. */
-static int get_rows_of(PyObject *obj, Py_buffer *v, const char *name, int writable) {
+static inline int get_rows_of(PyObject *obj, Py_buffer *v, const char *name, int writable) {
     if (PyObject_GetBuffer(obj, v, PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) {
         if (PyErr_ExceptionMatches(PyExc_BufferError)) {
             PyErr_Clear();
@@ -36,10 +36,10 @@ static int get_rows_of(PyObject *obj, Py_buffer *v, const char *name, int writab
     return 0;
 }
 
-static int get_rows(PyObject *obj, Py_buffer *v, const char *name) { return get_rows_of(obj, v, name, 1); }
+static inline int get_rows(PyObject *obj, Py_buffer *v, const char *name) { return get_rows_of(obj, v, name, 1); }
 
 /* A 1-D C-contiguous float32 buffer of length n. */
-static int get_vector(PyObject *obj, Py_buffer *v, const char *name, Py_ssize_t n) {
+static inline int get_vector(PyObject *obj, Py_buffer *v, const char *name, Py_ssize_t n) {
     if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
     if (!is_float32(v) || v->ndim != 1 || v->shape[0] != n) {
         PyErr_Format(is_float32(v) ? PyExc_ValueError : PyExc_TypeError,

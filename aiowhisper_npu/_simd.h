@@ -7,8 +7,9 @@
  *       ads = lda) without a copy. mr and nv must be compile-time constants at the call (the function is
  *       always inlined, so the loops unroll and acc lives in registers).
  *   gelu16(x)   x * (0.5 + 0.5 erf(x / sqrt 2)) with kernels.gelu_'s float32 rational erf.
- *   exp16(x)    Cephes' expf (Cody-Waite reduction, degree-5 polynomial, ~1 ulp); +inf above
- *               ln(FLT_MAX), 0 below ln(FLT_MIN), NaN for NaN; the same formula as _fastmath's exp.
+ *   exp16_in_range(x)   Cephes' expf (Cody-Waite reduction, degree-5 polynomial, ~1 ulp; the formula of
+ *               _fastmath's exp) without its range handling: for finite x in [-87.3, 88.7]; beyond it the
+ *               result is +inf, 0 or NaN (NaN for NaN), which callers must detect.
  *   tail_masks(width, mask)   masks of the 4 vectors covering `width` (<= 64) columns.
  */
 #ifndef AIOWHISPER_SIMD_H
@@ -61,12 +62,10 @@ AVX512 SIMD_INLINE __m512 gelu16(__m512 y) {
     return _mm512_mul_ps(y, _mm512_add_ps(half_erf, _mm512_set1_ps(0.5f)));
 }
 
-AVX512 SIMD_INLINE __m512 exp16(__m512 x) {
-    const __m512 hi = _mm512_set1_ps(88.7228391f), lo = _mm512_set1_ps(-87.3365447505531f);
-    __m512 c = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+AVX512 SIMD_INLINE __m512 exp16_in_range(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x); /* Cody-Waite: ln 2 = C1 + C2 */
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
     __m512 z = _mm512_mul_ps(r, r);
     __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
@@ -74,12 +73,10 @@ AVX512 SIMD_INLINE __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512 y = _mm512_scalef_ps(p, n); /* p * 2^n: overflows to +inf above ln(FLT_MAX) */
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(__builtin_inff()));
-    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+    p = _mm512_fmadd_ps(p, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f))); /* e^r, |r| <= ln(2) / 2 */
+    return _mm512_scalef_ps(p, n);                                      /* p * 2^n */
 }
+
 #else
 #define HAVE_SIMD 0
 #endif

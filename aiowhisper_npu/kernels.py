@@ -20,8 +20,9 @@ ones column makes the softmax denominator come out of the ``P @ [V, 1]`` GEMM, o
 of a separate pass (the prepared weights have zero columns with bias 1 there, so the GEMM writes exact ones).
 When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND``, ``exp`` cannot overflow
 or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
-That unshifted case runs in :mod:`aiowhisper_npu._attention` when it is built (AVX-512): both products and
-the exp in one kernel whose scores stay in L2 (it computes its own denominators; the ones column is unused).
+With :mod:`aiowhisper_npu._attention` (AVX-512) every head that passes that check runs in one C call for the
+tile: both products and the exp in one kernel whose scores stay in L2 (it checks the bound itself and sums
+its own denominators; the ones column is unused); the heads it leaves take the path above.
 
 Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) runs in one fused
 pass each when the optional C extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``),
@@ -346,11 +347,17 @@ def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, m
     """Multi-head attention of rows ``r0:r0+n`` against every position; heads land in ``merged`` (n, d)."""
     t, d = qkv_in.shape[0], merged.shape[1]
     hd = d // heads
+    todo: list[int] = list(range(heads))
+    if _native_attention:  # every head it can run without the max shift; the rest come back
+        todo = _attention_c.heads(qkv_in[r0 : r0 + n, :d], qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], merged,
+                                  heads, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch)
+        if not todo:
+            return
     k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)
     q3 = qkv_in[r0 : r0 + n, :d].reshape(n, heads, hd)
     k_sq = np.einsum("thd,thd->th", k3, k3, out=ws.norms[:t]).max(axis=0)  # per head: max |k|^2
     q_sq = np.einsum("thd,thd->th", q3, q3, out=ws.norms[t : t + n])  # per row and head: |q|^2
-    for h in range(heads):
+    for h in todo:
         q = qkv_in[r0 : r0 + n, h * hd : (h + 1) * hd]
         k = qkv_in[:, d + h * hd : d + (h + 1) * hd]
         v1 = qkv_in[:, 2 * d + h * (hd + 1) : 2 * d + (h + 1) * (hd + 1)]
@@ -358,8 +365,6 @@ def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, m
             c1 = min(n, c0 + ATTN_ROWS)
             out = merged[c0:c1, h * hd : (h + 1) * hd]
             shift = float(q_sq[c0:c1, h].max() * k_sq[h]) > SHIFT_FREE_BOUND**2
-            if not shift and _native_attention and _attention_c.head(q[c0:c1], k, v1[:, :hd], out, ws.c_scratch):
-                continue
             if not _head_attention(q[c0:c1], k, v1, ws, out, shift):
                 _head_attention(q[c0:c1], k, v1, ws, out, True)
 

@@ -24,6 +24,13 @@ def _scratch(t: int, hd: int) -> np.ndarray:
     return np.empty(at.scratch_floats(t, hd), np.float32)
 
 
+def _one_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, bound: float = 60.0) -> bool:
+    """Run one head; True if the kernel did it (False: left to the caller)."""
+    left = at.heads(q, k, v, out, 1, q.shape[1], bound, _scratch(k.shape[0], q.shape[1]))
+    assert left in ([], [0])
+    return not left
+
+
 def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
@@ -39,45 +46,58 @@ def test_matches_a_float64_softmax(n: int, t: int, hd: int) -> None:
     q, k, v = (rng.standard_normal((m, hd), dtype=np.float32) for m in (n, t, t))
     q *= 0.4
     out = np.full((n, hd), np.nan, np.float32)
-    assert at.head(q, k, v, out, _scratch(t, hd)) is True
+    assert _one_head(q, k, v, out, bound=1e4)
     assert _rel_l2(out, _reference(q, k, v)) <= REL
 
 
-def test_views_of_a_qkv_tensor_and_nothing_else_written() -> None:
-    """q, k, v as column blocks of one (t, 3d) tensor; out as a column block of the merged heads."""
+def test_heads_of_the_encoder_qkv_tensor_and_nothing_else_written() -> None:
+    """q, k, v as the column blocks of a (t, qkv_columns) tensor (a ones column after each head's values);
+    out as the merged heads of some rows."""
     rng = np.random.default_rng(1)
-    t, d, hd = 200, 96, 32
-    qkv = rng.standard_normal((t, 3 * d + 3), dtype=np.float32) * 0.5
-    merged = np.zeros((70, d), np.float32)
-    q, k, v = qkv[10:80, 32:64], qkv[:, d + 32 : d + 64], qkv[:, 2 * d + 33 : 2 * d + 65]
-    out = merged[:, 32:64]
-    assert at.head(q, k, v, out, _scratch(t, hd))
-    assert _rel_l2(out, _reference(q, k, v)) <= REL
-    assert not merged[:, :32].any() and not merged[:, 64:].any()
+    t, d, heads = 200, 96, 3
+    hd = d // heads
+    qkv = rng.standard_normal((t, kernels.qkv_columns(d, heads)), dtype=np.float32) * 0.5
+    big = np.zeros((70, d + 10), np.float32)
+    out = big[:, 5 : 5 + d]
+    assert at.heads(qkv[10:80, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :], out, heads, hd + 1, 60.0,
+                    _scratch(t, hd)) == []
+    for h in range(heads):
+        q = qkv[10:80, h * hd : (h + 1) * hd]
+        k = qkv[:, d + h * hd : d + (h + 1) * hd]
+        v = qkv[:, 2 * d + h * (hd + 1) : 2 * d + h * (hd + 1) + hd]
+        assert _rel_l2(out[:, h * hd : (h + 1) * hd], _reference(q, k, v)) <= REL
+    assert not big[:, :5].any() and not big[:, 5 + d :].any()
 
 
 def test_a_query_gives_the_same_bits_in_any_tile() -> None:
     rng = np.random.default_rng(2)
     q, k, v = (rng.standard_normal((m, 64), dtype=np.float32) * 0.3 for m in (120, 500, 500))
     whole = np.empty((120, 64), np.float32)
-    at.head(q, k, v, whole, _scratch(500, 64))
+    assert _one_head(q, k, v, whole)
     for r0, r1 in [(0, 1), (7, 55), (48, 96), (100, 120)]:
         part = np.empty((r1 - r0, 64), np.float32)
-        at.head(q[r0:r1], k, v, part, _scratch(500, 64))
+        assert _one_head(q[r0:r1], k, v, part)
         assert np.array_equal(part, whole[r0:r1])
 
 
-def test_overflow_and_nan_are_reported_not_hidden() -> None:
+def test_heads_beyond_the_bound_or_not_finite_are_left_to_the_caller() -> None:
     k, v = np.ones((5, 8), np.float32), np.ones((5, 8), np.float32)
-    out = np.empty((3, 8), np.float32)
-    q = np.full((3, 8), 10.0, np.float32)  # scores of 80: exp(80) is still finite
-    assert at.head(q, k, v, out, _scratch(5, 8)) is True
-    assert np.allclose(out, 1.0)
-    q[:] = 20.0  # scores of 160: exp overflows without the max shift
-    assert at.head(q, k, v, out, _scratch(5, 8)) is False
+    out = np.zeros((3, 8), np.float32)
+    q = np.full((3, 8), 10.0 / 8, np.float32)  # scores of 10; |q| |k| = 10, within the bound
+    assert _one_head(q, k, v, out) and np.allclose(out, 1.0)
+    q[:] = 20.0  # scores of 160: beyond the bound, and exp(160) would overflow
+    assert not _one_head(q, k, v, out)
+    assert not _one_head(q, k, v, out, bound=1e30)  # forced to try: the overflow is caught, not returned
     q[:] = 0.1
     q[1, 0] = np.nan
-    assert at.head(q, k, v, out, _scratch(5, 8)) is False
+    assert not _one_head(q, k, v, out, bound=1e30)
+    # one bad head among several: only it comes back
+    q3 = np.concatenate([np.full((3, 8), 0.1, np.float32), np.full((3, 8), 20.0, np.float32),
+                         np.full((3, 8), 0.2, np.float32)], axis=1)
+    out3 = np.zeros((3, 24), np.float32)
+    assert at.heads(q3, np.ones((5, 24), np.float32), np.ones((5, 24), np.float32), out3, 3, 8, 60.0,
+                    _scratch(5, 8)) == [1]
+    assert np.allclose(out3[:, :8], 1.0) and np.allclose(out3[:, 16:], 1.0) and not out3[:, 8:16].any()
 
 
 def test_kernels_attention_agrees_with_the_blas_path() -> None:
@@ -103,16 +123,19 @@ def test_kernels_attention_agrees_with_the_blas_path() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    lambda q, k, v, o, s: (q.astype(np.float64), k, v, o, s),
-    lambda q, k, v, o, s: (q[:, :12], k[:, :12], v[:, :12], o[:, :12], s),  # hd not a multiple of 8
-    lambda q, k, v, o, s: (q, k[:-1], v, o, s),  # k and v lengths differ
-    lambda q, k, v, o, s: (q, k, v, o[:-1], s),
-    lambda q, k, v, o, s: (q, k, v, o, s[:10]),  # scratch too small
-    lambda q, k, v, o, s: (q, k, v, o.T, s),
+    lambda q, k, v, o, s: (q.astype(np.float64), k, v, o, 2, 8, 60.0, s),
+    lambda q, k, v, o, s: (q[:, :12], k[:, :12], v[:, :12], o[:, :12], 1, 12, 60.0, s),  # hd 12: not 8k
+    lambda q, k, v, o, s: (q, k[:-1], v, o, 2, 8, 60.0, s),  # k and v lengths differ
+    lambda q, k, v, o, s: (q, k, v, o[:-1], 2, 8, 60.0, s),
+    lambda q, k, v, o, s: (q, k, v, o, 2, 8, 60.0, s[:10]),  # scratch too small
+    lambda q, k, v, o, s: (q, k, v, o.T, 2, 8, 60.0, s),
+    lambda q, k, v, o, s: (q, k, v, o, 3, 8, 60.0, s),  # 16 columns are not 3 heads
+    lambda q, k, v, o, s: (q, k, v, o, 2, 7, 60.0, s),  # v_width < hd
+    lambda q, k, v, o, s: (q, k, v, o, 0, 8, 60.0, s),
 ])
 def test_bad_input_raises(bad) -> None:  # type: ignore[no-untyped-def]
     q, k, v = np.ones((16, 16), np.float32), np.ones((20, 16), np.float32), np.ones((20, 16), np.float32)
     o = np.zeros((16, 16), np.float32)
     with pytest.raises((TypeError, ValueError)):
-        at.head(*bad(q, k, v, o, _scratch(20, 16)))
+        at.heads(*bad(q, k, v, o, _scratch(20, 8)))
     assert not o.any()

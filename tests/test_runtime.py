@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +114,14 @@ def test_log_mel_spectrogram_shape() -> None:
     audio = np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1
     assert aw.log_mel_spectrogram(audio).shape == (80, 100)
     assert aw.log_mel_spectrogram(audio, n_mels=128).shape == (128, 100)
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
+                    reason="the C kernels are checked where CI builds them: x86-64 Linux")
+@pytest.mark.parametrize("name", ["_fastmath", "_gemm", "_attention"])
+def test_c_extensions_are_built(name: str) -> None:
+    """setup.py builds them with optional=True, which would hide a compile error behind the numpy forms."""
+    importlib.import_module(f"aiowhisper_npu.{name}")
 
 
 def test_info_reports_which_element_wise_kernels_run() -> None:
