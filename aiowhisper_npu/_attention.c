@@ -1,4 +1,4 @@
-/* Fused single-head attention for the CPU encoder (module aiowhisper_npu._attention).
+/* Fused attention for the CPU encoder, one head at a time (module aiowhisper_npu._attention).
  *
  * With BLAS, one head of attention for a tile of queries is three passes over a (queries x positions)
  * score matrix that does not fit in L2: the Q K^T GEMM writes it, exp rewrites it, the P [V, 1] GEMM reads
@@ -31,7 +31,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <math.h>
 #include <string.h>
 
 #include "_buffers.h"
@@ -41,7 +40,7 @@
 #define PR 8  /* rows per register block: positions (step 1) or value dims (step 2); 8 x 3 accumulators */
 
 static Py_ssize_t scratch_size(Py_ssize_t t, Py_ssize_t hd) {
-    return hd * QW + t * QW + PR * hd + PR * QW + QW; /* Q^T panel, P^T, padded K rows, transpose tile, sums */
+    return hd * QW + t * QW + PR * hd + PR * QW + QW; /* Q^T panel, P^T, padded K rows, transpose tile, 1/sums */
 }
 
 #if HAVE_SIMD
@@ -65,7 +64,7 @@ AVX512 static float max_norm2(const float *x, Py_ssize_t ld, Py_ssize_t rows, Py
 AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float *k, Py_ssize_t lk,
                         const float *v, Py_ssize_t lv, Py_ssize_t t, Py_ssize_t hd, float *out, Py_ssize_t lo,
                         float *scratch) {
-    float *qt = scratch, *pt = qt + hd * QW, *kpad = pt + t * QW, *tile = kpad + PR * hd, *sums = tile + PR * QW;
+    float *qt = scratch, *pt = qt + hd * QW, *kpad = pt + t * QW, *tile = kpad + PR * hd, *inv_sum = tile + PR * QW;
     __mmask16 mask[4];
     tail_masks(w, mask);
     for (Py_ssize_t d = 0; d < hd; d++)
@@ -90,14 +89,14 @@ AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float
                 sum[c] = _mm512_add_ps(sum[c], e);
             }
     }
-    for (int c = 0; c < 3; c++) _mm512_storeu_ps(sums + 16 * c, _mm512_div_ps(_mm512_set1_ps(1.0f), sum[c]));
+    for (int c = 0; c < 3; c++) _mm512_storeu_ps(inv_sum + 16 * c, _mm512_div_ps(_mm512_set1_ps(1.0f), sum[c]));
 
     __m512 bad = _mm512_setzero_ps();
     for (Py_ssize_t e0 = 0; e0 < hd; e0 += PR) {
         accumulate(PR, 3, t, v + e0, 1, lv, pt, QW, acc);
         for (int i = 0; i < PR; i++)
             for (int c = 0; c < 3; c++) {
-                __m512 o = _mm512_mul_ps(acc[i][c], _mm512_loadu_ps(sums + 16 * c));
+                __m512 o = _mm512_mul_ps(acc[i][c], _mm512_loadu_ps(inv_sum + 16 * c));
                 bad = _mm512_add_ps(bad, _mm512_maskz_mul_ps(mask[c], o, _mm512_setzero_ps())); /* NaN if o is */
                 _mm512_storeu_ps(tile + i * QW + 16 * c, o);
             }

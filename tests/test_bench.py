@@ -195,3 +195,19 @@ def test_cli_bench_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--backend", "--model", "--windows", "--repeats", "--json", "--plot", "--quick", "--loop"):
         assert flag in out
+
+
+def test_c_kernel_microbenchmark_runs_and_agrees(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench/c_kernels.py``: every linear layer row and the attention row, and the fused output agrees."""
+    import c_kernels
+    from aiowhisper_npu import kernels
+
+    if not (kernels.packed_gemm_available() and kernels.fused_attention_available()):
+        pytest.skip("the C matrix kernels need AVX-512")
+    assert c_kernels.main(["--model", "tiny.en", "--rows", "64", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for layer in ("conv1", "conv2", "qkv", "out", "fc1", "fc2"):
+        assert f"| {layer} |" in out
+    assert "| 64 queries | 64 × 1500 × 64 × 6 |" in out
+    rel = float(out.split("relative L2 ")[1].split(";")[0])
+    assert rel < 1e-5
