@@ -107,20 +107,10 @@ AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float
 }
 #endif
 
-static int kernel_available(void) {
-#if HAVE_SIMD
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
-#else
-    return 0;
-#endif
-}
-
 /* ---- Python API ------------------------------------------------------------------------------------ */
 static PyObject *available(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
-    return PyBool_FromLong(kernel_available());
+    return PyBool_FromLong(simd_available());
 }
 
 static PyObject *scratch_floats(PyObject *self, PyObject *args) {
@@ -136,7 +126,7 @@ static PyObject *heads(PyObject *self, PyObject *args) {
     Py_ssize_t nh, vw;
     float bound;
     if (!PyArg_ParseTuple(args, "OOOOnnfO:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so)) return NULL;
-    if (!kernel_available()) {
+    if (!simd_available()) {
         PyErr_SetString(PyExc_RuntimeError, "the fused attention needs an x86-64 CPU with AVX-512 (see available())");
         return NULL;
     }

@@ -120,20 +120,10 @@ AVX512 static void gemm_run(const float *a, Py_ssize_t lda, Py_ssize_t m, Py_ssi
 }
 #endif
 
-static int kernel_available(void) {
-#if HAVE_SIMD
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
-#else
-    return 0;
-#endif
-}
-
 /* ---- Python API ------------------------------------------------------------------------------------ */
 static PyObject *available(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
-    return PyBool_FromLong(kernel_available());
+    return PyBool_FromLong(simd_available());
 }
 
 static PyObject *packed_shape(PyObject *self, PyObject *args) {
@@ -194,7 +184,7 @@ static PyObject *gemm(PyObject *self, PyObject *args) {
     PyObject *ao, *wo, *oo, *bo, *so;
     int gelu;
     if (!PyArg_ParseTuple(args, "OOOOpO:gemm", &ao, &wo, &oo, &bo, &gelu, &so)) return NULL;
-    if (!kernel_available()) {
+    if (!simd_available()) {
         PyErr_SetString(PyExc_RuntimeError, "the packed GEMM needs an x86-64 CPU with AVX-512 (see available())");
         return NULL;
     }

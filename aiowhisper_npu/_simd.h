@@ -11,6 +11,7 @@
  *               _fastmath's exp) without its range handling: for finite x in [-87.3, 88.7]; beyond it the
  *               result is +inf, 0 or NaN (NaN for NaN), which callers must detect.
  *   tail_masks(width, mask)   masks of the 4 vectors covering `width` (<= 64) columns.
+ *   simd_available()          1 when these blocks are compiled in and the CPU runs them (AVX-512 F/DQ/VL/BW).
  */
 #ifndef AIOWHISPER_SIMD_H
 #define AIOWHISPER_SIMD_H
@@ -80,5 +81,15 @@ AVX512 SIMD_INLINE __m512 exp16_in_range(__m512 x) {
 #else
 #define HAVE_SIMD 0
 #endif
+
+static inline int simd_available(void) {
+#if HAVE_SIMD
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
+}
 
 #endif
