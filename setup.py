@@ -1,14 +1,16 @@
-"""Build of the optional C extension; all other metadata lives in pyproject.toml.
+"""Build of the optional C extensions; all other metadata lives in pyproject.toml.
 
 ``aiowhisper_npu._fastmath`` fuses the CPU kernels' element-wise passes (exp, bias + exact-erf GELU, layer norm);
-``aiowhisper_npu._gemm`` multiplies activations by weights packed once at load time (AVX-512). Both are
-optional: if one cannot be compiled, installation goes on and the kernels use their numpy forms.
+``aiowhisper_npu._gemm`` multiplies activations by weights packed once at load time and
+``aiowhisper_npu._attention`` runs attention heads in one kernel each (both AVX-512). All are optional: if one
+cannot be compiled, installation goes on and the kernels use their numpy forms (tests/test_runtime.py checks
+that they built on x86-64 Linux).
 """
 
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-HEADERS = ["aiowhisper_npu/_buffers.h", "aiowhisper_npu/_simd.h"]
+HEADERS = ["aiowhisper_npu/_buffers.h", "aiowhisper_npu/_poly.h", "aiowhisper_npu/_simd.h"]
 
 setup(
     ext_modules=[

@@ -145,13 +145,7 @@ static PyObject *heads(PyObject *self, PyObject *args) {
                      v.shape[0], v.shape[1], out.shape[0], out.shape[1], nh, vw);
         goto release_out;
     }
-    if (PyObject_GetBuffer(so, &s, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto release_out;
-    if (!is_float32(&s) || s.len < (Py_ssize_t)(scratch_size(t, hd) * sizeof(float))) {
-        PyErr_Format(is_float32(&s) ? PyExc_ValueError : PyExc_TypeError,
-                     "scratch must be a writable C-contiguous float32 array of at least %zd elements",
-                     scratch_size(t, hd));
-        goto release_s;
-    }
+    if (get_scratch(so, &s, scratch_size(t, hd)) < 0) goto release_out;
     left = PyList_New(0);
     if (left == NULL) goto release_s;
     Py_ssize_t lq = q.strides[0] / 4, lk = k.strides[0] / 4, lv = v.strides[0] / 4, lo = out.strides[0] / 4;

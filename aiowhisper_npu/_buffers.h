@@ -50,4 +50,16 @@ static inline int get_vector(PyObject *obj, Py_buffer *v, const char *name, Py_s
     return 0;
 }
 
+/* A writable C-contiguous float32 buffer of at least n elements (scratch space a kernel may overwrite). */
+static inline int get_scratch(PyObject *obj, Py_buffer *v, Py_ssize_t n) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) return -1;
+    if (!is_float32(v) || v->len < n * (Py_ssize_t)sizeof(float)) {
+        PyErr_Format(is_float32(v) ? PyExc_ValueError : PyExc_TypeError,
+                     "scratch must be a writable C-contiguous float32 array of at least %zd elements", n);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
 #endif

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "_buffers.h"
+#include "_poly.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -44,16 +45,16 @@ INLINE float exp_f32(float x) {
     float c = x > EXP_HI ? EXP_HI : x;     /* NaN compares false and passes through untouched */
     c = c < EXP_LO ? EXP_LO : c;
     /* round(c / ln 2) to an integer in [-126, 128]: adding 1.5 * 2^23 leaves no fraction bits */
-    float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = c - n * 0.693359375f;                    /* Cody-Waite: ln 2 = C1 + C2, C1 exact */
-    r = r - n * -2.12194440e-4f;
+    float n = (c * EXP_LOG2E + 12582912.0f) - 12582912.0f;
+    float r = c - n * EXP_LN2_HI;                      /* Cody-Waite: ln 2 = C1 + C2, C1 exact */
+    r = r - n * EXP_LN2_LO;
     float z = r * r;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = EXP_P0;
+    p = p * r + EXP_P1;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P5;
     p = p * z + r + 1.0f;                              /* e^r, |r| <= ln(2) / 2 */
     int32_t k = (int32_t)n, h = k >> 1;               /* 2^n as two normal factors: n may be 128 */
     float y = p * pow2i(h) * pow2i(k - h);
@@ -75,32 +76,24 @@ MULTIVERSION static void exp_shifted(float *x, Py_ssize_t n, float shift) {
 }
 
 /* ---- GELU with the rational erf of kernels.gelu_ ----------------------------------------------------- */
-/* Eigen's float32 erf numerator coefficients, pre-halved (the result is 0.5 * erf), and denominator. */
-static const float A0 = 0.5f * -2.72614225801306e-10f, A1 = 0.5f * 2.77068142495902e-08f,
-                   A2 = 0.5f * -2.10102402082508e-06f, A3 = 0.5f * -5.69250639462346e-05f,
-                   A4 = 0.5f * -7.34990630326855e-04f, A5 = 0.5f * -2.95459980854025e-03f,
-                   A6 = 0.5f * -1.60960333262415e-02f;
-static const float B0 = -1.45660718464996e-05f, B1 = -2.13374055278905e-04f, B2 = -1.68282697438203e-03f,
-                   B3 = -7.37332916720468e-03f, B4 = -1.42647390514189e-02f;
-
 MULTIVERSION static void bias_gelu_row(float *x, const float *b, Py_ssize_t n) {
 #pragma omp simd
     for (Py_ssize_t i = 0; i < n; i++) {
         float y = x[i] + b[i];
-        float t = y * 0.70710678118654752f;
+        float t = y * GELU_SQRT1_2;
         t = t > 4.0f ? 4.0f : t;
         t = t < -4.0f ? -4.0f : t;
         float u = t * t;
-        float p = A0 * u + A1;
-        p = p * u + A2;
-        p = p * u + A3;
-        p = p * u + A4;
-        p = p * u + A5;
-        p = p * u + A6;
-        float q = B0 * u + B1;
-        q = q * u + B2;
-        q = q * u + B3;
-        q = q * u + B4;
+        float p = ERF_A0 * u + ERF_A1;
+        p = p * u + ERF_A2;
+        p = p * u + ERF_A3;
+        p = p * u + ERF_A4;
+        p = p * u + ERF_A5;
+        p = p * u + ERF_A6;
+        float q = ERF_B0 * u + ERF_B1;
+        q = q * u + ERF_B2;
+        q = q * u + ERF_B3;
+        q = q * u + ERF_B4;
         x[i] = y * (p * t / q + 0.5f);
     }
 }

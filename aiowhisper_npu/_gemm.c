@@ -207,13 +207,7 @@ static PyObject *gemm(PyObject *self, PyObject *args) {
         if (get_vector(bo, &b, "bias", n) < 0) goto release_w;
         have_b = 1;
     }
-    if (PyObject_GetBuffer(so, &s, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto release_b;
-    if (!is_float32(&s) || s.len < (Py_ssize_t)(SCRATCH_FLOATS * sizeof(float))) {
-        PyErr_Format(is_float32(&s) ? PyExc_ValueError : PyExc_TypeError,
-                     "scratch must be a writable C-contiguous float32 array of at least %d elements",
-                     SCRATCH_FLOATS);
-        goto release_s;
-    }
+    if (get_scratch(so, &s, SCRATCH_FLOATS) < 0) goto release_b;
 #if HAVE_SIMD
     Py_BEGIN_ALLOW_THREADS
     gemm_run((const float *)a.buf, a.strides[0] / 4, m, k, (const float *)w.buf, n, (float *)out.buf,
@@ -221,7 +215,6 @@ static PyObject *gemm(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
 #endif
     ok = 1;
-release_s:
     PyBuffer_Release(&s);
 release_b:
     if (have_b) PyBuffer_Release(&b);

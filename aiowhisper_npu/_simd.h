@@ -20,6 +20,8 @@
 #define HAVE_SIMD 1
 #include <immintrin.h>
 #include <stddef.h>
+
+#include "_poly.h"
 #define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
 #define SIMD_INLINE static inline __attribute__((always_inline))
 
@@ -45,37 +47,37 @@ AVX512 SIMD_INLINE void tail_masks(ptrdiff_t width, __mmask16 mask[4]) {
 }
 
 AVX512 SIMD_INLINE __m512 gelu16(__m512 y) {
-    __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f));
-    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+#define C(v) _mm512_set1_ps(v)
+    __m512 t = _mm512_mul_ps(y, C(GELU_SQRT1_2));
+    t = _mm512_min_ps(_mm512_max_ps(t, C(-4.0f)), C(4.0f));
     __m512 u = _mm512_mul_ps(t, t);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.5f * -2.72614225801306e-10f), u,
-                               _mm512_set1_ps(0.5f * 2.77068142495902e-08f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -2.10102402082508e-06f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -5.69250639462346e-05f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -7.34990630326855e-04f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -2.95459980854025e-03f));
-    p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(0.5f * -1.60960333262415e-02f));
-    __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(-1.45660718464996e-05f), u, _mm512_set1_ps(-2.13374055278905e-04f));
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-1.68282697438203e-03f));
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-7.37332916720468e-03f));
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-1.42647390514189e-02f));
+    __m512 p = _mm512_fmadd_ps(C(ERF_A0), u, C(ERF_A1));
+    p = _mm512_fmadd_ps(p, u, C(ERF_A2));
+    p = _mm512_fmadd_ps(p, u, C(ERF_A3));
+    p = _mm512_fmadd_ps(p, u, C(ERF_A4));
+    p = _mm512_fmadd_ps(p, u, C(ERF_A5));
+    p = _mm512_fmadd_ps(p, u, C(ERF_A6));
+    __m512 q = _mm512_fmadd_ps(C(ERF_B0), u, C(ERF_B1));
+    q = _mm512_fmadd_ps(q, u, C(ERF_B2));
+    q = _mm512_fmadd_ps(q, u, C(ERF_B3));
+    q = _mm512_fmadd_ps(q, u, C(ERF_B4));
     __m512 half_erf = _mm512_div_ps(_mm512_mul_ps(p, t), q);
-    return _mm512_mul_ps(y, _mm512_add_ps(half_erf, _mm512_set1_ps(0.5f)));
+    return _mm512_mul_ps(y, _mm512_add_ps(half_erf, C(0.5f)));
 }
 
 AVX512 SIMD_INLINE __m512 exp16_in_range(__m512 x) {
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x); /* Cody-Waite: ln 2 = C1 + C2 */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, C(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, C(EXP_LN2_HI), x); /* Cody-Waite: ln 2 = HI + LO */
+    r = _mm512_fnmadd_ps(n, C(EXP_LN2_LO), r);
     __m512 z = _mm512_mul_ps(r, r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f))); /* e^r, |r| <= ln(2) / 2 */
-    return _mm512_scalef_ps(p, n);                                      /* p * 2^n */
+    __m512 p = _mm512_fmadd_ps(C(EXP_P0), r, C(EXP_P1));
+    p = _mm512_fmadd_ps(p, r, C(EXP_P2));
+    p = _mm512_fmadd_ps(p, r, C(EXP_P3));
+    p = _mm512_fmadd_ps(p, r, C(EXP_P4));
+    p = _mm512_fmadd_ps(p, r, C(EXP_P5));
+    p = _mm512_fmadd_ps(p, z, _mm512_add_ps(r, C(1.0f))); /* e^r, |r| <= ln(2) / 2 */
+    return _mm512_scalef_ps(p, n);                        /* p * 2^n */
+#undef C
 }
 
 #else
