@@ -1,8 +1,8 @@
 """Build of the optional C extensions; all other metadata lives in pyproject.toml.
 
-``aiowhisper_npu._fastmath`` fuses the CPU kernels' element-wise passes (exp, bias + exact-erf GELU, layer norm);
-``aiowhisper_npu._gemm`` multiplies activations by weights packed once at load time and
-``aiowhisper_npu._attention`` runs attention heads in one kernel each (both AVX-512). All are optional: if one
+``aiowhisper_npu.native._fastmath`` fuses the CPU kernels' element-wise passes (exp, bias + exact-erf GELU, layer norm);
+``aiowhisper_npu.native._gemm`` multiplies activations by weights packed once at load time and
+``aiowhisper_npu.native._attention`` runs attention heads in one kernel each (both AVX-512). All are optional: if one
 cannot be compiled, installation goes on and the kernels use their numpy forms (tests/test_runtime.py checks
 that they built on x86-64 Linux).
 """
@@ -10,11 +10,11 @@ that they built on x86-64 Linux).
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-HEADERS = ["aiowhisper_npu/_buffers.h", "aiowhisper_npu/_poly.h", "aiowhisper_npu/_simd.h"]
+HEADERS = ["aiowhisper_npu/native/_buffers.h", "aiowhisper_npu/native/_poly.h", "aiowhisper_npu/native/_simd.h"]
 
 setup(
     ext_modules=[
-        Extension(f"aiowhisper_npu.{name}", [f"aiowhisper_npu/{name}.c"], depends=HEADERS,
+        Extension(f"aiowhisper_npu.native.{name}", [f"aiowhisper_npu/native/{name}.c"], depends=HEADERS,
                   extra_compile_args=FLAGS, optional=True)
         for name in ("_fastmath", "_gemm", "_attention")
     ]

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .audio import SAMPLE_RATE, load_audio, validate_audio
+from .audio.io import SAMPLE_RATE, load_audio, validate_audio
+from .audio.mel import log_mel_spectrogram, log_mel_windows
 from .devices.manifest import ManifestError
 from .errors import AiowhisperError, AudioError, BackendUnavailable, DeviceError, ModelError
-from .loading import load_model
-from .mel import log_mel_spectrogram, log_mel_windows
-from .model import ModelDimensions, WhisperModel
-from .pool import BufferPool, PoolStats
-from .runtime import EncoderOutput, Runtime
-from .stats import PipelineStats, StageEvent
+from .models.loading import load_model
+from .models.model import ModelDimensions, WhisperModel
+from .pipeline.pool import BufferPool, PoolStats
+from .pipeline.stats import PipelineStats, StageEvent
+from .runtime.runtime import EncoderOutput, Runtime
 
 __all__ = [
     "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",

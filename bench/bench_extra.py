@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import bench_measure as bm
-from aiowhisper_npu.stats import STAGES
+from aiowhisper_npu.pipeline.stats import STAGES
 
 __all__ = ["ProgressBar", "cpu_snapshot", "foreign_load", "load_avg", "peer_record", "median_timeline",
            "e2e_latency", "stream_first_update",
@@ -157,8 +157,8 @@ async def stream_first_update(rt: Any, trials: int, progress: ProgressBar) -> di
     Reports the stream's own ``latency_s`` of the first update (arrival of the newest audio it includes ->
     update ready) and the time from the start of the stream to the first update.
     """
-    if importlib.util.find_spec("aiowhisper_npu.stream") is None:
-        return {"note": "skipped: aiowhisper_npu.stream is not in this build yet"}
+    if importlib.util.find_spec("aiowhisper_npu.streaming.stream") is None:
+        return {"note": "skipped: aiowhisper_npu.streaming.stream is not in this build yet"}
     import anyio
 
     audio = bm.speech_audio(3.0)
@@ -326,7 +326,7 @@ def _version(mod: str) -> str | None:
 
 def environment(model: Any, load_start: list[float] | None) -> dict[str, Any]:
     """Machine, versions, BLAS (with its core type), relevant env vars and the model."""
-    from aiowhisper_npu.info import collect_info
+    from aiowhisper_npu.cli.info import collect_info
 
     info = collect_info()
     d = model.dims

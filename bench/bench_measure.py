@@ -6,7 +6,7 @@ Everything here measures one thing the same way for every variant:
   (numpy) out. The peer (CTranslate2) is timed over the same span: ``encode(mels)`` to a numpy array;
 - the wall clock is ``time.perf_counter`` around that call, in the caller, for every variant alike;
 - stage times come from the pipeline's own per-tile event timeline of that same call
-  (:class:`aiowhisper_npu.stats.StageEvent`), never from a different run.
+  (:class:`aiowhisper_npu.pipeline.stats.StageEvent`), never from a different run.
 
 Nothing here prints; :mod:`latency` orchestrates and reports.
 """
@@ -23,9 +23,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import anyio
 import numpy as np
 
-from aiowhisper_npu.audio import SAMPLE_RATE, load_audio
-from aiowhisper_npu.stats import STAGES, PipelineStats, StageEvent
-from aiowhisper_npu.tiles import ArraySpec, Tile
+from aiowhisper_npu.audio.io import SAMPLE_RATE, load_audio
+from aiowhisper_npu.pipeline.stats import STAGES, PipelineStats, StageEvent
+from aiowhisper_npu.pipeline.tiles import ArraySpec, Tile
 
 __all__ = ["REPO", "Variant", "VARIANTS", "RunSample", "speech_audio", "blas_limit", "c_kernels", "stage_table", "aggregate",
            "pct", "ct2_peer", "null_overhead", "settle", "timeline_rel"]
@@ -104,7 +104,7 @@ def blas_limit(threads: int | None) -> Iterator[None]:
 @contextlib.contextmanager
 def c_kernels(native: bool) -> Iterator[None]:
     """Run one measured call with the C kernels (``kernels.use_native``) on (when built) or off."""
-    from aiowhisper_npu import kernels
+    from aiowhisper_npu.encoder import kernels
 
     previous = kernels.use_native(native)
     try:
@@ -260,7 +260,7 @@ def ct2_peer(model: Any, threads: int) -> tuple[Ct2Peer | None, str]:
 
 # -- runtime overhead with a null kernel ------------------------------------------------------------------
 class NullProgram:
-    """A :class:`~aiowhisper_npu.tiles.KernelProgram`: ``null`` does nothing; ``sleep`` sleeps ``sleep_s``
+    """A :class:`~aiowhisper_npu.pipeline.tiles.KernelProgram`: ``null`` does nothing; ``sleep`` sleeps ``sleep_s``
     (GIL released, like a device kernel) and records when it ran, on the lane thread."""
 
     def __init__(self, sleep_s: float = 0.0):
@@ -317,10 +317,10 @@ async def null_overhead(depth: int, tiles: int, repeats: int) -> dict[str, Any]:
     device time lost to dispatch once the pipeline keeps the lane fed.
     """
     from aiowhisper_npu.devices.cpu import CpuDevice
-    from aiowhisper_npu.pipeline import Pipeline
-    from aiowhisper_npu.pool import BufferPool
-    from aiowhisper_npu.stats import StatsRecorder
-    from aiowhisper_npu.tiles import slot_nbytes
+    from aiowhisper_npu.pipeline.pipeline import Pipeline
+    from aiowhisper_npu.pipeline.pool import BufferPool
+    from aiowhisper_npu.pipeline.stats import StatsRecorder
+    from aiowhisper_npu.pipeline.tiles import slot_nbytes
 
     program = NullProgram(SLEEP_KERNEL_S)
     device = CpuDevice(1, blas_threads=1)

@@ -1,8 +1,8 @@
 """Single-thread microbenchmark of the CPU encoder's C matrix kernels against their BLAS forms.
 
 For each linear layer shape of one tile (rows = the CPU default tile, 375) it times ``numpy.matmul``
-(numpy's BLAS) and the packed-weight GEMM (:mod:`aiowhisper_npu._gemm`), and for one attention head the BLAS
-path (``q k^T``, exp, ``P [v, 1]``, divide) against the fused kernel (:mod:`aiowhisper_npu._attention`).
+(numpy's BLAS) and the packed-weight GEMM (:mod:`aiowhisper_npu.native._gemm`), and for one attention head the BLAS
+path (``q k^T``, exp, ``P [v, 1]``, divide) against the fused kernel (:mod:`aiowhisper_npu.native._attention`).
 Medians over interleaved repeats; GFLOP/s count 2 m k n per product. Run on an idle machine::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/c_kernels.py --model base
@@ -17,11 +17,11 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from aiowhisper_npu import kernels
-from aiowhisper_npu.loading import load_model
+from aiowhisper_npu.encoder import kernels
+from aiowhisper_npu.models.loading import load_model
 
 try:
-    from aiowhisper_npu import _attention, _gemm, _fastmath
+    from aiowhisper_npu.native import _attention, _gemm, _fastmath
 except ImportError as exc:  # pragma: no cover - the extensions are built by pip install
     raise SystemExit(f"the C kernels are not built: {exc}") from None
 

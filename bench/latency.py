@@ -124,9 +124,9 @@ def _loop_used() -> str:
 
 async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> dict[str, Any]:
     """Everything but the printing: returns the JSON-able result."""
-    from aiowhisper_npu.loading import load_model
-    from aiowhisper_npu.mel import log_mel_windows
-    from aiowhisper_npu.runtime import Runtime
+    from aiowhisper_npu.models.loading import load_model
+    from aiowhisper_npu.audio.mel import log_mel_windows
+    from aiowhisper_npu.runtime.runtime import Runtime
 
     st = _settings(args)
     variants = _variants(args.variants)
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         print(render_markdown(json.loads(Path(args.render).read_text())))
         return 0
-    from aiowhisper_npu.cli import run_async
+    from aiowhisper_npu.cli.main import run_async
 
     with bx.ProgressBar(enabled=not args.no_progress) as progress:
         res = run_async(lambda: run_benchmark(args, progress), args.loop)

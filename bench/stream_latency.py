@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiowhisper_npu as aw  # noqa: E402
-from aiowhisper_npu.audio import N_SAMPLES, SAMPLE_RATE  # noqa: E402
-from aiowhisper_npu.mel import log_mel_windows  # noqa: E402
-from aiowhisper_npu.stream import context_positions  # noqa: E402
+from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE  # noqa: E402
+from aiowhisper_npu.audio.mel import log_mel_windows  # noqa: E402
+from aiowhisper_npu.streaming.stream import context_positions  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 LONG = DATA / "long_40s.wav"

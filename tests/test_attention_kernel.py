@@ -1,13 +1,13 @@
-"""The fused single-head attention (``aiowhisper_npu._attention``) against a float64 softmax."""
+"""The fused single-head attention (``aiowhisper_npu.native._attention``) against a float64 softmax."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aiowhisper_npu import kernels
+from aiowhisper_npu.encoder import kernels
 
-at = pytest.importorskip("aiowhisper_npu._attention")
+at = pytest.importorskip("aiowhisper_npu.native._attention")
 if not at.available():
     pytest.skip("the fused attention needs AVX-512", allow_module_level=True)
 
@@ -108,7 +108,7 @@ def test_kernels_attention_agrees_with_the_blas_path() -> None:
     hd = d // heads
     for h in range(heads):
         qkv[:, 2 * d + h * (hd + 1) + hd] = 1.0  # the ones columns the qkv GEMM writes
-    from aiowhisper_npu.model import ModelDimensions
+    from aiowhisper_npu.models.model import ModelDimensions
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=t, n_audio_state=d, n_audio_head=heads, n_audio_layer=1)
     ws = kernels.Workspace(dims, 100)

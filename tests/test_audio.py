@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiowhisper_npu import audio as A
-from aiowhisper_npu.audio import N_SAMPLES, load_audio, resample, split_windows, validate_audio
+from aiowhisper_npu.audio import io as A
+from aiowhisper_npu.audio.io import N_SAMPLES, load_audio, resample, split_windows, validate_audio
 from aiowhisper_npu.errors import AudioError
 
 DATA = Path(__file__).parent / "data"

@@ -187,7 +187,7 @@ def test_cpu_small_run(cpu_run: tuple[dict[str, Any], Path]) -> None:
 
 
 def test_cli_bench_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from aiowhisper_npu.cli import main
+    from aiowhisper_npu.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--help"])
@@ -200,7 +200,7 @@ def test_cli_bench_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_c_kernel_microbenchmark_runs_and_agrees(capsys: pytest.CaptureFixture[str]) -> None:
     """``bench/c_kernels.py``: every linear layer row and the attention row, and the fused output agrees."""
     import c_kernels
-    from aiowhisper_npu import kernels
+    from aiowhisper_npu.encoder import kernels
 
     if not (kernels.packed_gemm_available() and kernels.fused_attention_available()):
         pytest.skip("the C matrix kernels need AVX-512")

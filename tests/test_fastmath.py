@@ -1,13 +1,13 @@
-"""The optional C element-wise kernels (``aiowhisper_npu._fastmath``) against float64 and numpy references."""
+"""The optional C element-wise kernels (``aiowhisper_npu.native._fastmath``) against float64 and numpy references."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aiowhisper_npu import kernels
+from aiowhisper_npu.encoder import kernels
 
-fm = pytest.importorskip("aiowhisper_npu._fastmath")
+fm = pytest.importorskip("aiowhisper_npu.native._fastmath")
 
 EXP_REL = 3e-7  # about 2.5 float32 ulp
 

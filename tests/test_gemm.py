@@ -1,13 +1,13 @@
-"""The packed-weight GEMM (``aiowhisper_npu._gemm``) against float64 products and the numpy forms."""
+"""The packed-weight GEMM (``aiowhisper_npu.native._gemm``) against float64 products and the numpy forms."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aiowhisper_npu import kernels
+from aiowhisper_npu.encoder import kernels
 
-gm = pytest.importorskip("aiowhisper_npu._gemm")
+gm = pytest.importorskip("aiowhisper_npu.native._gemm")
 if not gm.available():
     pytest.skip("the packed GEMM needs AVX-512", allow_module_level=True)
 

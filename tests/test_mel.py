@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiowhisper_npu.audio import N_FRAMES, N_SAMPLES, load_audio, split_windows
+from aiowhisper_npu.audio.io import N_FRAMES, N_SAMPLES, load_audio, split_windows
 from aiowhisper_npu.errors import AudioError
-from aiowhisper_npu.mel import (
+from aiowhisper_npu.audio.mel import (
     N_FREQS,
     frames_power,
     log_mel_spectrogram,
@@ -18,7 +18,7 @@ from aiowhisper_npu.mel import (
     normalize_window,
     power_frames,
 )
-from aiowhisper_npu.mel_stream import IncrementalLogMel, LogMelStream
+from aiowhisper_npu.audio.mel_stream import IncrementalLogMel, LogMelStream
 
 DATA = Path(__file__).parent / "data"
 

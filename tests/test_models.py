@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiowhisper_npu import loading, registry
-from aiowhisper_npu.ct2_format import Ct2File, load_ct2_encoder, read_ct2_variables
+from aiowhisper_npu.models import loading, registry
+from aiowhisper_npu.models.ct2_format import Ct2File, load_ct2_encoder, read_ct2_variables
 from aiowhisper_npu.errors import ModelError
-from aiowhisper_npu.loading import clear_model_cache, load_model
-from aiowhisper_npu.model import EncoderWeights, WhisperModel
+from aiowhisper_npu.models.loading import clear_model_cache, load_model
+from aiowhisper_npu.models.model import EncoderWeights, WhisperModel
 
 TINY = "tiny.en"
 

@@ -15,7 +15,7 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices.cpu import CpuDevice, set_blas_threads
-from aiowhisper_npu.plan import EncoderPlan, EncoderProgram, encode_window_sequential
+from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 
 from conftest import rel_l2
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu import kernels
-from aiowhisper_npu.audio import split_windows
+from aiowhisper_npu.encoder import kernels
+from aiowhisper_npu.audio.io import split_windows
 
 from conftest import CLIPS, CT2Reference, rel_l2
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu.audio import N_SAMPLES, SAMPLE_RATE
+from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE
 
 from conftest import CT2Reference, rel_l2
 
@@ -125,8 +125,8 @@ def test_c_extensions_are_built(name: str) -> None:
 
 
 def test_info_reports_which_element_wise_kernels_run() -> None:
-    from aiowhisper_npu import kernels
-    from aiowhisper_npu.info import collect_info, format_info
+    from aiowhisper_npu.encoder import kernels
+    from aiowhisper_npu.cli.info import collect_info, format_info
 
     info = collect_info()
     assert info["element_wise"].startswith("C ") == kernels.native_available()

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu.audio import N_SAMPLES, SAMPLE_RATE, resample
-from aiowhisper_npu.mel import log_mel_windows
-from aiowhisper_npu.stream import AudioStream, StreamUpdate, context_positions
-from aiowhisper_npu.stream_flow import StreamResampler
+from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE, resample
+from aiowhisper_npu.audio.mel import log_mel_windows
+from aiowhisper_npu.streaming.stream import AudioStream, StreamUpdate, context_positions
+from aiowhisper_npu.streaming.flow import StreamResampler
 
 from conftest import rel_l2
 
@@ -464,7 +464,7 @@ async def test_sample_rate_resamples_like_the_whole_file(tiny: aw.WhisperModel, 
 
 
 def test_cli_stream_json(clip_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from aiowhisper_npu.cli import main
+    from aiowhisper_npu.cli.main import main
 
     assert main(["stream", str(clip_paths["door.wav"]), "--realtime", "--chunk-ms", "500", "--json",
                  "--loop", "asyncio"]) == 0
@@ -477,7 +477,7 @@ def test_cli_stream_json(clip_paths: dict[str, Path], capsys: pytest.CaptureFixt
 
 
 def test_cli_stream_text(clip_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from aiowhisper_npu.cli import main
+    from aiowhisper_npu.cli.main import main
 
     assert main(["stream", str(clip_paths["door.wav"]), "--chunk-ms", "250", "--context", "bucketed",
                  "--update-every-s", "0.5"]) == 0

@@ -1,7 +1,7 @@
 """The small protocol every device (cpu, xrt, the simulated NPU) implements.
 
 A device owns memory the host cannot assume it shares (``DeviceBuffer``), copies into and out of it, and
-runs a :class:`~aiowhisper_npu.tiles.KernelProgram`'s ops on ``lanes`` parallel kernel workers. Every call
+runs a :class:`~aiowhisper_npu.pipeline.tiles.KernelProgram`'s ops on ``lanes`` parallel kernel workers. Every call
 is synchronous and thread-safe enough for the pipeline's use: one caller per lane for ``launch``/``wait``,
 one caller for the copies. ``wait`` is the only call that may take long; each device makes it
 GIL-friendly (it either releases the GIL or polls in short slices), and the pipeline runs it in a worker
@@ -15,7 +15,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..tiles import ArraySpec, KernelProgram
+from ..pipeline.tiles import ArraySpec, KernelProgram
 
 __all__ = ["ALIGN", "aligned_empty", "DeviceBuffer", "BufferView", "Run", "Device"]
 

@@ -247,7 +247,7 @@ def program_ops(program: Any) -> tuple[str, ...] | None:
     if ops is not None:
         return tuple(ops)
     if hasattr(program, "dims") and hasattr(program, "tile_rows"):  # the encoder program
-        from ..kernels import OPS
+        from ..encoder.kernels import OPS
 
         return tuple(OPS)
     return None

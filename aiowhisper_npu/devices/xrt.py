@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import BackendUnavailable, DeviceError
 from ..sim.bf16 import to_bf16_bits
 from ..sim.config import gil_copy
-from ..tiles import KernelProgram
+from ..pipeline.tiles import KernelProgram
 from .base import BufferView
 from .manifest import (ArgSpec, Manifest, ManifestError, check_program, load_manifest, program_constants,
                        read_insts, weight_names)

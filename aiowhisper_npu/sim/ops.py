@@ -4,7 +4,7 @@ A kernel implementation has ``cost(call) -> (macs, dma_bytes)`` and ``run(call)`
 arguments through :meth:`KernelCall.read` (device memory converted with the argument's precision: bf16
 weights widened exactly, float32 data rounded to bf16 when the argument is read at bf16) and writes through
 :meth:`KernelCall.write` (device memory itself). The encoder kernels call the project's own numpy kernels
-(:mod:`aiowhisper_npu.kernels`) on that data, so the only numerical difference from the CPU backend is the
+(:mod:`aiowhisper_npu.encoder.kernels`) on that data, so the only numerical difference from the CPU backend is the
 declared precision: bf16 operands, fp32 accumulation.
 
 Built-ins (the ``impl`` of an xclbin kernel): ``encoder.stem``, ``encoder.qkv``, ``encoder.attn_mlp``,
@@ -84,14 +84,14 @@ def convert(a: ArgDesc, raw: np.ndarray) -> np.ndarray:
 # -- the encoder's ops ------------------------------------------------------------------------------------
 
 def _dims(call: KernelCall, positions: int) -> Any:
-    from ..model import ModelDimensions
+    from ..models.model import ModelDimensions
 
     p = call.params
     return ModelDimensions(p.get("n_mels", 1), positions, p["n_audio_state"], p["n_audio_head"], 1)
 
 
 def _workspace(call: KernelCall, dims: Any, n: int) -> Any:
-    from ..kernels import Workspace
+    from ..encoder.kernels import Workspace
 
     key = ("ws", dims, n)
     ws = call.scratch.get(key)
@@ -115,7 +115,7 @@ class _Stem:
         return float(macs), io + sum(c.nbytes(k) for k in ("conv1_w", "conv1_b", "conv2_w", "conv2_b"))
 
     def run(self, c: KernelCall) -> None:
-        from .. import kernels
+        from ..encoder import kernels
 
         p = c.params
         n, m, d, r0 = p["n"], p["n_mels"], p["n_audio_state"], p["r0"]
@@ -137,7 +137,7 @@ class _Qkv:
         return float(n * d * 3 * d), (n * d + 3 * n * d) * 4 + c.nbytes("w") + c.nbytes("b")
 
     def run(self, c: KernelCall) -> None:
-        from .. import kernels
+        from ..encoder import kernels
 
         p = c.params
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
@@ -156,7 +156,7 @@ class _AttnMlp:
 
     def cost(self, c: KernelCall) -> tuple[float, int]:
         p = c.params
-        from .. import kernels
+        from ..encoder import kernels
 
         n, d = p["n"], p["n_audio_state"]
         t = c.nbytes("qkv") // (4 * kernels.qkv_columns(d, p["n_audio_head"]))
@@ -165,7 +165,7 @@ class _AttnMlp:
         return float(macs), io + sum(c.nbytes(k) for k in self._W)
 
     def run(self, c: KernelCall) -> None:
-        from .. import kernels
+        from ..encoder import kernels
 
         p = c.params
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]

@@ -24,8 +24,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import kernels
-from .model import ModelDimensions, WhisperModel
-from .tiles import ArraySpec, Tile
+from ..models.model import ModelDimensions, WhisperModel
+from ..pipeline.tiles import ArraySpec, Tile
 
 __all__ = ["DEFAULT_TILE_ROWS", "EncoderPlan", "EncoderProgram", "WindowJob", "encode_window_sequential"]
 

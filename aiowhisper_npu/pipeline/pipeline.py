@@ -27,8 +27,8 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .devices.base import Device
-from .errors import AiowhisperError, DeviceError
+from ..devices.base import Device
+from ..errors import AiowhisperError, DeviceError
 from .lanes import LaneThreads
 from .pool import BufferPool, Slot
 from .scheduler import JobState, Scheduler

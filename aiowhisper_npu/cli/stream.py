@@ -16,8 +16,8 @@ from typing import Any, AsyncIterator, Callable
 import anyio
 import numpy as np
 
-from .audio import SAMPLE_RATE, load_audio
-from .stream import StreamUpdate
+from ..audio.io import SAMPLE_RATE, load_audio
+from ..streaming.stream import StreamUpdate
 
 __all__ = ["paced_chunks", "update_record", "format_update", "run_stream_command"]
 
@@ -64,7 +64,7 @@ def format_update(upd: StreamUpdate) -> str:
 
 def run_stream_command(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], Any],
                        run_async: Callable[..., Any]) -> int:
-    """The ``stream`` subcommand (see :mod:`aiowhisper_npu.cli`). Returns the exit status."""
+    """The ``stream`` subcommand (see :mod:`aiowhisper_npu.cli.main`). Returns the exit status."""
     if args.chunk_ms <= 0:
         raise SystemExit("error: --chunk-ms must be positive")
     if not args.update_every_s > 0:

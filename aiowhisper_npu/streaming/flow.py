@@ -2,7 +2,7 @@
 
 :class:`ChunkReader` is the only task a stream runs. It pulls chunks from the user's async iterable,
 validates (and resamples) them, and sends them through a bounded anyio memory object stream to the consumer
-side (:class:`~aiowhisper_npu.stream.AudioStream`), which drains everything queued at once. Two bounds apply:
+side (:class:`~aiowhisper_npu.streaming.stream.AudioStream`), which drains everything queued at once. Two bounds apply:
 
 * **audio**: before pulling the next chunk the reader waits while more than ``max_queued_samples`` of audio
   sit in the channel, undrained. That is the backpressure to the producer: its ``__anext__`` is simply not
@@ -13,7 +13,7 @@ side (:class:`~aiowhisper_npu.stream.AudioStream`), which drains everything queu
 The reader never raises into its task group: a bad chunk or a failing source becomes a :class:`Failure`
 item, delivered to the consumer after the chunks before it.
 
-:class:`StreamResampler` resamples a chunked stream with :func:`~aiowhisper_npu.audio.resample` by
+:class:`StreamResampler` resamples a chunked stream with :func:`~aiowhisper_npu.audio.io.resample` by
 overlap-save on a grid aligned to the rate ratio, so chunk boundaries leave no edge artifacts.
 """
 
@@ -29,8 +29,8 @@ import anyio
 import numpy as np
 from anyio.abc import TaskStatus
 
-from .audio import SAMPLE_RATE, resample, validate_audio
-from .errors import AudioError
+from ..audio.io import SAMPLE_RATE, resample, validate_audio
+from ..errors import AudioError
 
 __all__ = ["Chunk", "Failure", "Batch", "ChunkReader", "StreamResampler"]
 
@@ -68,7 +68,7 @@ class StreamResampler:
     """Resample a stream pushed in chunks of any size; equal to resampling the whole signal at once.
 
     Output sample ``n`` sits at input time ``n * orig_sr / target_sr`` and depends on the input within the
-    filter's reach. Each :meth:`push` resamples, with :func:`~aiowhisper_npu.audio.resample`, a segment that
+    filter's reach. Each :meth:`push` resamples, with :func:`~aiowhisper_npu.audio.io.resample`, a segment that
     starts ``margin_s`` before the first output still owed, at an input index that is a multiple of the
     rate ratio's denominator (so the segment's outputs fall on the whole signal's output grid), and keeps the
     outputs whose input lies at least ``margin_s`` before the newest sample. With the numpy resampler the

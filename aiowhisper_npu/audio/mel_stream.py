@@ -7,7 +7,7 @@ once every sample it reads is known; :meth:`~IncrementalLogMel.push` computes ex
 samples make final, once each, into a ``(3000, 201)`` power array. :meth:`~IncrementalLogMel.snapshot`
 computes the not-yet-final frames freshly (never cached) as if the window were zero-padded now, and
 :meth:`~IncrementalLogMel.finish` pads with zeros for good. Both finish with
-:func:`~aiowhisper_npu.mel.normalize_window` on the same ``(3000, 201)`` shape as the offline path, so
+:func:`~aiowhisper_npu.audio.mel.normalize_window` on the same ``(3000, 201)`` shape as the offline path, so
 ``finish()`` is bit-identical to ``log_mel_windows(audio)[i]`` for any chunking.
 
 :class:`LogMelStream` chains windows: ``push`` returns the log-mels of the windows it completed.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .audio import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, validate_audio
+from .io import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, validate_audio
 from .mel import N_FREQS, frames_power, mel_filters, normalize_window
 
 __all__ = ["IncrementalLogMel", "LogMelStream"]
@@ -61,7 +61,7 @@ class IncrementalLogMel:
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append samples; compute the frames they make final. Returns the samples beyond this window.
 
-        ``samples`` is 1-D float audio (checked by :func:`~aiowhisper_npu.audio.validate_audio`); an empty
+        ``samples`` is 1-D float audio (checked by :func:`~aiowhisper_npu.audio.io.validate_audio`); an empty
         chunk is a no-op. The returned leftover (empty unless the window filled up) belongs to the next
         window -- :class:`LogMelStream` handles that rollover.
         """

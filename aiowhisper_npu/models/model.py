@@ -1,7 +1,7 @@
 """The Whisper audio encoder as data: its dimensions and its float32 weights.
 
-Nothing here knows how the weights were stored (see :mod:`aiowhisper_npu.ct2_format`,
-:mod:`aiowhisper_npu.hf_format`) or how they are run (see :mod:`aiowhisper_npu.kernels`).
+Nothing here knows how the weights were stored (see :mod:`aiowhisper_npu.models.ct2_format`,
+:mod:`aiowhisper_npu.models.hf_format`) or how they are run (see :mod:`aiowhisper_npu.encoder.kernels`).
 Linear and convolution weights keep PyTorch's ``(out, in[, k])`` layout; devices re-lay them out once when
 they make them resident.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = ["ModelDimensions", "BlockWeights", "EncoderWeights", "WhisperModel"]
 

@@ -1,4 +1,4 @@
-/* Packed-weight float32 GEMM for the CPU encoder's linear layers (module aiowhisper_npu._gemm).
+/* Packed-weight float32 GEMM for the CPU encoder's linear layers (module aiowhisper_npu.native._gemm).
  *
  * The encoder multiplies every tile of activations by the same resident weight matrices. BLAS repacks the
  * weight operand on every call and, as OpenBLAS 0.3.31 does on Zen 4, reaches ~83-86 % of one core's FMA

@@ -34,8 +34,9 @@ def _blas() -> list[dict[str, Any]]:
 
 def collect_info() -> dict[str, Any]:
     """A JSON-able description of the backends, pyxrt, model cache, installed models and BLAS."""
-    from . import __version__, kernels
-    from .registry import cache_dir, installed_models
+    from .. import __version__
+    from ..encoder import kernels
+    from ..models.registry import cache_dir, installed_models
 
     pyxrt = _pyxrt()
     backends = {"cpu": True, "sim": True, "xrt": pyxrt["found"]}
@@ -45,10 +46,10 @@ def collect_info() -> dict[str, Any]:
         "model_cache": str(cache_dir()),
         "models": {k: (str(v) if v else None) for k, v in installed_models().items()},
         "blas": _blas(),
-        "element_wise": "C (aiowhisper_npu._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
-        "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu._gemm)" if kernels.packed_gemm_available()
+        "element_wise": "C (aiowhisper_npu.native._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
+        "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu.native._gemm)" if kernels.packed_gemm_available()
                           else "numpy.matmul (BLAS): the packed GEMM is not built or this CPU lacks AVX-512"),
-        "attention": ("fused AVX-512 kernel (aiowhisper_npu._attention)" if kernels.fused_attention_available()
+        "attention": ("fused AVX-512 kernel (aiowhisper_npu.native._attention)" if kernels.fused_attention_available()
                       else "BLAS GEMMs around the exp: the fused kernel is not built or this CPU lacks AVX-512"),
     }
 

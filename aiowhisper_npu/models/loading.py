@@ -2,7 +2,7 @@
 
 Accepted inputs:
 
-* a known name (``"tiny.en"``, ``"base"``; see :data:`aiowhisper_npu.registry.KNOWN_MODELS`), resolved
+* a known name (``"tiny.en"``, ``"base"``; see :data:`aiowhisper_npu.models.registry.KNOWN_MODELS`), resolved
   through the installed, checksum-verified model packages (a known name wins over a same-named
   directory in the working directory: pass ``./tiny.en`` to mean the directory);
 * a directory holding a CTranslate2 model (``model.bin``, usually with ``config.json``) or a Hugging Face
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .ct2_format import load_ct2_encoder
-from .errors import ModelError
+from ..errors import ModelError
 from .hf_format import load_hf_encoder
 from .model import EncoderWeights, WhisperModel
 from .registry import KNOWN_MODELS, resolve_model_dir

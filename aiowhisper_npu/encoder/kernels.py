@@ -20,14 +20,14 @@ ones column makes the softmax denominator come out of the ``P @ [V, 1]`` GEMM, o
 of a separate pass (the prepared weights have zero columns with bias 1 there, so the GEMM writes exact ones).
 When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND``, ``exp`` cannot overflow
 or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
-With :mod:`aiowhisper_npu._attention` (AVX-512) every head that passes that check runs in one C call for the
+With :mod:`aiowhisper_npu.native._attention` (AVX-512) every head that passes that check runs in one C call for the
 tile: both products and the exp in one kernel whose scores stay in L2 (it checks the bound itself and sums
 its own denominators; the ones column is unused); the heads it leaves take the path above.
 
 Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) runs in one fused
-pass each when the optional C extension :mod:`aiowhisper_npu._fastmath` is built (it is, by ``pip install``),
+pass each when the optional C extension :mod:`aiowhisper_npu.native._fastmath` is built (it is, by ``pip install``),
 else as numpy passes with the same formulas. The linear layers (convolutions as GEMMs, Q/K/V, output
-projection, fc1, fc2) go through :func:`linear_`: with :mod:`aiowhisper_npu._gemm` (AVX-512) the weights are
+projection, fc1, fc2) go through :func:`linear_`: with :mod:`aiowhisper_npu.native._gemm` (AVX-512) the weights are
 packed once (:func:`pack_weights`) and bias, or bias + GELU, is applied as each output block is stored;
 otherwise ``numpy.matmul`` (BLAS). :func:`use_native` switches between the C forms and the numpy forms.
 """
@@ -39,18 +39,18 @@ from typing import Mapping
 
 import numpy as np
 
-from .model import EncoderWeights, ModelDimensions
+from ..models.model import EncoderWeights, ModelDimensions
 
 try:
-    from . import _fastmath
+    from ..native import _fastmath
 except ImportError:  # the C extension was not built: the numpy forms below are used
     _fastmath = None
 try:
-    from . import _gemm
+    from ..native import _gemm
 except ImportError:  # not built: the linear layers use numpy.matmul (BLAS)
     _gemm = None
 try:
-    from . import _attention as _attention_c
+    from ..native import _attention as _attention_c
 except ImportError:  # not built: attention runs as BLAS GEMMs around the element-wise exp
     _attention_c = None
 
@@ -81,17 +81,17 @@ _GEMM_WEIGHTS = ("conv1_w", "conv2_w", "qkv_w", "out_w", "fc1_w", "fc2_w")  # na
 
 
 def native_available() -> bool:
-    """True when the fused C element-wise kernels (:mod:`aiowhisper_npu._fastmath`) are built."""
+    """True when the fused C element-wise kernels (:mod:`aiowhisper_npu.native._fastmath`) are built."""
     return _fastmath is not None
 
 
 def packed_gemm_available() -> bool:
-    """True when the packed-weight GEMM (:mod:`aiowhisper_npu._gemm`) is built and this CPU can run it."""
+    """True when the packed-weight GEMM (:mod:`aiowhisper_npu.native._gemm`) is built and this CPU can run it."""
     return _gemm is not None and _gemm.available()
 
 
 def fused_attention_available() -> bool:
-    """True when the fused attention kernel (:mod:`aiowhisper_npu._attention`) is built and can run here."""
+    """True when the fused attention kernel (:mod:`aiowhisper_npu.native._attention`) is built and can run here."""
     return _attention_c is not None and _attention_c.available()
 
 

@@ -1,7 +1,7 @@
 """What a pipeline schedules: tiles, their dependencies, and the jobs that own them.
 
-This module is generic: it knows nothing about Whisper (see :mod:`aiowhisper_npu.plan`) and nothing about
-asyncio (see :mod:`aiowhisper_npu.pipeline`). A *tile* is one kernel launch with its host→device inputs,
+This module is generic: it knows nothing about Whisper (see :mod:`aiowhisper_npu.encoder.plan`) and nothing about
+asyncio (see :mod:`aiowhisper_npu.pipeline.pipeline`). A *tile* is one kernel launch with its host→device inputs,
 device→host outputs, and the job-scoped device tensors it reads or writes. A *job* owns the host memory the
 tiles gather from and scatter to.
 """

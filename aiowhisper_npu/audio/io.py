@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AudioError
+from ..errors import AudioError
 
 __all__ = [
     "SAMPLE_RATE",

@@ -1,4 +1,4 @@
-/* Fused, in-place float32 element-wise kernels for the CPU encoder (module aiowhisper_npu._fastmath).
+/* Fused, in-place float32 element-wise kernels for the CPU encoder (module aiowhisper_npu.native._fastmath).
  *
  * numpy evaluates exp(s - max) or an erf-based GELU as a chain of full passes over memory (about 25 for the
  * GELU's rational approximation). These loops do the same arithmetic in one pass each, vectorised: every

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 from .model import BlockWeights, EncoderWeights
 
 __all__ = ["load_hf_encoder", "read_hf_config"]

@@ -19,7 +19,7 @@ or, with structured cleanup guaranteed at the end of the block (recommended)::
 arrays of any length, down to one sample, at ``sample_rate`` (16 kHz by default), or of ``(array, rate)``
 tuples. NaN/inf, integer dtypes, 2-D arrays and a tuple at a rate other than the declared one raise
 :class:`~aiowhisper_npu.errors.AudioError` from this stream only. With ``sample_rate=44100`` (say) the
-stream resamples as it goes (:class:`~aiowhisper_npu.stream_flow.StreamResampler`, ~70 ms added latency):
+stream resamples as it goes (:class:`~aiowhisper_npu.streaming.flow.StreamResampler`, ~70 ms added latency):
 the result equals resampling the whole signal at once (bit for bit with the numpy resampler, within 1e-13
 with soxr), which is what ``encode(path)`` does -- not resampling each chunk on its own, which would leave
 edge artifacts at every chunk boundary.
@@ -30,7 +30,7 @@ covers stream seconds ``[30 w, 30 w + 30)``.
 * A **final** update (``final=True``) comes once per window, as soon as its 30 s are complete, and for the
   last, partial window at end of stream. Finals are never skipped, always use the full 1500-position
   context (also under ``context="bucketed"``), and concatenated they **equal ``encode()`` of the whole audio
-  bit for bit**: the log-mel comes from :class:`~aiowhisper_npu.mel_stream.LogMelStream` (identical to the
+  bit for bit**: the log-mel comes from :class:`~aiowhisper_npu.audio.mel_stream.LogMelStream` (identical to the
   offline front end for any chunking) and goes through the same :meth:`Runtime.encode_mels`.
 * A **partial** update (``final=False``) encodes the growing window so far, zero-padded to 30 s: it equals
   ``encode(audio[30 w : end_s])`` of the audio it covers. One comes after every ``update_every_s`` of new
@@ -44,7 +44,7 @@ covers stream seconds ``[30 w, 30 w + 30)``.
   may loop (the failure whisper.cpp users report for small ``audio_ctx``); ``bucket_margin_s`` asks for that
   much padded silence after the audio (e.g. 2.0). ``context="full"`` is the exact default.
 
-**Flow control.** A reader task (:class:`~aiowhisper_npu.stream_flow.ChunkReader`) pulls chunks into a
+**Flow control.** A reader task (:class:`~aiowhisper_npu.streaming.flow.ChunkReader`) pulls chunks into a
 bounded channel; encoding runs in the consumer's own task, inside ``__anext__``, so nothing is computed that
 nobody asks for. Each step drains *everything* queued, then encodes pending finals first and then at most
 one partial, of the newest audio: stale partials are coalesced, never queued (:attr:`StreamLag.partials_skipped`
@@ -75,20 +75,32 @@ import time
 from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Callable, Iterable, TypeVar
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Protocol, TypeVar
 
 import anyio
 import numpy as np
 
-from .audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
-from .mel_stream import LogMelStream
-from .stats import PipelineStats
-from .stream_flow import ChunkReader
+from ..audio.io import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from ..audio.mel_stream import LogMelStream
+from ..models.model import ModelDimensions
+from ..pipeline.stats import PipelineStats
+from .flow import ChunkReader
 
-if TYPE_CHECKING:
-    from .runtime import Runtime
 
-__all__ = ["SAMPLES_PER_POSITION", "BUCKET_POSITIONS", "context_positions", "StreamLag", "StreamUpdate",
+
+class MelEncoder(Protocol):
+    """What a stream needs from the runtime (:class:`~aiowhisper_npu.runtime.runtime.Runtime` is one): its
+    model's sizes, the encoder for ready log-mel windows, and a task group for readers of bare ``async for``
+    streams. The stream never imports the runtime."""
+
+    @property
+    def dims(self) -> ModelDimensions: ...
+
+    async def encode_mels(self, mels: np.ndarray, n_ctx: int | None = None) -> tuple[np.ndarray, PipelineStats]: ...
+
+    def start_background(self, fn: Callable[[], Awaitable[None]], name: str) -> None: ...
+
+__all__ = ["MelEncoder", "SAMPLES_PER_POSITION", "BUCKET_POSITIONS", "context_positions", "StreamLag", "StreamUpdate",
            "AudioStream", "stream_encode"]
 
 SAMPLES_PER_POSITION = 2 * HOP_LENGTH  #: 320 samples (20 ms) per encoder position
@@ -166,14 +178,14 @@ class AudioStream:
     """An async iterator of :class:`StreamUpdate` and an async context manager (``rt.stream(...)``).
 
     Args:
-        rt: an open :class:`~aiowhisper_npu.runtime.Runtime`.
+        rt: an open :class:`~aiowhisper_npu.runtime.runtime.Runtime`.
         chunks: an async iterable of 1-D float arrays (any length, down to one sample) at ``sample_rate``,
             or of ``(array, rate)`` tuples. The stream owns the iterator and closes it when done.
         update_every_s: audio seconds between partial updates of a window (``math.inf``: finals only).
         context: ``"full"`` (exact, default) or ``"bucketed"`` (partials encode only k*256 positions).
         bucket_margin_s: with ``"bucketed"``, padded seconds kept after the audio (0: fewest buckets).
         sample_rate: the rate of the chunks; other than 16000, they are resampled as a stream
-            (:class:`~aiowhisper_npu.stream_flow.StreamResampler`: equal to resampling the whole signal, not
+            (:class:`~aiowhisper_npu.streaming.flow.StreamResampler`: equal to resampling the whole signal, not
             to resampling chunk by chunk).
         max_queued_s: undrained audio at which the reader stops pulling from the source.
         max_queued_chunks: capacity of the reader's channel, in chunks.
@@ -182,11 +194,10 @@ class AudioStream:
     dtype, 2-D, a tuple at another rate), or whatever the source raised; the stream is then closed.
     """
 
-    def __init__(self, rt: Runtime, chunks: AsyncIterable[Any] | Iterable[Any], *, update_every_s: float = 1.0,
+    def __init__(self, rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], *, update_every_s: float = 1.0,
                  context: str = "full", bucket_margin_s: float = 0.0, sample_rate: int = SAMPLE_RATE,
                  max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
-        rt._require_open()
-        assert rt.model is not None
+        dims = rt.dims  # raises if the runtime is not open
         if context not in ("full", "bucketed"):
             raise ValueError(f"context must be 'full' or 'bucketed', got {context!r}")
         if not bucket_margin_s >= 0:
@@ -202,12 +213,12 @@ class AudioStream:
         self.context = context
         self.update_every_s = float(update_every_s)
         self._step = max(1, round(update_every_s * SAMPLE_RATE)) if math.isfinite(update_every_s) else None
-        self._n_audio_ctx = rt.model.dims.n_audio_ctx
+        self._n_audio_ctx = dims.n_audio_ctx
         self._margin = math.ceil(bucket_margin_s * SAMPLE_RATE / SAMPLES_PER_POSITION)  # positions
         self._reader = ChunkReader(_as_async_iterable(chunks), sample_rate=int(sample_rate),
                                    max_queued_samples=round(max_queued_s * SAMPLE_RATE),
                                    max_queued_chunks=max_queued_chunks)
-        self._mel: LogMelStream | None = LogMelStream(rt.model.dims.n_mels)
+        self._mel: LogMelStream | None = LogMelStream(dims.n_mels)
         self._finals: deque[_PendingFinal] = deque()
         self._mode: str | None = None  # "scoped" (async with) or "detached" (bare async for)
         self._stack: AsyncExitStack | None = None
@@ -256,11 +267,8 @@ class AudioStream:
             self._reader.cancel_soon()
 
     def _start_detached(self) -> None:
-        tg = getattr(self._rt, "_task_group", None)
-        if tg is None:
-            raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
+        self._rt.start_background(self._reader.run, name=f"aiowhisper stream reader {id(self):x}")
         self._mode = "detached"
-        tg.start_soon(self._reader.run, name=f"aiowhisper stream reader {id(self):x}")
 
     def _close_now(self) -> None:
         if not self._closed:
@@ -407,6 +415,6 @@ def _as_async_iterable(chunks: AsyncIterable[Any] | Iterable[Any]) -> AsyncItera
     return _iterate(chunks)  # type: ignore[arg-type]
 
 
-def stream_encode(rt: Runtime, chunks: AsyncIterable[Any] | Iterable[Any], **options: Any) -> AudioStream:
+def stream_encode(rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], **options: Any) -> AudioStream:
     """``rt.stream(chunks, **options)``: an :class:`AudioStream` (see its docstring and the module's)."""
     return AudioStream(rt, chunks, **options)

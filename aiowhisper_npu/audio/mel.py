@@ -10,7 +10,7 @@ It is split in two so that offline and streaming code share the same arithmetic:
   result does not depend on how many rows are computed together, so frames may be computed in any batches.
 * :func:`normalize_window` -- the finish: one fixed-shape ``(n_mels, 201) @ (201, 3000)`` projection of a
   whole window's power frames, then log and clamp. BLAS may round differently for different shapes, so
-  every window goes through exactly this call; :mod:`~aiowhisper_npu.mel_stream` gets bit-identical output.
+  every window goes through exactly this call; :mod:`~aiowhisper_npu.audio.mel_stream` gets bit-identical output.
 
 The FFT runs in float64 (power cast to float32): measured against a float64 reference it is within 2e-7,
 and within 1e-5 of float32 implementations (torch, faster-whisper's ``FeatureExtractor``).
@@ -22,8 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .audio import HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE, split_windows, validate_audio
-from .errors import AudioError
+from .io import HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE, split_windows, validate_audio
+from ..errors import AudioError
 
 __all__ = [
     "N_FREQS",
@@ -125,7 +125,7 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
 def log_mel_windows(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     """Log-mel of each 30 s window, ``(n_windows, n_mels, 3000)`` float32.
 
-    The audio is cut by :func:`~aiowhisper_npu.audio.split_windows` (last window zero-padded to 480000
+    The audio is cut by :func:`~aiowhisper_npu.audio.io.split_windows` (last window zero-padded to 480000
     samples) and each window is processed as if fed alone to whisper: its own reflect padding at both
     window edges and its own maximum for the 8-decade clamp.
     """

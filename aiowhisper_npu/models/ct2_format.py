@@ -34,7 +34,7 @@ from types import TracebackType
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 from .model import BlockWeights, EncoderWeights
 
 __all__ = [

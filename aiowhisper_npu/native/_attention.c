@@ -1,4 +1,4 @@
-/* Fused attention for the CPU encoder, one head at a time (module aiowhisper_npu._attention).
+/* Fused attention for the CPU encoder, one head at a time (module aiowhisper_npu.native._attention).
  *
  * With BLAS, one head of attention for a tile of queries is three passes over a (queries x positions)
  * score matrix that does not fit in L2: the Q K^T GEMM writes it, exp rewrites it, the P [V, 1] GEMM reads

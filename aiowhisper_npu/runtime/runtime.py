@@ -10,22 +10,23 @@ from __future__ import annotations
 import os
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Union
+from typing import Any, AsyncIterable, Awaitable, Callable, Union
 
 import anyio
 import numpy as np
 
-from .audio import SAMPLE_RATE, load_audio, validate_audio
-from .devices import make_device
-from .devices.base import Device
-from .loading import load_model
-from .mel import log_mel_windows
-from .model import WhisperModel
-from .pipeline import Pipeline
-from .plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram, WindowJob
-from .pool import BufferPool
-from .stats import PipelineStats, StatsRecorder
-from .tiles import slot_nbytes
+from ..audio.io import SAMPLE_RATE, load_audio, validate_audio
+from ..audio.mel import log_mel_windows
+from ..devices import make_device
+from ..devices.base import Device
+from ..encoder.plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram, WindowJob
+from ..models.loading import load_model
+from ..models.model import ModelDimensions, WhisperModel
+from ..pipeline.pipeline import Pipeline
+from ..pipeline.pool import BufferPool
+from ..pipeline.stats import PipelineStats, StatsRecorder
+from ..pipeline.tiles import slot_nbytes
+from ..streaming.stream import AudioStream
 
 __all__ = ["AudioInput", "CPU_TILE_ROWS", "EncoderOutput", "Runtime"]
 
@@ -167,6 +168,19 @@ class Runtime:
             plan = self._plans[n_ctx] = EncoderPlan(self.model.dims, self.tile_rows, n_ctx)
         return plan
 
+    @property
+    def dims(self) -> ModelDimensions:
+        """The open model's sizes."""
+        self._require_open()
+        assert self.model is not None
+        return self.model.dims
+
+    def start_background(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``fn()`` in the runtime's task group until it returns or the runtime closes."""
+        if self._task_group is None:
+            raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
+        self._task_group.start_soon(fn, name=name)
+
     def _require_open(self) -> Pipeline:
         if self._pipeline is None:
             raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
@@ -197,9 +211,7 @@ class Runtime:
         await pipeline.run(jobs, rec)
         return out, rec.snapshot()
 
-    def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> AsyncIterator[Any]:
-        """Encode an async stream of audio chunks as it arrives (see :mod:`aiowhisper_npu.stream`)."""
-        from .stream import stream_encode
-
-        return stream_encode(self, chunks, **options)
+    def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> AudioStream:
+        """Encode an async stream of audio chunks as it arrives (see :mod:`aiowhisper_npu.streaming.stream`)."""
+        return AudioStream(self, chunks, **options)
 

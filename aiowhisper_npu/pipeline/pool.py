@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Sequence
 import anyio
 import numpy as np
 
-from .devices.base import BufferView, Device, aligned_empty
+from ..devices.base import BufferView, Device, aligned_empty
 from .tiles import ArraySpec, Tile
 
 __all__ = ["PoolStats", "Slot", "BufferPool"]

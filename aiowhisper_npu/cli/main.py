@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import anyio
 import numpy as np
 
-from .errors import AiowhisperError
+from ..errors import AiowhisperError
 
 __all__ = ["main", "run_async"]
 
@@ -47,7 +47,7 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _make_runtime(args: argparse.Namespace) -> Any:
-    from .runtime import Runtime
+    from ..runtime.runtime import Runtime
 
     opts: dict[str, Any] = {}
     if getattr(args, "manifest", None):
@@ -57,7 +57,7 @@ def _make_runtime(args: argparse.Namespace) -> Any:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from .audio import load_audio
+    from ..audio.io import load_audio
 
     async def go() -> dict[str, Any]:
         audio = await anyio.to_thread.run_sync(load_audio, args.file)
@@ -93,7 +93,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from .stream_cli import run_stream_command
+    from .stream import run_stream_command
 
     return run_stream_command(args, _make_runtime, run_async)
 

@@ -20,7 +20,7 @@ from typing import Hashable, Sequence
 
 import anyio
 
-from .devices.base import BufferView, Device
+from ..devices.base import BufferView, Device
 from .stats import StatsRecorder
 from .tiles import Job, Tile
 
