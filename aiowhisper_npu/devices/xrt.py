@@ -18,8 +18,8 @@ BOs, never shared by in-flight runs), the resident weights, the job tensors and 
 
 Lifetime: ``bo.map()``'s memoryview does not own its BO (on hardware a view that outlives the BO
 dangles), so every host view of a buffer (:meth:`XrtDevice.host_view`, zero-copy staging, host-op
-tensors) is made from a :class:`_Mapping` that holds the BO: :meth:`XrtDevice.free` drops the device's
-references, and the BO goes when the last view of it does.
+tensors) is made from a :class:`~.xrt_memory.MappedBO` that holds the BO: :meth:`XrtDevice.free` drops
+the device's references, and the BO goes when the last view of it does.
 
 Waiting: pyxrt holds the GIL inside ``run.wait()`` and ``bo.sync()``, so :meth:`XrtDevice.wait` never
 blocks in them: it polls the non-blocking ``run.state()`` with a GIL-releasing ``time.sleep`` in between
@@ -45,19 +45,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, DeviceError
-from ..sim.bf16 import to_bf16_bits
 from ..sim.config import gil_copy
 from ..pipeline.tiles import KernelProgram
 from ..sim.layout import pack_offsets
 from .base import BufferView
 from .manifest import (ArgSpec, Manifest, ManifestError, check_program, load_manifest, pack_instances,
                        program_constants, read_insts, weight_names)
+from .xrt_memory import XrtBuffer, chunks, live, typed, weight_data
 
 __all__ = ["XrtBuffer", "XrtRun", "XrtDevice", "make_xrt_device", "import_pyxrt", "WAIT_STRATEGIES"]
 
 WAIT_STRATEGIES = ("poll", "slices", "blocking")
 _TERMINAL = frozenset({4, 5, 6, 8, 9, 10, 11})
-_SYNC_SLICE = 256 << 10  # bytes per bo.sync call (~0.45 ms of GIL at Phoenix's measured sync rate)
 
 
 def import_pyxrt() -> ModuleType:
@@ -83,41 +82,6 @@ def import_pyxrt() -> ModuleType:
             "PYTHONPATH.") from exc
 
 
-class _Mapping:
-    """A BO's mapped memory for numpy, keeping the BO alive while any view of it exists.
-
-    pyxrt's ``bo.map()`` memoryview does not own the BO: once the BO is freed, a view made from it dangles.
-    Arrays made from this object (``np.asarray``) have it as their base, so the BO lives as long as the last
-    view of its memory, wherever a view is kept (zero-copy staging, pool slots, host-op tensors).
-    """
-
-    __slots__ = ("bo", "view", "__array_interface__")
-
-    def __init__(self, bo: Any, nbytes: int):
-        self.bo = bo
-        self.view = bo.map()
-        addr = np.frombuffer(self.view, np.uint8).ctypes.data
-        self.__array_interface__ = {"version": 3, "shape": (nbytes,), "typestr": "|u1", "data": (addr, False)}
-
-
-class XrtBuffer:
-    """Device memory: one ``host_only`` BO, with coherence flags for job tensors shared by NPU and host."""
-
-    __slots__ = ("bo", "nbytes", "host", "freed", "dev_dirty", "host_dirty")
-
-    def __init__(self, bo: Any, nbytes: int):
-        self.bo = bo
-        self.nbytes = nbytes
-        self.host = np.asarray(_Mapping(bo, max(nbytes, 1)))[:nbytes]
-        self.freed = False
-        self.dev_dirty = False  # the NPU wrote it since the host last synced from the device
-        self.host_dirty = False  # the host wrote it since the last sync to the device
-
-    @property
-    def address(self) -> int:
-        return int(self.bo.address())
-
-
 class XrtRun:
     """A launched op: an NPU run (``xrt_run``) or a host-CPU op (``host_call``), with its timing."""
 
@@ -132,10 +96,6 @@ class XrtRun:
         self.timing = (0.0, 0.0)
         self.done = False
         self.t0 = time.perf_counter()
-
-
-def _chunks(nbytes: int, offset: int) -> list[tuple[int, int]]:
-    return [(min(_SYNC_SLICE, nbytes - o), offset + o) for o in range(0, nbytes, _SYNC_SLICE)] or [(0, offset)]
 
 
 class XrtDevice:
@@ -245,13 +205,14 @@ class XrtDevice:
                 if a.source == "weight":
                     for name in weight_names(a.pattern, program.resident):
                         if (name, a.dtype) not in self._weights:
-                            self._weights[(name, a.dtype)] = self._upload([_weight(program, name, a.dtype)], 1, group)
+                            data = weight_data(program, name, a.dtype)
+                            self._weights[(name, a.dtype)] = self._upload([data], 1, group)
                 elif a.source == "pack":
                     dtypes = tuple(dt for _, dt in a.parts)
                     for names in pack_instances(a, program.resident):
                         key = (names, dtypes, a.align)
                         if key not in self._weights:
-                            parts = [_weight(program, n, dt) for n, dt in zip(names, dtypes)]
+                            parts = [weight_data(program, n, dt) for n, dt in zip(names, dtypes)]
                             self._weights[key] = self._upload(parts, a.align, group)
 
     def _upload(self, parts: Sequence[np.ndarray], align: int, group: int) -> Any:
@@ -285,20 +246,20 @@ class XrtDevice:
         return buf.host
 
     def _sync(self, bo: Any, direction: Any, nbytes: int, offset: int, yield_gil: bool = False) -> None:
-        for size, off in _chunks(nbytes, offset):
+        for size, off in chunks(nbytes, offset):
             bo.sync(direction, size, off)
             if yield_gil:
                 time.sleep(0)
 
     def to_device(self, dst: BufferView, src: np.ndarray) -> None:
-        buf, n = _live(dst.buffer), dst.spec.nbytes
+        buf, n = live(dst.buffer), dst.spec.nbytes
         h = buf.host[dst.offset : dst.offset + n]
         if h.ctypes.data != src.ctypes.data:  # zero-copy staging already wrote the BO's memory
             gil_copy(h, src)  # keeps the GIL: no re-acquire behind worker threads (see gil_copy)
         self._sync(buf.bo, self._to_dev, n, dst.offset)
 
     def from_device(self, src: BufferView, dst: np.ndarray) -> None:
-        buf, n = _live(src.buffer), src.spec.nbytes
+        buf, n = live(src.buffer), src.spec.nbytes
         self._sync(buf.bo, self._from_dev, n, src.offset)
         h = buf.host[src.offset : src.offset + n]
         if h.ctypes.data != dst.ctypes.data:
@@ -354,7 +315,7 @@ class XrtDevice:
         if a.index >= len(views):
             raise DeviceError(f"op {run.op!r}: the tile has no {a.source} {a.index}")
         v = views[a.index]
-        buf = _live(v.buffer)
+        buf = live(v.buffer)
         if a.source == "tensor":
             if buf.host_dirty:  # the host CPU wrote it (a host op): make the device copy current first
                 self._sync(buf.bo, self._to_dev, buf.nbytes, 0)
@@ -405,17 +366,17 @@ class XrtDevice:
             t0 = time.perf_counter()
             try:
                 for v in tensors.values():
-                    buf = _live(v.buffer)
+                    buf = live(v.buffer)
                     if buf.dev_dirty:  # the NPU wrote it: fetch the device copy first
                         self._sync(buf.bo, self._from_dev, buf.nbytes, 0, yield_gil=True)
                         buf.dev_dirty = False
                 self._program.run(run.op, self._program.resident, self._workspaces[run.lane], params,
-                                  [_typed(v) for v in ins], [_typed(v) for v in outs],
-                                  {k: _typed(v) for k, v in tensors.items()})
+                                  [typed(v) for v in ins], [typed(v) for v in outs],
+                                  {k: typed(v) for k, v in tensors.items()})
                 for v in tensors.values():
-                    _live(v.buffer).host_dirty = True
+                    live(v.buffer).host_dirty = True
                 for v in outs:
-                    self._sync(_live(v.buffer).bo, self._to_dev, v.spec.nbytes, v.offset, yield_gil=True)
+                    self._sync(live(v.buffer).bo, self._to_dev, v.spec.nbytes, v.offset, yield_gil=True)
             finally:
                 run.timing, run.done, run.host_call = (t0, time.perf_counter()), True, None
 
@@ -433,21 +394,6 @@ class XrtDevice:
             else:
                 keep.append(r)
         self._abandoned = keep
-
-
-def _weight(program: KernelProgram, name: str, dtype: str) -> np.ndarray:
-    arr = np.ascontiguousarray(program.resident[name], np.float32)
-    return to_bf16_bits(arr) if dtype == "bf16" else arr
-
-
-def _live(buf: XrtBuffer) -> XrtBuffer:
-    if buf.freed:
-        raise DeviceError("use of a freed device buffer")
-    return buf
-
-
-def _typed(v: BufferView) -> np.ndarray:
-    return _live(v.buffer).host[v.offset : v.offset + v.spec.nbytes].view(v.spec.dtype).reshape(v.spec.shape)
 
 
 def make_xrt_device(backend: str, *, lanes: int = 1, manifest: str | Path | None = None,
