@@ -17,6 +17,7 @@ Built-ins (the ``impl`` of an xclbin kernel): ``encoder.stem``, ``encoder.qkv``,
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
@@ -75,7 +76,7 @@ class KernelCall:
         missing = [p.name for p in parts if p.name not in shapes]
         if missing:
             raise KeyError(f"packed argument {name!r}: no shape for parts {missing}")
-        sizes = [int(np.prod(shapes[p.name], dtype=np.int64)) * (2 if p.dtype == "bfloat16" else 4) for p in parts]
+        sizes = [math.prod(shapes[p.name]) * (2 if p.dtype == "bfloat16" else 4) for p in parts]
         offsets, _ = pack_offsets(sizes, self.arg(name).align)
         return {p.name: (o, n) for p, o, n in zip(parts, offsets, sizes)}
 
