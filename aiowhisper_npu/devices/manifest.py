@@ -61,6 +61,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -101,6 +102,12 @@ class ArgSpec:
     @property
     def device_writes(self) -> bool:
         return self.source == "output" or (self.source == "tensor" and self.access != "read")
+
+    @cached_property
+    def placeholders(self) -> tuple[str, ...]:
+        """The ``{name}`` placeholders of a weight pattern or of a pack's parts, in order of appearance."""
+        patterns = [self.pattern] if self.source == "weight" else [p for p, _ in self.parts]
+        return tuple(dict.fromkeys(n for p in patterns for n in re.findall(r"\{(\w+)\}", p)))
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ class XrtDevice:
         self._insts: dict[tuple[str, int], tuple[Any, int]] = {}
         self._nargs: dict[str, int] = {}
         self._weights: dict[tuple[Any, ...], Any] = {}  # (name, dtype) or (parts' names, dtypes, align)
+        self._resident: dict[tuple[int, tuple[Any, ...]], Any] = {}  # (id(arg), its placeholders' values) -> BO
         self._params_free: list[Any] = []
         self._abandoned: list[XrtRun] = []
         self._program: KernelProgram | None = None
@@ -226,7 +227,7 @@ class XrtDevice:
 
     def close(self) -> None:
         """Drop every BO, kernel and context (the bindings release them with the Python objects)."""
-        self._weights, self._insts, self._kernels, self._params_free = {}, {}, {}, []
+        self._weights, self._resident, self._insts, self._kernels, self._params_free = {}, {}, {}, {}, []
         self._contexts, self._abandoned, self._workspaces, self._dev = {}, [], [], None
 
     # -- memory ---------------------------------------------------------------------------------------
@@ -302,14 +303,18 @@ class XrtDevice:
             run.params_bo = bo
             return bo
         if a.source in ("weight", "pack"):
-            try:
-                key: tuple[Any, ...] = (a.pattern.format_map(values), a.dtype) if a.source == "weight" else \
-                    (tuple(p.format_map(values) for p, _ in a.parts), tuple(dt for _, dt in a.parts), a.align)
-            except KeyError as exc:
-                raise DeviceError(f"op {run.op!r}: no tile parameter {exc} for a weight pattern") from None
-            bo = self._weights.get(key)
+            fast = (id(a), tuple(values.get(k) for k in a.placeholders))  # the manifest outlives this device
+            bo = self._resident.get(fast)
             if bo is None:
-                raise DeviceError(f"op {run.op!r}: no resident weight {key[0]!r}")
+                try:
+                    key: tuple[Any, ...] = (a.pattern.format_map(values), a.dtype) if a.source == "weight" else \
+                        (tuple(p.format_map(values) for p, _ in a.parts), tuple(dt for _, dt in a.parts), a.align)
+                except KeyError as exc:
+                    raise DeviceError(f"op {run.op!r}: no tile parameter {exc} for a weight pattern") from None
+                bo = self._weights.get(key)
+                if bo is None:
+                    raise DeviceError(f"op {run.op!r}: no resident weight {key[0]!r}")
+                self._resident[fast] = bo
             return bo
         views = {"input": inputs, "output": outputs, "tensor": tensors}[a.source]
         if a.index >= len(views):

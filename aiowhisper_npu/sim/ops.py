@@ -72,12 +72,13 @@ class KernelCall:
 
     def part_sizes(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
         """(byte offset, byte size) of every part of packed argument ``name``, given every part's shape."""
-        parts = self.arg(name).parts
-        missing = [p.name for p in parts if p.name not in shapes]
+        arg = self.arg(name)
+        missing = [p.name for p in arg.parts if p.name not in shapes]
         if missing:
             raise KeyError(f"packed argument {name!r}: no shape for parts {missing}")
+        parts = arg.parts
         sizes = [math.prod(shapes[p.name]) * (2 if p.dtype == "bfloat16" else 4) for p in parts]
-        offsets, _ = pack_offsets(sizes, self.arg(name).align)
+        offsets, _ = pack_offsets(sizes, arg.align)
         return {p.name: (o, n) for p, o, n in zip(parts, offsets, sizes)}
 
     def unpack(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -185,7 +186,7 @@ class _Qkv:
         n, d = p["n"], p["n_audio_state"]
         w = kernels.qkv_columns(d, p["n_audio_head"])
         shapes = {"qkv_w": (d, w), "qkv_b": (w,)}
-        return float(n * d * 3 * d), (n * d + 3 * n * d) * 4 + _packed_bytes(c, "w", shapes, tuple(shapes))
+        return float(n * d * 3 * d), (n * d + 3 * n * d) * 4 + _packed_bytes(c, "w", shapes, ("qkv_w", "qkv_b"))
 
     def run(self, c: KernelCall) -> None:
         from ..encoder import kernels
