@@ -166,9 +166,10 @@ class _ReadCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, mem: Memory, arg: ArgDesc, raw: np.ndarray) -> np.ndarray:
-        """``convert(arg, raw)`` for ``raw``, a window on ``mem``'s device copy, cached until it changes."""
-        key = (mem.serial, raw.ctypes.data, raw.nbytes, mem.generation, arg.dtype, arg.precision)
+    def get(self, ref: MemRef, arg: ArgDesc, raw: np.ndarray, offset: int) -> np.ndarray:
+        """``convert(arg, raw)`` for ``raw``, the bytes at ``offset`` in ``ref``, cached until they change."""
+        mem = ref.mem
+        key = (mem.serial, ref.offset + offset, raw.nbytes, mem.generation, arg.dtype, arg.precision)
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
@@ -317,7 +318,7 @@ class SimNPU:
         else:
             cache = self._cache
             call = KernelCall(kernel, {k: v.dev for k, v in args.items()}, self._scratch[column],
-                              (lambda name, a, raw: cache.get(args[name].mem, a, raw)) if cache else None)
+                              (lambda name, a, raw, off: cache.get(args[name], a, raw, off)) if cache else None)
             try:
                 macs, dma = resolve_impl(kernel.impl).cost(call)
                 macs = kernel.macs if kernel.macs is not None else macs

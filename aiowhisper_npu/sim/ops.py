@@ -43,7 +43,8 @@ class KernelCall:
     kernel: KernelDesc
     memory: Mapping[str, np.ndarray]
     scratch: dict[Any, Any] = field(default_factory=dict)  # per column: workspaces, reused across runs
-    read_cache: Callable[[str, ArgDesc, np.ndarray], np.ndarray] | None = None  # (arg name, desc, bytes)
+    # (arg name, desc, its bytes, their offset in the argument) -> converted, cached while the memory is unchanged
+    read_cache: Callable[[str, ArgDesc, np.ndarray, int], np.ndarray] | None = None
 
     @property
     def params(self) -> dict[str, int]:
@@ -62,12 +63,12 @@ class KernelCall:
 
     def read(self, name: str) -> np.ndarray:
         """A read-only float view/copy of argument ``name`` at its declared precision (1-D)."""
-        return self._convert(name, self.arg(name), self.memory[name])
+        return self._convert(name, self.arg(name), self.memory[name], 0)
 
-    def _convert(self, name: str, a: ArgDesc, raw: np.ndarray) -> np.ndarray:
+    def _convert(self, name: str, a: ArgDesc, raw: np.ndarray, offset: int) -> np.ndarray:
         copies = a.dtype == "bfloat16" or (a.dtype == "float32" and a.precision == "bf16")
         if self.read_cache is not None and copies:
-            return self.read_cache(name, a, raw)
+            return self.read_cache(name, a, raw, offset)
         return convert(a, raw)
 
     def part_sizes(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
@@ -90,7 +91,7 @@ class KernelCall:
             off, size = layout[p.name]
             if off + size > raw.nbytes:
                 raise ValueError(f"packed argument {name!r}: part {p.name!r} ends past the BO")
-            out[p.name] = self._convert(name, p, raw[off : off + size]).reshape(shapes[p.name])
+            out[p.name] = self._convert(name, p, raw[off : off + size], off).reshape(shapes[p.name])
         return out
 
     def write(self, name: str, dtype: str = "float32") -> np.ndarray:
