@@ -268,8 +268,9 @@ def backend_uses(tmp_path_factory: pytest.TempPathFactory) -> set[Use]:
     anyio.run(encodes)
     work = _copy_manifest(tmp)
     for strategy in ("slices", "blocking", "poll"):
-        dev = xrt_backend.make_xrt_device("xrt", pyxrt=traced(SimConfig(watchdog_s=0.2)), manifest=work,
-                                          wait_strategy=strategy)
+        hang = {0: "timeout"} if strategy == "poll" else {}  # the first run hangs until the watchdog (1 s)
+        dev = xrt_backend.make_xrt_device("xrt", pyxrt=traced(SimConfig(watchdog_s=1.0, faults=hang)),
+                                          manifest=work, wait_strategy=strategy)
         dev.load(_Copy())
         buf = dev.alloc(128)
         src, dst = BufferView(buf, ArraySpec((16,)), 64), BufferView(buf, ArraySpec((16,)))  # src: a sub-buffer
@@ -277,7 +278,7 @@ def backend_uses(tmp_path_factory: pytest.TempPathFactory) -> set[Use]:
         run = dev.launch("work", {}, [src], [dst], {}, 0)
         if strategy == "poll":  # the backend's own deadline: the run is abandoned, its params BO reaped
             with pytest.raises(aw.DeviceError, match="did not complete"):
-                dev.wait(run, 0.001)
+                dev.wait(run, 0.01)
             dev.wait(dev.launch("work", {}, [src], [dst], {}, 0), 5.0)
         else:
             dev.wait(run)
