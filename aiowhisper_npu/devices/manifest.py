@@ -68,7 +68,6 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import BackendUnavailable
-from ..sim.layout import PACK_ALIGN
 
 __all__ = ["FORMAT", "ManifestError", "ArgSpec", "OpSpec", "Manifest", "load_manifest", "read_insts",
            "weight_names", "pack_instances", "program_constants", "program_ops", "check_program", "TILE_PARAMS",
@@ -97,7 +96,7 @@ class ArgSpec:
     dtype: str = "fp32"
     access: str = "readwrite"
     parts: tuple[tuple[str, str], ...] = ()  # pack: (weight pattern, dtype) in layout order
-    align: int = PACK_ALIGN
+    align: int = 0  # pack: the alignment of its parts (bytes)
 
     @property
     def device_writes(self) -> bool:
@@ -159,6 +158,8 @@ def _pack(path: Path, where: str, raw: Mapping[str, Any]) -> ArgSpec:
                 or set(part) - {"weight", "dtype"}:
             raise _fail(path, pw, "a part must be {\"weight\": pattern, \"dtype\": \"bf16\"|\"fp32\"}")
         out.append((part["weight"], _dtype(path, pw, part)))
+    from ..sim.layout import PACK_ALIGN  # the layout's home; imported here so ``import aiowhisper_npu`` stays lean
+
     align = raw.get("align", PACK_ALIGN)
     if not isinstance(align, int) or isinstance(align, bool) or align < 1 or align & (align - 1):
         raise _fail(path, where, f"'align' must be a power of two, got {align!r}")
