@@ -81,6 +81,9 @@ async def test_a_call_from_another_event_loop_is_refused_at_once(tiny: aw.Whispe
             assert "another event loop" in str(err) and "Runtime.sync" in str(err), (name, err)
         with anyio.fail_after(120):  # the owner is unharmed: not closed, not wedged
             assert np.array_equal((await rt.encode(SHORT)).hidden_states, ref)
+            # the supported way from a worker thread of the runtime's own loop
+            out = await anyio.to_thread.run_sync(lambda: anyio.from_thread.run(rt.encode, SHORT))
+            assert np.array_equal(out.hidden_states, ref)
         assert rt.buffer_pool.in_use == 0
 
 
@@ -337,4 +340,3 @@ async def test_open_errors_still_typed(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="already open"):
             await rt.__aenter__()
         assert rt.dims.n_audio_state == 384
-    assert SAMPLE_RATE == 16000

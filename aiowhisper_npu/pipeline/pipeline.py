@@ -33,7 +33,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..devices.base import Device
-from ..errors import AiowhisperError, DeviceError
+from .failures import tile_error
 from .lanes import LaneThreads
 from .loop import current_loop
 from .pool import BufferPool, Slot
@@ -232,7 +232,7 @@ class Pipeline:
                     _copy_many(self.device, "to_device_many", self.device.to_device, pairs)
                 except Exception as exc:
                     for i in live:
-                        self._sched.kill(i.st, _device_error(exc, self.device, i.tile, "copy to device"))
+                        self._sched.kill(i.st, tile_error(exc, self.device, i.tile, "copy to device"))
                 # one transfer for the batch: its time is shared evenly between the batch's tiles
                 t1 = _now()
                 share = (t1 - t0) / max(1, len(live))
@@ -310,7 +310,7 @@ class Pipeline:
                                               slot.device_outputs(tile),
                                               {k: st.tensors[k] for k in tile.tensors}, lane.index)
             except Exception as exc:
-                self._sched.kill(st, _device_error(exc, self.device, tile, "kernel"))
+                self._sched.kill(st, tile_error(exc, self.device, tile, "kernel"))
         if item.run is not None:
             self._lane_threads.submit(lane.index, item.run, lambda e, i=item, n=lane.index: complete(i, n, e))
         else:
@@ -343,7 +343,7 @@ class Pipeline:
                 if item.error is not None:
                     if not isinstance(item.error, Exception):
                         raise item.error
-                    self._sched.kill(st, _device_error(item.error, self.device, tile, "kernel"))
+                    self._sched.kill(st, tile_error(item.error, self.device, tile, "kernel"))
                     item.error = None
                 if item.run is not None:
                     # the stage interval ends when the pipeline sees the completion (so stages tile the
@@ -373,7 +373,7 @@ class Pipeline:
                             self.device.from_device(src, dst)
                         st.job.commit(tile, host_out)
                     except Exception as exc:
-                        self._sched.kill(st, _device_error(exc, self.device, tile, "copy from device"))
+                        self._sched.kill(st, tile_error(exc, self.device, tile, "copy from device"))
                     t1 = _now()
                     self._record(st, tile, "from_device", 0, t0, t1)
                     if not st.dead:
@@ -412,25 +412,3 @@ def _copy_many(device: Device, batched: str, single: Any, pairs: list[tuple[Any,
     else:
         for a, b in pairs:
             single(a, b)
-
-
-def _device_error(exc: Exception, device: Device, tile: Tile, what: str) -> BaseException:
-    """A new exception for the request that owns ``tile``, with ``exc`` chained as its cause.
-
-    Never ``exc`` itself: one device error can fail several requests (a batched copy, say), and each must
-    raise an object of its own. The library's typed errors keep their type and message (a note says where);
-    anything else becomes a :class:`DeviceError`.
-    """
-    where = f"{device.name} {what} failed on tile {tile.label or tile.index} (op {tile.op!r})"
-    err: BaseException | None = None
-    if isinstance(exc, AiowhisperError):
-        try:
-            err = type(exc)(*exc.args)
-        except Exception:  # a subclass with another constructor
-            err = None
-        if err is not None:
-            err.add_note(where)
-    if err is None:
-        err = DeviceError(f"{where}: {type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err

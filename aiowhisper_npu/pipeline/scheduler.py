@@ -25,7 +25,7 @@ from typing import Callable, Hashable, Sequence
 import anyio
 
 from ..devices.base import BufferView, Device
-from ..errors import AiowhisperError, DeviceError
+from .failures import request_error
 from .stats import StatsRecorder
 from .tiles import Job, Tile
 
@@ -107,7 +107,8 @@ class Scheduler:
                 try:
                     self._allocate(pick)
                 except BaseException as exc:
-                    pick.error = _activation_error(exc, self.device)
+                    where = f"{self.device.name}: could not allocate a job's device tensors"
+                    pick.error = request_error(exc, where)
                     pick.dead = True
                     self.finish(pick)
                     continue
@@ -189,11 +190,12 @@ class Scheduler:
         st.finished = True
         try:
             tensors, st.tensors = st.tensors, {}
-            try:
-                for view in tensors.values():
+            for view in tensors.values():
+                try:
                     self.device.free(view.buffer)
-            except Exception as exc:  # the device failed: this request fails, the pipeline goes on
-                st.error = st.error or _device_call_error(exc, self.device, "could not free a job's device tensors")
+                except Exception as exc:  # the device failed: this request fails, the pipeline goes on
+                    where = f"{self.device.name}: could not free a job's device tensors"
+                    st.error = st.error or request_error(exc, where)
             release = getattr(st.job, "release", None)
             if release is not None:
                 release()
@@ -217,16 +219,3 @@ class Scheduler:
             st.error = st.error or make_error()
             st.dead = True
             self.finish(st)
-
-
-def _activation_error(exc: BaseException, device: Device) -> BaseException:
-    """What a job whose activation failed raises: typed errors as they are, others as a DeviceError."""
-    if isinstance(exc, AiowhisperError) or not isinstance(exc, Exception):
-        return exc
-    return _device_call_error(exc, device, "could not allocate a job's device tensors")
-
-
-def _device_call_error(exc: Exception, device: Device, what: str) -> DeviceError:
-    err = DeviceError(f"{device.name}: {what}: {type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err
