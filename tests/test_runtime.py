@@ -121,7 +121,7 @@ def test_log_mel_spectrogram_shape() -> None:
 @pytest.mark.parametrize("name", ["_fastmath", "_gemm", "_attention"])
 def test_c_extensions_are_built(name: str) -> None:
     """setup.py builds them with optional=True, which would hide a compile error behind the numpy forms."""
-    importlib.import_module(f"aiowhisper_npu.{name}")
+    importlib.import_module(f"aiowhisper_npu.native.{name}")
 
 
 def test_info_reports_which_element_wise_kernels_run() -> None:
