@@ -202,13 +202,12 @@ async def _lockstep(rt: aw.Runtime, audio: np.ndarray, stamps: list[float]) -> l
 async def test_four_concurrent_streams_equal_four_serial_runs(tiny: aw.WhisperModel,
                                                               clips: dict[str, np.ndarray],
                                                               refs: dict[str, np.ndarray]) -> None:
-    """Four streams and a long 2-window request share a runtime: every stream's updates equal those of a
+    """Four streams and a long 4-window request share a runtime: every stream's updates equal those of a
     run on its own, and the streams are not held back by the long request: each gets its first update
-    while it runs. Served in a fixed order instead of round-robin, the streams' requests would wait behind
-    the long one (mutant "remove the round-robin", tests/README.md)."""
-    long_mels = log_mel_windows(clips["long_40s.wav"])
-    long_out: list[np.ndarray] = []
-    long_end: list[float] = []
+    before the long request is half done. Served in a fixed order instead of round-robin, the streams'
+    requests would wait behind the long one (mutant "remove the round-robin", tests/README.md)."""
+    long_mels = np.concatenate([log_mel_windows(clips["long_40s.wav"])] * 2)
+    long_out: list[tuple[np.ndarray, aw.PipelineStats]] = []
     async with aw.Runtime(tiny) as rt:
         serial = [await _lockstep(rt, clips[name], []) for name in SHORT]
         stamps: list[list[float]] = [[] for _ in SHORT]
@@ -218,8 +217,7 @@ async def test_four_concurrent_streams_equal_four_serial_runs(tiny: aw.WhisperMo
             together[i] = await _lockstep(rt, clips[SHORT[i]], stamps[i])
 
         async def long_request() -> None:
-            long_out.append((await rt.encode_mels(long_mels))[0])
-            long_end.append(time.perf_counter())
+            long_out.append(await rt.encode_mels(long_mels))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(long_request)
@@ -236,9 +234,13 @@ async def test_four_concurrent_streams_equal_four_serial_runs(tiny: aw.WhisperMo
             assert np.array_equal(a.hidden_states, b.hidden_states)
         assert np.array_equal(finals(shared), refs[name])
     assert max(s[0] for s in stamps) < min(s[-1] for s in stamps), "one stream finished before another began"
-    assert np.array_equal(long_out[0], refs["long_40s.wav"])
-    firsts = [s[0] - long_end[0] for s in stamps]
-    assert max(firsts) < 0, f"first updates came {firsts} s after the long request ended: it held them back"
+    hidden, long_stats = long_out[0]
+    assert np.array_equal(hidden, np.concatenate([refs["long_40s.wav"]] * 2))
+    # round-robin: each stream's first update came after 15-25 of the long request's 144 tiles were committed
+    # (measured); served in a fixed order, after 143-144 of them
+    commits = [e.end for e in long_stats.timeline if e.stage == "from_device"]
+    before = [sum(c < s[0] for c in commits) for s in stamps]
+    assert max(before) < len(commits) / 2, f"first updates after {before} of the long request's {len(commits)} tiles"
 
 
 # ------------------------------------------------------------------------------------------------ cleanup
