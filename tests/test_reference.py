@@ -53,6 +53,7 @@ async def test_numpy_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)
+@pytest.mark.timeout(300)  # the slowest test: ~27 s on an idle 2-core machine, ~66 s loaded
 async def test_base_matches_ctranslate2(base: aw.WhisperModel, ct2_base: CT2Reference,
                                         clip_paths: dict[str, Path]) -> None:
     await _check_model(base, ct2_base, clip_paths)

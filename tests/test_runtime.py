@@ -7,6 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 
@@ -62,6 +63,18 @@ async def test_44k_stereo_file_encodes_like_the_16k_original(tiny: aw.WhisperMod
     assert ct2_tiny.decode(stereo.hidden_states[0]) == ct2_tiny.decode(mono.hidden_states[0])
 
 
+@pytest.fixture(scope="module")
+def good_audio(tiny: aw.WhisperModel) -> tuple[np.ndarray, np.ndarray]:
+    """One second of noise and its hidden states, encoded on its own."""
+    audio = np.random.default_rng(1).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1
+
+    async def encode() -> np.ndarray:
+        async with aw.Runtime(tiny) as rt:
+            return (await rt.encode(audio)).hidden_states
+
+    return audio, anyio.run(encode)
+
+
 @pytest.mark.parametrize("bad, words", [
     (np.array([0.1, np.nan, 0.2], np.float32), "NaN"),
     (np.array([0.1, np.inf], np.float32), "inf"),
@@ -69,14 +82,26 @@ async def test_44k_stereo_file_encodes_like_the_16k_original(tiny: aw.WhisperMod
     (np.zeros((2, 100), np.float32), "shape"),
     (np.zeros(100, np.int16), "int16"),
 ])
-async def test_bad_audio_is_a_typed_error_and_runtime_stays_usable(tiny: aw.WhisperModel, bad: np.ndarray,
-                                                                   words: str) -> None:
+async def test_bad_audio_is_a_typed_error_and_runtime_stays_usable(
+        tiny: aw.WhisperModel, good_audio: tuple[np.ndarray, np.ndarray], bad: np.ndarray, words: str) -> None:
+    """Bad audio is rejected while another request has tiles in flight, which it leaves undisturbed."""
+    good, alone = good_audio
     async with aw.Runtime(tiny) as rt:
-        with pytest.raises(aw.AudioError, match=words):
-            await rt.encode(bad)
-        with pytest.raises(ValueError):  # AudioError is also a ValueError
-            await rt.encode(bad)
+        other: list[aw.EncoderOutput] = []
+        async with anyio.create_task_group() as tg:
+            async def in_flight() -> None:
+                other.append(await rt.encode(good))
+
+            tg.start_soon(in_flight)
+            while rt.buffer_pool.in_use == 0:  # the other request's tiles are in flight
+                await anyio.sleep(0)
+            with pytest.raises(aw.AudioError, match=words):
+                await rt.encode(bad)
+            with pytest.raises(ValueError):  # AudioError is also a ValueError
+                await rt.encode(bad)
+            assert rt.buffer_pool.in_use > 0  # still in flight: rejected without waiting for it
         assert rt.buffer_pool.in_use == 0
+        assert np.array_equal(other[0].hidden_states, alone)
         out = await rt.encode(np.zeros(1000, np.float32))
         assert out.hidden_states.shape == (1, 1500, 384)
 
@@ -121,7 +146,7 @@ def test_log_mel_spectrogram_shape() -> None:
 @pytest.mark.parametrize("name", ["_fastmath", "_gemm", "_attention"])
 def test_c_extensions_are_built(name: str) -> None:
     """setup.py builds them with optional=True, which would hide a compile error behind the numpy forms."""
-    importlib.import_module(f"aiowhisper_npu.{name}")
+    importlib.import_module(f"aiowhisper_npu.native.{name}")
 
 
 def test_info_reports_which_element_wise_kernels_run() -> None:
