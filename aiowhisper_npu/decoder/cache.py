@@ -53,6 +53,7 @@ class KVCache:
         self.prefix_v = np.zeros((layers, heads, 0, head_dim), np.float32)
         self.rows = 1
         self.generated = 0  # suffix positions filled (the same for every row)
+        self.released = False
         self._k = np.zeros((layers, 1, heads, 0, head_dim), np.float32)
         self._v = np.zeros_like(self._k)
 
@@ -85,6 +86,8 @@ class KVCache:
 
     def reserve(self) -> int:
         """Make room for one more generated position in every row; returns its index in the suffix."""
+        if self.released:
+            raise RuntimeError("this cache was released")
         if self.length >= self.max_positions:
             raise ValueError(f"the sequence is full: {self.max_positions} positions")
         s = self.generated
@@ -130,7 +133,11 @@ class KVCache:
             self.rows = int(origins.size)
 
     def release(self) -> None:
-        """Drop every array (the group is finished or cancelled); the cache cannot be used afterwards."""
-        empty = np.zeros((0,), np.float32)
-        self.prefix_k_t = self.prefix_v = self._k = self._v = empty
-        self.cross = CrossCache(empty, empty)
+        """Drop every array (the group is finished or cancelled): :attr:`nbytes` becomes 0 and the cache
+        cannot be used afterwards. Idempotent."""
+        self.released = True
+        self.generated = 0
+        self.prefix_k_t = np.zeros((self.layers, self.heads, self.head_dim, 0), np.float32)
+        self.prefix_v = np.zeros((self.layers, self.heads, 0, self.head_dim), np.float32)
+        self._k = self._v = np.zeros((self.layers, 0, self.heads, 0, self.head_dim), np.float32)
+        self.cross = CrossCache(self._k, self._k)

@@ -235,49 +235,83 @@ def _cross_attention(p: Pass, layer: int, q_rows: np.ndarray, out: np.ndarray, w
     out[...] = o.transpose(1, 0, 2).reshape(rows, h * hd)
 
 
+def _product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray, few: bool) -> None:
+    """``out = x @ w.T (+ b)``: the few-row kernel for step rows (each row's result independent of the others),
+    BLAS for a prefill's rows."""
+    if few and _gemv is not None and _use_gemv:
+        _gemv.matmul_nt(x, w, out, b)
+        return
+    np.matmul(x, w.T, out=out)
+    if b is not None:
+        out += b
+
+
+def _linear_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                 segments: Sequence[tuple[int, int, bool]]) -> np.ndarray:
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    for r0, r1, few in segments:
+        _product(x[r0:r1], w, b, out[r0:r1], few)
+    return out
+
+
 def forward(dec: PreparedDecoder, passes: Sequence[Pass]) -> list[PassOutput]:
-    """Run ``passes`` through the decoder together (see the module docstring); caches are updated."""
+    """Run ``passes`` through the decoder together (see the module docstring); caches are updated.
+
+    A pass's outputs do not depend on the other passes it runs with: step rows go through the few-row
+    kernel (row by row independent) and each prefill through its own BLAS product, so batching is
+    bit-identical to running each pass alone (with the few-row kernel built).
+    """
     d = dec.dims.n_text_state
-    spans: list[tuple[int, int]] = []
+    order = sorted(range(len(passes)), key=lambda i: passes[i].prefill)  # steps first, then prefills
+    spans: list[tuple[int, int]] = [(0, 0)] * len(passes)
+    segments: list[tuple[int, int, bool]] = []
     tokens, positions = [], []
-    slots = []
-    r = 0
-    for p in passes:
+    slots = [-1] * len(passes)
+    r = steps_end = 0
+    for i in order:
+        p = passes[i]
+        if p.cache.released:
+            raise ValueError("a pass on a released cache")
         b, n = p.tokens.shape
         if p.prefill:
             if b != 1:
                 raise ValueError("a prefill pass has one row")
             start = 0
-            slots.append(-1)
+            segments.append((r, r + n, False))
         else:
             if n != 1 or b != p.cache.rows:
                 raise ValueError(f"a step pass feeds one token per row ({p.cache.rows} rows), got {p.tokens.shape}")
             start = p.cache.length
-            slots.append(p.cache.reserve())
+            steps_end = r + b
         if start + n > dec.dims.n_text_ctx:
             raise ValueError(f"the sequence would exceed the decoder's {dec.dims.n_text_ctx} positions")
         tokens.append(p.tokens.reshape(-1))
         positions.append(np.tile(np.arange(start, start + n), b))
-        spans.append((r, r + b * n))
+        spans[i] = (r, r + b * n)
         r += b * n
+    if steps_end:
+        segments.insert(0, (0, steps_end, True))
+    for i in order:  # reserve suffix slots only once every pass is known to be valid
+        if not passes[i].prefill:
+            slots[i] = passes[i].cache.reserve()
     ids = np.concatenate(tokens)
     x = dec.embedding[ids] + dec.positions[np.concatenate(positions)]
     results = [PassOutput(np.empty(0, np.float32)) for _ in passes]
     h_norm = np.empty_like(x)
     attn = np.empty_like(x)
     for i, layer in enumerate(dec.layers):
-        qkv = linear(_layer_norm(x, h_norm), layer.qkv_w, layer.qkv_b)
+        qkv = _linear_rows(_layer_norm(x, h_norm), layer.qkv_w, layer.qkv_b, segments)
         for p, (r0, r1), slot in zip(passes, spans, slots):
             _self_attention(p, i, qkv[r0:r1], attn[r0:r1], slot)
-        ek.add_norm_(x, layer.out_b, linear(attn, layer.out_w), None)  # x += attn @ W_o + b_o
-        q = linear(_layer_norm(x, h_norm), layer.q_w, layer.q_b)
+        ek.add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments), None)  # x += attn W_o + b_o
+        q = _linear_rows(_layer_norm(x, h_norm), layer.q_w, layer.q_b, segments)
         for p, (r0, r1), res in zip(passes, spans, results):
             want = [head for (lay, head) in sorted(p.cross_heads) if lay == i]
             _cross_attention(p, i, q[r0:r1], attn[r0:r1], want, res)
-        ek.add_norm_(x, layer.cross_out_b, linear(attn, layer.cross_out_w), None)
-        hidden = linear(_layer_norm(x, h_norm), layer.fc1_w)
+        ek.add_norm_(x, layer.cross_out_b, _linear_rows(attn, layer.cross_out_w, None, segments), None)
+        hidden = _linear_rows(_layer_norm(x, h_norm), layer.fc1_w, None, segments)
         ek.bias_gelu_(hidden, layer.fc1_b, np.empty(3 * hidden.size, np.float32))
-        ek.add_norm_(x, layer.fc2_b, linear(hidden, layer.fc2_w), None)
+        ek.add_norm_(x, layer.fc2_b, _linear_rows(hidden, layer.fc2_w, None, segments), None)
     for p, slot in zip(passes, slots):
         if slot >= 0:
             p.cache.commit()
@@ -291,7 +325,8 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass]) -> list[PassOutput]:
     _layer_norm(x[sel], y)
     y *= dec.ln_w
     y += dec.ln_b
-    logits = linear(y, dec.embedding)
+    logits = np.empty((sel.size, dec.embedding.shape[0]), np.float32)
+    _product(y, dec.embedding, None, logits, True)
     k = 0
     for p, res in zip(passes, results):
         b = p.tokens.shape[0]
