@@ -99,7 +99,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    bench_dir = Path(__file__).resolve().parents[2] / "bench"
     sys.path.insert(0, str(bench_dir))
     try:
         import latency  # type: ignore[import-not-found]

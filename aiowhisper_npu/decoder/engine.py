@@ -33,6 +33,57 @@ Done = Callable[[Any, BaseException | None], None]
 _now = time.perf_counter
 
 
+class _Twin:
+    """A second thread for the engine: :meth:`run2` runs two callables at once, one on each thread (the halves
+    of a large product; they release the GIL)."""
+
+    def __init__(self, name: str):
+        self._cv = threading.Condition()
+        self._job: Callable[[], None] | None = None
+        self._busy = False
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def run2(self, first: Callable[[], None], second: Callable[[], None]) -> None:
+        with self._cv:
+            self._job, self._busy = second, True
+            self._cv.notify_all()
+        try:
+            first()
+        finally:
+            with self._cv:
+                while self._busy:
+                    self._cv.wait()
+                error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join()
+
+    def _main(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                job, self._job = self._job, None
+            error = None
+            try:
+                job()
+            except BaseException as exc:  # handed back to run2's caller
+                error = exc
+            with self._cv:
+                self._error, self._busy = error, False
+                self._cv.notify_all()
+
+
 class TaskCancelled(Exception):
     """Delivered to a cancelled task's ``done`` callback once the engine has released it."""
 
@@ -94,15 +145,18 @@ class DecoderEngine:
         decoder: the prepared decoder weights.
         max_tasks: tasks active at once (their caches are alive); others wait.
         max_rows: rows active at once (a beam search of 5 takes 5).
+        threads: 2 runs the large few-row products (the logits) on two threads; 1 keeps one.
         name: the thread's name.
     """
 
-    def __init__(self, decoder: PreparedDecoder, *, max_tasks: int = 32, max_rows: int = 96,
+    def __init__(self, decoder: PreparedDecoder, *, max_tasks: int = 32, max_rows: int = 96, threads: int = 2,
                  name: str = "aiowhisper-decoder"):
         if max_tasks < 1 or max_rows < 1:
             raise ValueError("max_tasks and max_rows must be >= 1")
         self.decoder = decoder
         self.max_tasks, self.max_rows = max_tasks, max_rows
+        self.threads = max(1, threads)
+        self._twin: _Twin | None = None
         self._name = name
         self._cond = threading.Condition()
         self._waiting: deque[Ticket] = deque()
@@ -119,6 +173,8 @@ class DecoderEngine:
             if self._thread is not None:
                 raise RuntimeError("the decoder engine is already started")
             self._stopping = False
+            if self.threads > 1:
+                self._twin = _Twin(self._name + "-2")
             self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
             self._thread.start()
 
@@ -130,6 +186,9 @@ class DecoderEngine:
             self._cond.notify_all()
         if thread is not None:
             thread.join()
+        twin, self._twin = self._twin, None
+        if twin is not None:
+            twin.stop()
         with self._cond:
             self._thread = None
             leftovers = list(self._waiting)
@@ -213,7 +272,8 @@ class DecoderEngine:
                 runnable.append((ticket, p))
         if runnable:
             try:
-                outputs = forward(self.decoder, [p for _, p in runnable])
+                outputs = forward(self.decoder, [p for _, p in runnable],
+                                  self._twin.run2 if self._twin is not None else None)
             except Exception as exc:  # a defect or an invalid pass: every task in the batch fails with it
                 for ticket, _ in runnable:
                     err = RuntimeError(f"the decoder's forward pass failed: {type(exc).__name__}: {exc}")

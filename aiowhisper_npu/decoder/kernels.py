@@ -18,7 +18,7 @@ goes through the encoder's fused kernels (:mod:`aiowhisper_npu.encoder.kernels`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -235,31 +235,45 @@ def _cross_attention(p: Pass, layer: int, q_rows: np.ndarray, out: np.ndarray, w
     out[...] = o.transpose(1, 0, 2).reshape(rows, h * hd)
 
 
-def _product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray, few: bool) -> None:
-    """``out = x @ w.T (+ b)``: the few-row kernel for step rows (each row's result independent of the others),
-    BLAS for a prefill's rows."""
+#: Run two callables at once (on two cores) and return when both are done; see :func:`forward`.
+Parallel = Callable[[Callable[[], None], Callable[[], None]], None]
+#: Few-row products over at least this many weights are split in two column halves when a ``parallel`` is
+#: given (the logits, and base's MLP); smaller ones cost less than a thread hand-off.
+SPLIT_MIN_WEIGHTS = 1 << 20
+
+
+def _product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray, few: bool,
+             parallel: Parallel | None = None) -> None:
+    """``out = x @ w.T (+ b)``: the few-row kernel for step rows (each row's result independent of the others
+    and of the column range, so a split is bit-identical), BLAS for a prefill's rows."""
     if few and _gemv is not None and _use_gemv:
-        _gemv.matmul_nt(x, w, out, b)
+        n = w.shape[0]
+        if parallel is not None and w.size >= SPLIT_MIN_WEIGHTS:
+            mid = (n // 2 + 3) // 4 * 4
+            parallel(lambda: _gemv.matmul_nt(x, w, out, b, 0, mid), lambda: _gemv.matmul_nt(x, w, out, b, mid, n))
+        else:
+            _gemv.matmul_nt(x, w, out, b)
         return
     np.matmul(x, w.T, out=out)
     if b is not None:
         out += b
 
 
-def _linear_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                 segments: Sequence[tuple[int, int, bool]]) -> np.ndarray:
+def _linear_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, segments: Sequence[tuple[int, int, bool]],
+                 parallel: Parallel | None) -> np.ndarray:
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     for r0, r1, few in segments:
-        _product(x[r0:r1], w, b, out[r0:r1], few)
+        _product(x[r0:r1], w, b, out[r0:r1], few, parallel)
     return out
 
 
-def forward(dec: PreparedDecoder, passes: Sequence[Pass]) -> list[PassOutput]:
+def forward(dec: PreparedDecoder, passes: Sequence[Pass], parallel: Parallel | None = None) -> list[PassOutput]:
     """Run ``passes`` through the decoder together (see the module docstring); caches are updated.
 
     A pass's outputs do not depend on the other passes it runs with: step rows go through the few-row
     kernel (row by row independent) and each prefill through its own BLAS product, so batching is
-    bit-identical to running each pass alone (with the few-row kernel built).
+    bit-identical to running each pass alone (with the few-row kernel built). ``parallel``, when given,
+    runs the two column halves of the large few-row products at once (the engine passes its second thread).
     """
     d = dec.dims.n_text_state
     order = sorted(range(len(passes)), key=lambda i: passes[i].prefill)  # steps first, then prefills
@@ -300,18 +314,18 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass]) -> list[PassOutput]:
     h_norm = np.empty_like(x)
     attn = np.empty_like(x)
     for i, layer in enumerate(dec.layers):
-        qkv = _linear_rows(_layer_norm(x, h_norm), layer.qkv_w, layer.qkv_b, segments)
+        qkv = _linear_rows(_layer_norm(x, h_norm), layer.qkv_w, layer.qkv_b, segments, parallel)
         for p, (r0, r1), slot in zip(passes, spans, slots):
             _self_attention(p, i, qkv[r0:r1], attn[r0:r1], slot)
-        ek.add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments), None)  # x += attn W_o + b_o
-        q = _linear_rows(_layer_norm(x, h_norm), layer.q_w, layer.q_b, segments)
+        ek.add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments, parallel), None)  # x += attn W_o + b_o
+        q = _linear_rows(_layer_norm(x, h_norm), layer.q_w, layer.q_b, segments, parallel)
         for p, (r0, r1), res in zip(passes, spans, results):
             want = [head for (lay, head) in sorted(p.cross_heads) if lay == i]
             _cross_attention(p, i, q[r0:r1], attn[r0:r1], want, res)
-        ek.add_norm_(x, layer.cross_out_b, _linear_rows(attn, layer.cross_out_w, None, segments), None)
-        hidden = _linear_rows(_layer_norm(x, h_norm), layer.fc1_w, None, segments)
+        ek.add_norm_(x, layer.cross_out_b, _linear_rows(attn, layer.cross_out_w, None, segments, parallel), None)
+        hidden = _linear_rows(_layer_norm(x, h_norm), layer.fc1_w, None, segments, parallel)
         ek.bias_gelu_(hidden, layer.fc1_b, np.empty(3 * hidden.size, np.float32))
-        ek.add_norm_(x, layer.fc2_b, _linear_rows(hidden, layer.fc2_w, None, segments), None)
+        ek.add_norm_(x, layer.fc2_b, _linear_rows(hidden, layer.fc2_w, None, segments, parallel), None)
     for p, slot in zip(passes, slots):
         if slot >= 0:
             p.cache.commit()
@@ -326,7 +340,7 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass]) -> list[PassOutput]:
     y *= dec.ln_w
     y += dec.ln_b
     logits = np.empty((sel.size, dec.embedding.shape[0]), np.float32)
-    _product(y, dec.embedding, None, logits, True)
+    _product(y, dec.embedding, None, logits, True, parallel)
     k = 0
     for p, res in zip(passes, results):
         b = p.tokens.shape[0]
