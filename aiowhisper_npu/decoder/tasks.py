@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..models.model import ModelDimensions
+from .alignment import align_from_scores, alignment_tokens
 from .cache import CrossCache, KVCache
 from .kernels import Pass, PassOutput, PreparedDecoder
 from .options import AlignmentResult, GenerationOptions
@@ -74,21 +75,19 @@ class AlignmentTask(_OnePass):
     def __init__(self, cross: CrossCache, tokenizer: Tokenizer, dims: ModelDimensions, start_sequence: Sequence[int],
                  text_tokens: Sequence[int], num_frames: int, median_filter_width: int,
                  heads: Sequence[tuple[int, int]]):
-        tokens = [*start_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
-        super().__init__(new_cache(cross, dims), tokens, range(len(tokens)), heads)
-        self._tokens = tokens
-        self._start = len(start_sequence)
+        tokens = alignment_tokens(start_sequence, text_tokens, tokenizer.no_timestamps, tokenizer.eot)
+        start = len(start_sequence)  # the logits at start .. start + len(text) - 1 predict the text tokens
+        super().__init__(new_cache(cross, dims), tokens, range(start, start + len(text_tokens)), heads)
+        self._start = start
         self._text = list(text_tokens)
         self._num_frames = num_frames
         self._width = median_filter_width
         self._eot = tokenizer.eot
 
     def result(self) -> AlignmentResult:
-        from .alignment import alignment_from_pass  # the post-processing, pure numpy
-
         assert self._output is not None and self._output.cross_qk is not None
-        return alignment_from_pass(self._output.cross_qk, self._output.logits[0], self._tokens, self._start,
-                                   len(self._text), self._num_frames, self._width, self._eot)
+        return align_from_scores(self._output.cross_qk, self._output.logits[0], self._start, self._text, self._eot,
+                                 self._num_frames, self._width)
 
 
 def make_generation(decoder: PreparedDecoder, cross: CrossCache, tokenizer: Tokenizer, prompt: Sequence[int],
