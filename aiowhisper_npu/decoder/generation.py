@@ -9,17 +9,18 @@ here) asks :meth:`Generation.next_pass` for its :class:`~.kernels.Pass`, runs it
 The prompt, as CTranslate2 reads it: optional previous text (``<|startofprev|>`` ...), then
 ``<|startoftranscript|>`` and the special tokens after it (language, task, ``<|notimestamps|>``): the
 *task run*; whatever follows is a *prefix* the output is forced to begin with (faster-whisper's ``prefix``,
-with ``<|0.00|>`` first in timestamp mode), which is not part of the result and not scored.
+with ``<|0.00|>`` first in timestamp mode): the result begins with it, as CTranslate2's (its tokens count in
+the length, not in the score).
 
 * The first pass is one prefill of the whole prompt, asking for the logits at ``<|startoftranscript|>``
   (the no-speech probability, from the raw logits) and at the last position (the first sampled step).
   CTranslate2 feeds the last task token and the prefix one step at a time; the logits are the same.
 * Timestamp rules apply unless the task run ends with ``<|notimestamps|>``.
-* At most ``min(max_length // 2, max_length - s)`` tokens are sampled, ``s`` being the prompt length up
-  to (without) the last token of the task run; and never past the decoder's context (where CTranslate2
-  would read past its position table).
-* Each step: the logit rules of :mod:`.logit_filters` in CTranslate2's order, a log-softmax, then the search
-  strategy of :mod:`.search` (greedy, random sampling, or beam search).
+* At most ``min(max_length // 2, max_length - s)`` tokens are decoded, the prefix included, ``s`` being
+  the prompt length up to (without) the last token of the task run; and never past the decoder's context
+  (where CTranslate2 would read past its position table).
+* Each step: the logit rules of :mod:`.logit_filters` in CTranslate2's order, then the search strategy of
+  :mod:`.search` (greedy, random sampling, or beam search) over the log-softmax.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .cache import CrossCache, KVCache
 from .kernels import Pass, PassOutput, PreparedDecoder, forward
 from .logit_filters import LogitFilter, build_filters
 from .options import GenerationOptions, GenerationResult
-from .search import BeamSearch, BestSampler, GreedySearch, RandomSampler, SearchStrategy, log_softmax_
+from .search import BeamSearch, BestSampler, GreedySearch, RandomSampler, SearchStrategy
 from .tokenizer import Tokenizer
 
 __all__ = ["PromptLayout", "parse_prompt", "Generation", "LanguageDetection", "generate", "detect_language",
@@ -118,10 +119,12 @@ class Generation:
         self.layout = layout = parse_prompt(prompt, tokenizer)
         if layout.tokens.size > dims.n_text_ctx:
             raise ValueError(f"the prompt has {layout.tokens.size} tokens, the decoder holds {dims.n_text_ctx}")
-        max_steps = min(options.max_length // 2, options.max_length - layout.start_step)
+        # CTranslate2 decodes at most this many tokens after its start token, the forced prefix included.
+        limit = min(options.max_length // 2, options.max_length - layout.start_step)
+        max_steps = min(limit - layout.prefix.size, dims.n_text_ctx - layout.tokens.size + 1)
         if max_steps <= 0:
-            raise ValueError(f"max_length={options.max_length} leaves no room after a {layout.start_step}-token prompt")
-        max_steps = min(max_steps, dims.n_text_ctx - layout.tokens.size + 1)
+            raise ValueError(f"max_length={options.max_length} leaves no token to generate after this "
+                             f"{layout.tokens.size}-token prompt")
         self._eot = tokenizer.eot
         self._no_speech = tokenizer.no_speech
         sample_begin = int(layout.prefix.size)
@@ -185,7 +188,7 @@ class Generation:
         tokens = self._search.tokens
         for f in self._filters:
             f.apply(logits, tokens)
-        step = self._search.advance(log_softmax_(logits))
+        step = self._search.advance(logits)
         if step is None:
             self._finish()
             return

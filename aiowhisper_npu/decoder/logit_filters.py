@@ -97,13 +97,14 @@ class SuppressBlank:
 
 
 class TimestampRules:
-    """Whisper's timestamp grammar, as CTranslate2 applies it (openai-whisper's rules before its 2023 change
-    to ``max_initial_timestamp`` and to the monotonicity test):
+    """Whisper's timestamp grammar, as CTranslate2 4.8.5 applies it:
 
     * ``<|notimestamps|>`` is always disabled;
-    * at the first sampled step only timestamps up to ``<|0.00|>`` + ``max_initial_timestamp_index``;
-    * later, timestamps come in pairs: after two timestamps (or a first one) text must follow; after a text
-      token and a timestamp, a timestamp or end-of-text; timestamps never decrease (equal is allowed);
+    * at the first step, when there is no prefix, only timestamps up to ``<|0.00|>`` +
+      ``max_initial_timestamp_index`` (after a prefix, the first sampled step is free);
+    * later (looking at the sampled tokens only), timestamps come in pairs: after two timestamps (or a
+      first one) text must follow; after text and a timestamp, another timestamp, not earlier than that one,
+      or end-of-text; after text, a timestamp must be later than the last one (segments are not empty);
     * where a timestamp may follow, if the timestamps' total probability exceeds that of every single other
       token, only timestamps are allowed.
     """
@@ -123,34 +124,35 @@ class TimestampRules:
         logits[:, self.no_timestamps] = DISABLED
         sampled = tokens[:, self.sample_begin :]
         n = sampled.shape[1]
-        if n == 0:  # the first sampled step: a timestamp, and not too late
-            logits[:, :tb] = DISABLED
-            logits[:, self.max_initial + 1 :] = DISABLED
+        if n == 0:
+            if self.sample_begin == 0:  # the very first step: a timestamp, and not too late
+                logits[:, :tb] = DISABLED
+                logits[:, self.max_initial + 1 :] = DISABLED
             return
+        rows = np.arange(sampled.shape[0])
         is_ts = sampled >= tb
         last = is_ts[:, -1]
         penultimate = is_ts[:, -2] if n > 1 else last
         pair_closed = last & penultimate  # two timestamps (or the first one): text must follow
+        pair_open = last & ~penultimate  # text then a timestamp: a timestamp or end-of-text
         logits[pair_closed, tb:] = DISABLED
-        pair_open = last & ~penultimate  # text then a timestamp: another timestamp or end-of-text
         logits[pair_open, : self.eot] = DISABLED
-        # Timestamps never decrease: below the row's last timestamp, all are disabled.
-        any_ts = is_ts.any(axis=1)
-        if any_ts.any():
+        # The lowest timestamp allowed (as an offset from <|0.00|>): after an open pair, its timestamp;
+        # after text, one past the last timestamp.
+        floor = np.zeros(len(rows), np.int64)
+        floor[pair_open] = sampled[pair_open, -1] - tb
+        after_text = ~last & is_ts.any(axis=1)
+        if after_text.any():
             at = n - 1 - np.argmax(is_ts[:, ::-1], axis=1)
-            floor = np.where(any_ts, sampled[np.arange(len(sampled)), at] - tb, 0)
-            ts_logits = logits[:, tb:]
-            ts_logits[self._offsets[None, :] < floor[:, None]] = DISABLED
+            floor[after_text] = sampled[rows, at][after_text] - tb + 1
+        if floor.any():
+            logits[:, tb:][self._offsets[None, :] < floor[:, None]] = DISABLED
         # Where a timestamp may come, take one when the timestamps together beat every other token.
-        check = np.flatnonzero(~pair_closed)
-        if check.size:
-            rows = logits[check]
-            ts = rows[:, tb:]
-            peak = ts.max(axis=1, keepdims=True)
-            with np.errstate(divide="ignore"):
-                total = peak[:, 0] + np.log(np.exp(ts - peak).sum(axis=1))
-            favour = check[total > rows[:, :tb].max(axis=1)]
-            logits[favour, :tb] = DISABLED
+        ts = logits[:, tb:]
+        peak = ts.max(axis=1)
+        total = peak + np.log(np.exp(ts - peak[:, None]).sum(axis=1))
+        favour = ~pair_closed & (total > logits[:, :tb].max(axis=1))
+        logits[favour, :tb] = DISABLED
 
 
 def build_filters(*, eot: int, no_timestamps: int, n_vocab: int, sample_begin: int, timestamps: bool,

@@ -13,8 +13,9 @@ Both follow CTranslate2 4.8.5's ``src/decoding.cc`` (what faster-whisper drives)
   ``length_penalty == 0``, as soon as the best beam finished and ``num_hypotheses`` are), or at the length
   limit, where every beam is finished as it is.
 
-A finished hypothesis holds the sampled tokens (not the prompt, prefix or end-of-text); its score is the
-cumulated log-probability divided by ``length ** length_penalty``. Scores are float32 sums, as in
+A finished hypothesis holds the forced prefix and the sampled tokens (not the prompt before the prefix, nor
+end-of-text); its score is the cumulated log-probability of the sampled tokens divided by
+``length ** length_penalty``, the length counting the prefix (CTranslate2's ``return_prefix``). Scores are float32 sums, as in
 CTranslate2. A strategy sees only log-probabilities and token ids: the decoder, the caches and the logit
 rules are the :class:`~.generation.Generation`'s business.
 """
@@ -27,30 +28,44 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["log_softmax_", "Sampler", "BestSampler", "RandomSampler", "Advance", "SearchStrategy", "GreedySearch",
+from ..encoder import kernels as ek
+
+#: Beam candidates are first looked for within these many nats of the best continuation (the 2b-th best is
+#: rarely more than 10 below it), then among all: a shortcut, exact whenever it applies.
+_REACH = (8.0, 16.0)
+
+__all__ = ["logsumexp_rows", "Sampler", "BestSampler", "RandomSampler", "Advance", "SearchStrategy", "GreedySearch",
            "BeamSearch", "finalize"]
 
 
-def log_softmax_(x: np.ndarray) -> np.ndarray:
-    """Log-softmax over the last axis of a float32 ``(rows, n)`` array, in place."""
-    x -= x.max(axis=1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
-    return x
+def logsumexp_rows(x: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(row)))`` of each row of a float32 ``(rows, n)`` array (``(rows,)`` float32): the
+    log-softmax of a row is ``row - logsumexp``. The shifted ``exp`` goes through the encoder's fused
+    kernel when it is built."""
+    peak = x.max(axis=1)
+    if ek.native_available():
+        shifted = np.array(x, np.float32)
+        ek._fastmath.exp_rows(shifted, True)
+    else:
+        shifted = x - peak[:, None]
+        np.exp(shifted, out=shifted)
+    return peak + np.log(shifted.sum(axis=1))
 
 
 class Sampler(Protocol):
     """Picks one token per row."""
 
-    def sample(self, log_probs: np.ndarray) -> np.ndarray:
-        """Token ids ``(rows,)`` for ``log_probs`` ``(rows, n_vocab)``."""
+    def sample(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
+        """Token ids ``(rows,)`` from ``logits`` ``(rows, n_vocab)`` (log-probabilities up to the per-row
+        constant ``lse``)."""
         ...
 
 
 class BestSampler:
     """The most probable token (the lowest id among equals, as CTranslate2's top-1)."""
 
-    def sample(self, log_probs: np.ndarray) -> np.ndarray:
-        return np.argmax(log_probs, axis=1)
+    def sample(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
+        return np.argmax(logits, axis=1)
 
 
 class RandomSampler:
@@ -63,18 +78,22 @@ class RandomSampler:
             raise ValueError(f"bad sampling parameters: topk={topk}, temperature={temperature}")
         self.topk, self.temperature, self.rng = topk, temperature, rng
 
-    def sample(self, log_probs: np.ndarray) -> np.ndarray:
-        rows, vocab = log_probs.shape
+    def sample(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
+        rows, vocab = logits.shape
+        ids = None
+        scores = logits
         if 0 < self.topk < vocab:
-            ids = np.argpartition(log_probs, vocab - self.topk, axis=1)[:, vocab - self.topk :]
-            scores = np.take_along_axis(log_probs, ids, axis=1).astype(np.float64)
-        else:
-            ids, scores = None, log_probs.astype(np.float64)
-        scores /= self.temperature
-        scores -= scores.max(axis=1, keepdims=True)
-        cdf = np.cumsum(np.exp(scores), axis=1)
-        draw = self.rng.random(rows) * cdf[:, -1]
-        picked = np.minimum((cdf < draw[:, None]).sum(axis=1), cdf.shape[1] - 1)
+            ids = np.argpartition(logits, vocab - self.topk, axis=1)[:, vocab - self.topk :]
+            scores = np.take_along_axis(logits, ids, axis=1)
+        weights = scores - scores.max(axis=1, keepdims=True)
+        with np.errstate(over="ignore"):  # disabled tokens at a temperature below 1: -inf
+            weights *= np.float32(1.0 / self.temperature)
+        np.exp(weights, out=weights)
+        draws = self.rng.random(rows)
+        picked = np.empty(rows, np.intp)
+        for r in range(rows):
+            cdf = np.cumsum(weights[r], dtype=np.float64)
+            picked[r] = min(int(np.searchsorted(cdf, draws[r] * cdf[-1], side="right")), cdf.size - 1)
         return picked if ids is None else ids[np.arange(rows), picked]
 
 
@@ -95,8 +114,9 @@ class SearchStrategy(Protocol):
         """Per row, the tokens after the start token: the forced prefix, then the sampled ones ``(rows, n)``."""
         ...
 
-    def advance(self, log_probs: np.ndarray) -> Advance | None:
-        """Take one step's ``log_probs`` ``(rows, n_vocab)``; ``None`` when the search is over."""
+    def advance(self, logits: np.ndarray) -> Advance | None:
+        """Take one step's filtered ``logits`` ``(rows, n_vocab)`` float32 (the strategy may overwrite them);
+        ``None`` when the search is over."""
         ...
 
     def result(self, num_hypotheses: int) -> tuple[list[list[int]], list[float]]:
@@ -125,7 +145,8 @@ class GreedySearch:
         rows: independent rows (``num_hypotheses``); the first step expands the prompt's single row.
         eot: the end-of-text token.
         max_steps: sampled steps at most (the last one ends every row).
-        prefix: the forced tokens after the start token (already in the decoder's cache).
+        prefix: the forced tokens after the start token (already in the decoder's cache); they begin every
+            hypothesis.
         length_penalty: applied to the final scores.
     """
 
@@ -137,7 +158,6 @@ class GreedySearch:
         self.max_steps = max_steps
         self.length_penalty = length_penalty
         self._tokens = np.asarray(prefix, np.int64).reshape(1, -1)
-        self._sample_begin = self._tokens.shape[1]
         self._ids = np.arange(rows)  # each live row's hypothesis number
         self._scores = np.zeros(rows, np.float32)
         self._done: list[tuple[float, list[int]] | None] = [None] * rows
@@ -147,18 +167,19 @@ class GreedySearch:
     def tokens(self) -> np.ndarray:
         return self._tokens
 
-    def advance(self, log_probs: np.ndarray) -> Advance | None:
-        if self._step == 0 and self.rows > 1 and log_probs.shape[0] == 1:  # the prompt's row, replicated
-            log_probs = np.repeat(log_probs, self.rows, axis=0)
+    def advance(self, logits: np.ndarray) -> Advance | None:
+        if self._step == 0 and self.rows > 1 and logits.shape[0] == 1:  # the prompt's row, replicated
+            logits = np.repeat(logits, self.rows, axis=0)
             self._tokens = np.repeat(self._tokens, self.rows, axis=0)
-        picked = self.sampler.sample(log_probs)
-        self._scores[self._ids] += log_probs[np.arange(len(picked)), picked]
+        lse = logsumexp_rows(logits)
+        picked = self.sampler.sample(logits, lse)
+        self._scores[self._ids] += logits[np.arange(len(picked)), picked] - lse
         self._tokens = np.concatenate([self._tokens, picked[:, None]], axis=1)
         last = self._step == self.max_steps - 1
         self._step += 1
         ended = np.ones(len(picked), bool) if last else picked == self.eot
         for row in np.flatnonzero(ended):
-            ids = self._tokens[row, self._sample_begin :]
+            ids = self._tokens[row]
             if ids[-1] == self.eot:
                 ids = ids[:-1]
             self._done[self._ids[row]] = (float(self._scores[self._ids[row]]), ids.tolist())
@@ -208,13 +229,27 @@ class BeamSearch:
     def tokens(self) -> np.ndarray:
         return self._tokens
 
-    def advance(self, log_probs: np.ndarray) -> Advance | None:
+    def advance(self, logits: np.ndarray) -> Advance | None:
         b = self.beam_size
-        rows, vocab = log_probs.shape
-        total = log_probs + self._scores[:, None]  # float32, as CTranslate2
-        flat = total.reshape(-1)
+        rows, vocab = logits.shape
+        # Cumulated log-probabilities of every continuation (float32, as CTranslate2), in place.
+        offset = self._scores - logsumexp_rows(logits)
+        with np.errstate(over="ignore"):  # disabled tokens (float32's lowest) on penalised beams: -inf
+            logits += offset[:, None]
+        flat = logits.reshape(-1)
         k = min(2 * b, flat.size)
-        cand = np.argpartition(flat, flat.size - k)[flat.size - k :]
+        # If at least 2b continuations are within reach of the best, the 2b best are among them: select
+        # those (one comparison pass) and partition only them; the whole array when too few are.
+        best = float(logits.max())
+        cand = None
+        for reach in _REACH:
+            near = np.flatnonzero(flat > best - reach)
+            if near.size >= k:
+                cand = near
+                break
+        if cand is None:
+            cand = np.arange(flat.size)
+        cand = cand[np.argpartition(flat[cand], cand.size - k)[cand.size - k :]]
         cand = cand[np.lexsort((cand, -flat[cand]))]  # best first; among equals the lowest index
         cand_scores = flat[cand]
         origins, tokens = np.divmod(cand, vocab)
@@ -234,7 +269,7 @@ class BeamSearch:
             for slot in ending:
                 if slot == 0:
                     self._top_finished = True
-                ids = self._tokens[origins[slot], self._sample_begin :].tolist()
+                ids = self._tokens[origins[slot]].tolist()
                 if tokens[slot] != self.eot:
                     ids.append(int(tokens[slot]))
                 self._finished.append((float(cand_scores[slot]), ids))
