@@ -98,6 +98,8 @@ def test_bad_prompts_and_options_are_value_errors(peer: Peer) -> None:
     assert sorted(set(resolve_suppress_tokens([-1], tok))) == sorted(
         set(tok.non_speech_tokens) | {tok.sot, tok.translate, tok.transcribe, tok.sot_lm, tok.sot_prev, tok.no_speech})
     assert resolve_suppress_tokens([5, -2], tok) == [5]
+    with pytest.raises(ValueError):
+        Generation(peer.dec, cross, tok, peer.prompt("ts"), _options(suppress_tokens=(tok.timestamp_end + 1,)))
 
 
 def test_generations_batched_in_one_forward_match_alone(peer: Peer) -> None:
@@ -186,3 +188,16 @@ def test_base_rules_and_translation_match_ctranslate2(base_peer: Peer) -> None:
     base_peer.compare(LONG, "ts", beam_size=5, num_hypotheses=3, repetition_penalty=1.3, no_repeat_ngram_size=3)
     tok = base_peer.tok.with_language("de").with_task("translate")
     base_peer.compare("numbers.wav", list(tok.sot_sequence), beam_size=5)
+
+
+def test_decoder_step_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench/decoder_step.py`` (the per-step cost of the decoding logic) runs and prints its table."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import decoder_step
+
+    assert decoder_step.main(["--max-length", "12", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| beam 5 |" in out and "| greedy |" in out

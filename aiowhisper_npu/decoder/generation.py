@@ -84,9 +84,11 @@ def resolve_suppress_tokens(ids: Sequence[int], tokenizer: Tokenizer) -> list[in
     """``suppress_tokens`` as CTranslate2 reads them: ids >= 0 as given, ``-1`` for the model's default set
     (the non-speech symbols and ``<|startoftranscript|>``, ``<|translate|>``, ``<|transcribe|>``,
     ``<|startoflm|>``, ``<|startofprev|>``, ``<|nospeech|>``: the ``suppress_ids`` of a converted model's
-    ``config.json``); other negative values are ignored."""
+    ``config.json``); other negative values are ignored. ``ValueError`` for an id past the vocabulary."""
     out: list[int] = []
     for i in ids:
+        if i >= tokenizer.n_vocab:
+            raise ValueError(f"suppress_tokens holds {i}: the vocabulary has {tokenizer.n_vocab} tokens")
         if i >= 0:
             out.append(int(i))
         elif i == -1:
@@ -125,7 +127,6 @@ class Generation:
         if max_steps <= 0:
             raise ValueError(f"max_length={options.max_length} leaves no token to generate after this "
                              f"{layout.tokens.size}-token prompt")
-        self._eot = tokenizer.eot
         self._no_speech = tokenizer.no_speech
         sample_begin = int(layout.prefix.size)
         blank = tokenizer.encode(" ") + [tokenizer.eot] if options.suppress_blank else None

@@ -15,9 +15,12 @@ Both follow CTranslate2 4.8.5's ``src/decoding.cc`` (what faster-whisper drives)
 
 A finished hypothesis holds the forced prefix and the sampled tokens (not the prompt before the prefix, nor
 end-of-text); its score is the cumulated log-probability of the sampled tokens divided by
-``length ** length_penalty``, the length counting the prefix (CTranslate2's ``return_prefix``). Scores are float32 sums, as in
-CTranslate2. A strategy sees only log-probabilities and token ids: the decoder, the caches and the logit
-rules are the :class:`~.generation.Generation`'s business.
+``length ** length_penalty``, the length counting the prefix (CTranslate2's ``return_prefix``). Scores are
+float32 sums, as in CTranslate2. A strategy sees only the step's filtered logits and token ids: the
+decoder, the caches and the logit rules are the :class:`~.generation.Generation`'s business.
+
+Each step is a few numpy passes over the ``(rows, n_vocab)`` logits (one ``exp`` for the log-softmax
+normaliser, one comparison to preselect beam candidates) and O(rows) Python.
 """
 
 from __future__ import annotations
@@ -55,16 +58,16 @@ def logsumexp_rows(x: np.ndarray) -> np.ndarray:
 class Sampler(Protocol):
     """Picks one token per row."""
 
-    def sample(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
-        """Token ids ``(rows,)`` from ``logits`` ``(rows, n_vocab)`` (log-probabilities up to the per-row
-        constant ``lse``)."""
+    def sample(self, logits: np.ndarray) -> np.ndarray:
+        """Token ids ``(rows,)`` from ``logits`` ``(rows, n_vocab)`` (log-probabilities up to a per-row
+        constant)."""
         ...
 
 
 class BestSampler:
     """The most probable token (the lowest id among equals, as CTranslate2's top-1)."""
 
-    def sample(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
+    def sample(self, logits: np.ndarray) -> np.ndarray:
         return np.argmax(logits, axis=1)
 
 
@@ -78,7 +81,7 @@ class RandomSampler:
             raise ValueError(f"bad sampling parameters: topk={topk}, temperature={temperature}")
         self.topk, self.temperature, self.rng = topk, temperature, rng
 
-    def sample(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
+    def sample(self, logits: np.ndarray) -> np.ndarray:
         rows, vocab = logits.shape
         ids = None
         scores = logits
@@ -172,7 +175,7 @@ class GreedySearch:
             logits = np.repeat(logits, self.rows, axis=0)
             self._tokens = np.repeat(self._tokens, self.rows, axis=0)
         lse = logsumexp_rows(logits)
-        picked = self.sampler.sample(logits, lse)
+        picked = self.sampler.sample(logits)
         self._scores[self._ids] += logits[np.arange(len(picked)), picked] - lse
         self._tokens = np.concatenate([self._tokens, picked[:, None]], axis=1)
         last = self._step == self.max_steps - 1
