@@ -41,6 +41,18 @@ def alignment_tokens(start_sequence: Sequence[int], text_tokens: Sequence[int], 
     return [*start_sequence, no_timestamps, *text_tokens, eot]
 
 
+def _median7(windows: np.ndarray) -> np.ndarray:
+    """The median of the last axis (7 samples) by a selection network of 13 compare-exchanges (exact: every
+    output is one of the inputs), vectorised over the other axes."""
+    p = [np.array(windows[..., k]) for k in range(7)]
+    for a, b in ((0, 5), (0, 3), (1, 6), (2, 4), (0, 1), (3, 5), (2, 6), (2, 3), (3, 6), (4, 5), (1, 4), (1, 3),
+                 (3, 4)):
+        low = np.minimum(p[a], p[b])
+        np.maximum(p[a], p[b], out=p[b])
+        p[a] = low
+    return p[3]
+
+
 def median_filter(x: np.ndarray, width: int) -> np.ndarray:
     """Median over a window of ``width`` (odd) along the last axis, edges reflected without repeating the edge
     sample (CTranslate2's ``MedianFilter``); an axis of ``width // 2`` samples or fewer is returned as is."""
@@ -51,6 +63,8 @@ def median_filter(x: np.ndarray, width: int) -> np.ndarray:
         return x.copy()
     padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(r, r)], mode="reflect")
     windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
+    if width == 7:
+        return _median7(windows)
     return np.partition(windows, r, axis=-1)[..., r]
 
 
@@ -61,20 +75,21 @@ def alignment_matrix(cross_qk: np.ndarray, num_frames: int, n_start: int, median
     if qk.ndim != 3 or qk.shape[1] < n_start + 2:
         raise ValueError(f"cross_qk must be (heads, n, T) with n >= {n_start + 2}, got shape {qk.shape}")
     frames = min(qk.shape[2], max(int(num_frames), 0) // 2)
-    w = qk[:, :, :frames].astype(np.float64)
     if frames == 0:
         return np.zeros((qk.shape[1] - n_start - 1, 0), np.float32)
-    w -= w.max(axis=-1, keepdims=True)
+    w = qk[:, :, :frames] - qk[:, :, :frames].max(axis=-1, keepdims=True)
     np.exp(w, out=w)
-    w /= w.sum(axis=-1, keepdims=True)
-    w = w.astype(np.float32)
+    w /= w.sum(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
     mean = w.mean(axis=1, keepdims=True, dtype=np.float64)
-    var = np.maximum((w.astype(np.float64) ** 2).mean(axis=1, keepdims=True) - mean * mean, 0.0)
+    var = np.maximum(np.square(w, dtype=np.float64).mean(axis=1, keepdims=True) - mean * mean, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        w = ((w - mean) / np.sqrt(var)).astype(np.float32)
-    w = median_filter(w, median_filter_width)
+        rstd = (1.0 / np.sqrt(var)).astype(np.float32)
+    w -= mean.astype(np.float32)
+    w *= rstd
+    # The filter runs along time, row by row: only the rows kept need it.
+    w = median_filter(w[:, n_start:-1], median_filter_width)
     matrix = w.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return np.ascontiguousarray(matrix[n_start:-1])
+    return np.ascontiguousarray(matrix)
 
 
 def negative_dtw(x: np.ndarray) -> list[tuple[int, int]]:
@@ -90,31 +105,28 @@ def negative_dtw(x: np.ndarray) -> list[tuple[int, int]]:
     diagonals = n + m + 1
     # cost[i, j] lives at skew[i + j, i]: the three predecessors of a diagonal are slices of the two before.
     skew = np.full((diagonals, n + 1), np.inf, np.float32)
-    trace = np.full((diagonals, n + 1), -1, np.int8)
+    took_diagonal = np.zeros((diagonals, n + 1), bool)  # the step into (i, j) came from (i-1, j-1)
+    took_row = np.zeros((diagonals, n + 1), bool)  # ... from (i-1, j); otherwise from (i, j-1)
     skew[0, 0] = 0.0
     rows = np.arange(n + 1)
     for d in range(2, diagonals):
         lo, hi = max(1, d - m), min(n, d - 1)
-        if lo > hi:
-            continue
         i = rows[lo : hi + 1]
         c0 = skew[d - 2, lo - 1 : hi]  # cost[i-1, j-1]
         c1 = skew[d - 1, lo - 1 : hi]  # cost[i-1, j]
         c2 = skew[d - 1, lo : hi + 1]  # cost[i, j-1]
         diag = (c0 < c1) & (c0 < c2)
-        up = ~diag & (c1 < c0) & (c1 < c2)
-        t = np.where(diag, 0, np.where(up, 1, 2)).astype(np.int8)
-        best = np.where(diag, c0, np.where(up, c1, c2))
-        skew[d, lo : hi + 1] = best - x[i - 1, d - i - 1]
-        trace[d, lo : hi + 1] = t
+        up = (c1 < c0) & (c1 < c2)
+        np.subtract(np.where(diag, c0, np.where(up, c1, c2)), x[i - 1, d - i - 1], out=skew[d, lo : hi + 1])
+        took_diagonal[d, lo : hi + 1] = diag
+        took_row[d, lo : hi + 1] = up
     path: list[tuple[int, int]] = []
     i, j = n, m
     while i > 0 and j > 0:
         path.append((i - 1, j - 1))
-        t = trace[i + j, i]
-        if t == 0:
+        if took_diagonal[i + j, i]:
             i, j = i - 1, j - 1
-        elif t == 1:
+        elif took_row[i + j, i]:
             i -= 1
         else:
             j -= 1
