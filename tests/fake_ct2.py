@@ -78,7 +78,8 @@ class ScriptedWhisper:
                                    int(num_frames), median_filter_width)))
         out = []
         for text in text_tokens:
-            probs = [float(p) for p in self.rng.random(len(text)) ** 0.5]
+            scale = 0.2 if self.rng.random() < 0.3 else 1.0  # sometimes improbable words (hallucination-like)
+            probs = [float(p) for p in scale * self.rng.random(len(text)) ** 0.5]
             out.append(SimpleNamespace(alignments=self._path(len(text) + 1, int(num_frames) // 2), text_token_probs=probs))
         return out
 

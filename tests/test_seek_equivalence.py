@@ -41,7 +41,7 @@ def faster_whisper_on(fake: ScriptedWhisper, model_dir: Any, monkeypatch: pytest
         return WhisperModel(str(model_dir), cpu_threads=1)
 
 
-def random_options(rng: np.random.Generator, multilingual: bool) -> dict[str, Any]:
+def random_options(rng: np.random.Generator, multilingual: bool, family: str = "mixed") -> dict[str, Any]:
     """A random mix of faster-whisper's transcribe options (as keyword arguments for both)."""
     pick = lambda *xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
     kw: dict[str, Any] = dict(
@@ -59,6 +59,9 @@ def random_options(rng: np.random.Generator, multilingual: bool) -> dict[str, An
         hallucination_silence_threshold=pick(None, 0.5, 2.0, 6.0),
         prepend_punctuations=pick("\"'“¿([{-", "(\""), append_punctuations=pick("\"'.。,，!！?？:：”)]}、", ".,"),
     )
+    if family == "words":  # word timestamps and hallucination skipping, windows seldom skipped
+        kw.update(word_timestamps=True, temperature=0.0, no_speech_threshold=pick(None, 0.9),
+                  hallucination_silence_threshold=pick(1.0, 3.0, 6.0), clip_timestamps=pick("0", "4"))
     if multilingual:
         kw.update(language=pick(None, None, "de"), multilingual=bool(rng.random() < 0.3),
                   task=pick("transcribe", "translate"), language_detection_segments=int(rng.integers(1, 4)),
@@ -104,10 +107,10 @@ def run_both(model: str, seed: int, audio: np.ndarray, kw: dict[str, Any], monke
 
 
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
-@pytest.mark.parametrize("seed", range(12))
-def test_seek_loop_equals_faster_whisper(model: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(1000 * seed + len(model))
-    kw = random_options(rng, model == "base")
+@pytest.mark.parametrize("family, seed", [("mixed", s) for s in range(12)] + [("words", s) for s in range(8)])
+def test_seek_loop_equals_faster_whisper(model: str, family: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1000 * seed + len(model) + len(family))
+    kw = random_options(rng, model == "base", family)
     seconds = float(pick_length(rng))
     audio = (rng.normal(size=int(seconds * 16000)) * 0.05).astype(np.float32)
     (theirs, info, log_theirs), (ours, our_info, log_ours) = run_both(model, seed, audio, kw, monkeypatch)

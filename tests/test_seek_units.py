@@ -66,6 +66,21 @@ def test_split_by_timestamps(toks: tuple[Tokenizer, Any, str], seed: int) -> Non
     assert (got.seek, got.single_timestamp_ending) == (want_seek, want_single)
 
 
+@pytest.mark.parametrize("pattern", ["", "0", "0 a", "a 0", "0 a 0", "0 a 5", "a", "0 0", "0 a 5 5", "0 a 5 5 b",
+                                     "0 a 5 5 b 9", "a 5 5 b", "3 a 0", "0 a 0 0 b 0", "0 0 a 3 3"])
+def test_split_by_timestamps_patterns(toks: tuple[Tokenizer, Any, str], pattern: str) -> None:
+    """Hand-picked patterns (digits: timestamp steps; letters: text), <|0.00|> endings among them."""
+    ours, theirs, _ = toks
+    text = {c: t for c, t in zip("ab", ours.encode(" hello world"))}
+    tokens = [ours.timestamp_begin + int(p) if p.isdigit() else text[p] for p in pattern.split()]
+    for seek, size in ((0, 3000), (1234, 700)):
+        args = (seek * 0.01, size, size * 0.01, seek)
+        want_segments, want_seek, want_single = fw_model()._split_segments_by_timestamps(theirs, tokens, *args)
+        got = split_by_timestamps(ours, tokens, *args)
+        assert [dataclasses.asdict(s) for s in got.segments] == [dict(s, words=[]) for s in want_segments]
+        assert (got.seek, got.single_timestamp_ending) == (want_seek, want_single)
+
+
 @pytest.mark.parametrize("seed", range(200))
 def test_prompt(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
     ours, theirs, _ = toks
@@ -142,6 +157,30 @@ def test_detect_language(seed: int) -> None:
     assert (got.language, got.probability, got.all_language_probs) == want
     assert decoder.open_windows == 0
     assert len(fake_ours.log) == len(fake_theirs.log)
+
+
+@pytest.mark.parametrize("script, threshold, want", [
+    ([("de", 0.3), ("es", 0.4), ("es", 0.35)], 0.5, ("es", 0.4)),  # the majority, at its best probability
+    ([("de", 0.3), ("es", 0.4), ("fr", 0.35)], 0.5, ("de", 0.3)),  # a tie: the first
+    ([("de", 0.3), ("es", 0.6), ("es", 0.9)], 0.5, ("es", 0.6)),  # the first above the threshold
+])
+def test_detect_language_votes(script: list[tuple[str, float]], threshold: float, want: tuple[str, float]) -> None:
+    """Scripted windows: the same answers to faster-whisper and to ours."""
+    tok = Tokenizer.for_model(resolve_model_dir("base"), VOCAB["base"])
+
+    class Scripted(ScriptedWhisper):
+        def detect_language(self, features: Any) -> list[list[tuple[str, float]]]:
+            code, p = script[sum(1 for c in self.log if c[0] == "detect_language")]
+            self.log.append(("detect_language", None))
+            return [[(f"<|{code}|>", p), ("<|en|>", 1 - p)]]
+
+    features = np.ones((80, 9000), np.float32)
+    theirs = fw_model(model=Scripted(tok, 0)).detect_language(
+        features=features, language_detection_segments=3, language_detection_threshold=threshold)
+    decoder = CT2WindowDecoder(Scripted(tok, 0), _dims(VOCAB["base"]), resolve_model_dir("base"))
+    got = anyio.run(lambda: detect_language(decoder, features, segments=3, threshold=threshold))
+    assert (got.language, got.probability) == theirs[:2] == want
+    assert got.all_language_probs == theirs[2]
 
 
 def _random_text(ours: Tokenizer, rng: np.random.Generator, language: str) -> list[int]:
