@@ -57,11 +57,11 @@ class TranscriptionInfo:
     duration: float
     all_language_probs: list[tuple[str, float]] | None
     transcription_options: TranscriptionOptions
-    duration_after_vad: float = 0.0
+    duration_after_vad: float | None = None
     vad_options: None = None
 
     def __post_init__(self) -> None:
-        if not self.duration_after_vad:
+        if self.duration_after_vad is None:
             object.__setattr__(self, "duration_after_vad", self.duration)
 
 

@@ -2,7 +2,10 @@
 parameters with the same names and defaults (faster-whisper 1.2.1), so that code can switch between the two.
 
 Not supported: voice activity detection (``vad_filter=True`` raises :class:`ValueError`), a ``chunk_length``
-other than Whisper's 30 s, and ``log_progress`` (no progress bar).
+other than Whisper's 30 s, and ``log_progress`` (no progress bar). Where faster-whisper would fail,
+``language_detection_threshold=None`` takes the first window's most probable language and
+``clip_timestamps=""`` starts language detection at 0; nonsense (a clip ending before it starts, negative
+ids or temperatures...) raises :class:`ValueError` here instead of going through.
 """
 
 from __future__ import annotations
