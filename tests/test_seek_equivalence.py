@@ -62,6 +62,10 @@ def random_options(rng: np.random.Generator, multilingual: bool, family: str = "
     if family == "words":  # word timestamps and hallucination skipping, windows seldom skipped
         kw.update(word_timestamps=True, temperature=0.0, no_speech_threshold=pick(None, 0.9),
                   hallucination_silence_threshold=pick(1.0, 3.0, 6.0), clip_timestamps=pick("0", "4"))
+    if family == "prompts":  # previous text over several windows, reset after hot fallbacks
+        kw.update(condition_on_previous_text=True, temperature=pick((0.0, 0.7), 0.5, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+                  prompt_reset_on_temperature=pick(0.1, 0.5), log_prob_threshold=-0.4, clip_timestamps="0",
+                  no_speech_threshold=None)
     if multilingual:
         kw.update(language=pick(None, None, "de"), multilingual=bool(rng.random() < 0.3),
                   task=pick("transcribe", "translate"), language_detection_segments=int(rng.integers(1, 4)),
@@ -107,11 +111,12 @@ def run_both(model: str, seed: int, audio: np.ndarray, kw: dict[str, Any], monke
 
 
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
-@pytest.mark.parametrize("family, seed", [("mixed", s) for s in range(12)] + [("words", s) for s in range(8)])
+@pytest.mark.parametrize("family, seed", [("mixed", s) for s in range(12)] + [("words", s) for s in range(8)]
+                         + [("prompts", s) for s in range(5)])
 def test_seek_loop_equals_faster_whisper(model: str, family: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1000 * seed + len(model) + len(family))
     kw = random_options(rng, model == "base", family)
-    seconds = float(pick_length(rng))
+    seconds = float(pick_length(rng)) if family != "prompts" else float(rng.uniform(35, 95))
     audio = (rng.normal(size=int(seconds * 16000)) * 0.05).astype(np.float32)
     (theirs, info, log_theirs), (ours, our_info, log_ours) = run_both(model, seed, audio, kw, monkeypatch)
     assert as_dicts(ours) == as_dicts(theirs), kw

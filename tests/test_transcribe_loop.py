@@ -138,6 +138,12 @@ def test_long_clips_without_previous_text(peer_tiny: Peer) -> None:
 
 
 @pytest.mark.slow
+def test_base_long_with_words(peer_base: Peer) -> None:
+    ours = peer_base.check(clip("long_40s.wav"), word_timestamps=True, **GREEDY)
+    assert ours.info.language == "en" and len({s.seek for s in ours.segments}) == 2
+
+
+@pytest.mark.slow
 def test_base_default_options(peer_base: Peer) -> None:
     ours = peer_base.check(clip("jfk.wav"), language="en")
     assert "ask not what your country can do for you" in ours.text
