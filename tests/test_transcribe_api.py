@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -216,3 +217,28 @@ async def test_an_abandoned_iteration_holds_no_window() -> None:
     assert first.id == 1 and decoder.open_windows == 0  # the window was closed before its segments were yielded
     await segments.aclose()
     assert decoder.open_windows == 0
+
+
+class Stuck(ScriptedWhisper):
+    """Always ``<|0.00|> text <|0.00|><|0.00|>``: a segment of no duration and no progress; fails after 20
+    generations (faster-whisper would decode the same window for ever)."""
+
+    def generate(self, features: Any, prompts: Any, **kwargs: Any) -> list[Any]:
+        self.log.append(("generate", None))
+        if sum(1 for c in self.log if c[0] == "generate") > 20:
+            raise RuntimeError("looping")
+        b = self.tok.timestamp_begin
+        return [SimpleNamespace(sequences_ids=[[b, *self.tok.encode(" hi"), b, b]], scores=[-0.1], no_speech_prob=0.0)]
+
+
+async def test_a_window_that_does_not_advance_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_seek_equivalence import faster_whisper_on
+
+    path = resolve_model_dir("tiny.en")
+    tok = Tokenizer.for_model(path, VOCAB["tiny.en"])
+    fw = faster_whisper_on(Stuck(tok, 0), path, monkeypatch)
+    with pytest.raises(RuntimeError, match="looping"):
+        list(fw.transcribe(noise(40), temperature=0.0)[0])
+    decoder = CT2WindowDecoder(Stuck(tok, 0), _dims(VOCAB["tiny.en"]), path)
+    result = await transcribe(decoder, noise(40), TranscriptionOptions(temperature=0.0))
+    assert result.segments == [] and sum(1 for c in decoder.calls if c[0] == "generate") == 2

@@ -20,6 +20,9 @@ walks the clips (``clip_timestamps``; the whole recording by default). Per 30 s 
    unless ``condition_on_previous_text`` is off or the window needed a temperature above
    ``prompt_reset_on_temperature``.
 
+One deviation: a window that would not move ``seek`` forward (its tokens end in a timestamp pair at
+``<|0.00|>``), which faster-whisper decodes again and again, is skipped.
+
 Every window is closed before its segments are yielded, and on errors and cancellation, so an abandoned
 iteration holds nothing.
 """
@@ -165,6 +168,7 @@ class Transcription:
                                                  float(frames * TIME_PER_FRAME), frames, previous_seek)
                     seek, redo = skip_hallucinations(drafts, window, seek, last_speech)
                     if redo:
+                        seek = _progress(seek, previous_seek, size)
                         continue
                 end = last_end(drafts)
                 if end is not None:
@@ -184,6 +188,7 @@ class Transcription:
                               temperature=d.temperature)
             if not opts.condition_on_previous_text or d.temperature > opts.prompt_reset_on_temperature:
                 prompt_reset_since = len(all_tokens)
+            seek = _progress(seek, previous_seek, size)
 
     async def _decode_window(self, seek: int, size: int, previous_tokens: list[int], last_speech: float) -> _Decoded:
         """Steps 1-5 of the module docstring for the window at ``seek``; the window is closed on return."""
@@ -219,6 +224,16 @@ class Transcription:
             return _Decoded(decoding, split)
         finally:
             window.close()
+
+
+def _progress(seek: int, previous_seek: int, size: int) -> int:
+    """The next window's start, past this one's. faster-whisper would decode the same window again when the
+    tokens end in a timestamp pair at ``<|0.00|>`` (or a hallucination skip rounds to no move): with the same
+    prompt and greedy decoding, for ever. Such a window is skipped instead."""
+    if seek > previous_seek:
+        return seek
+    log.warning("no progress at frame %d: skipping the window", previous_seek)
+    return previous_seek + size
 
 
 def _check_token_ids(options: TranscriptionOptions, n_vocab: int) -> None:
