@@ -241,7 +241,8 @@ class Tokenizer:
         for t in tokens:
             current.append(t)
             text = self.decode_with_timestamps(current)
-            if bad not in text or full[offset + text.index(bad)] == bad:
+            at = offset + text.index(bad) if bad in text else -1
+            if at < 0 or (at < len(full) and full[at] == bad):
                 words.append(text)
                 groups.append(current)
                 current = []
