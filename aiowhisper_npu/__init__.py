@@ -19,10 +19,15 @@ from .models.model import ModelDimensions, WhisperModel
 from .pipeline.pool import BufferPool, PoolStats
 from .pipeline.stats import PipelineStats, StageEvent
 from .runtime.runtime import EncoderOutput, Runtime
+from .runtime.transcription import TranscriptionStream
+from .decoder.results import Segment, TranscriptionInfo, TranscriptionResult, Word
+from .decoder.tokenizer import Tokenizer
+from .decoder.transcribe_options import TranscriptionOptions
 
 __all__ = [
     "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",
     "load_model", "ModelDimensions", "WhisperModel", "Runtime", "EncoderOutput", "PipelineStats",
     "StageEvent", "BufferPool", "PoolStats", "AiowhisperError", "AudioError", "ModelError",
-    "BackendUnavailable", "DeviceError", "ManifestError",
+    "BackendUnavailable", "DeviceError", "ManifestError", "TranscriptionOptions", "TranscriptionResult",
+    "TranscriptionInfo", "TranscriptionStream", "Segment", "Word", "Tokenizer",
 ]

@@ -157,6 +157,12 @@ class Generation:
 
     # -- driving ----------------------------------------------------------------------------------------
     @property
+    def rows(self) -> int:
+        """Rows the generation holds at most: its beams, or its samples (the engine's admission budget)."""
+        o = self.options
+        return o.beam_size if o.sampling_topk == 1 and o.beam_size > 1 else o.num_hypotheses
+
+    @property
     def done(self) -> bool:
         """True when the result is ready (or the generation was closed)."""
         return self._pass is None
@@ -242,6 +248,8 @@ class LanguageDetection:
                                               dims.n_text_ctx)
         self._pass: Pass | None = Pass(self._cache, np.asarray([[tokenizer.sot]], np.int64))
         self._result: list[tuple[str, float]] | None = None
+
+    rows = 1
 
     @property
     def done(self) -> bool:

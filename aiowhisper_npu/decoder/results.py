@@ -80,3 +80,12 @@ class TranscriptionResult:
     @property
     def language(self) -> str:
         return self.info.language
+
+    @property
+    def language_probability(self) -> float:
+        return self.info.language_probability
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio transcribed."""
+        return self.info.duration

@@ -1,21 +1,21 @@
-"""Decoding tasks for the :class:`~.engine.DecoderEngine` besides generation: language detection and the
-alignment pass of word timestamps. Each is one prefill pass; the engine batches it with whatever else runs.
+"""The alignment pass of word timestamps as a task for the :class:`~.engine.DecoderEngine` (generations and
+language detection are in :mod:`.generation`): one prefill pass, batched with whatever else runs.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..models.model import ModelDimensions
 from .alignment import align_from_scores, alignment_tokens
 from .cache import CrossCache, KVCache
-from .kernels import Pass, PassOutput, PreparedDecoder
-from .options import AlignmentResult, GenerationOptions
+from .kernels import Pass, PassOutput
+from .options import AlignmentResult
 from .tokenizer import Tokenizer
 
-__all__ = ["LanguageTask", "AlignmentTask", "make_generation", "new_cache"]
+__all__ = ["AlignmentTask", "new_cache"]
 
 
 def new_cache(cross: CrossCache, dims: ModelDimensions) -> KVCache:
@@ -46,27 +46,6 @@ class _OnePass:
         self._pass = None
 
 
-class LanguageTask(_OnePass):
-    """CTranslate2's ``detect_language``: the logits after ``<|startoftranscript|>``, softmax over the language
-    tokens only; the result is ``[(code, probability), ...]``, most probable first."""
-
-    def __init__(self, cross: CrossCache, tokenizer: Tokenizer, dims: ModelDimensions):
-        if not tokenizer.multilingual:
-            raise ValueError("language detection needs a multilingual model")
-        super().__init__(new_cache(cross, dims), [tokenizer.sot], (-1,))
-        self._tokenizer = tokenizer
-
-    def result(self) -> list[tuple[str, float]]:
-        assert self._output is not None
-        ids = np.asarray(self._tokenizer.language_tokens)
-        lang = self._output.logits[0, 0, ids].astype(np.float64)
-        p = np.exp(lang - lang.max())
-        p /= p.sum()
-        order = np.argsort(-p, kind="stable")
-        codes = self._tokenizer.language_codes
-        return [(codes[i], float(p[i])) for i in order]
-
-
 class AlignmentTask(_OnePass):
     """The alignment pass of one text: ``start_sequence + <|notimestamps|> + text + <|endoftext|>`` with the
     alignment heads' cross-attention scores and every position's logits, turned into an
@@ -88,11 +67,3 @@ class AlignmentTask(_OnePass):
         assert self._output is not None and self._output.cross_qk is not None
         return align_from_scores(self._output.cross_qk, self._output.logits[0], self._start, self._text, self._eot,
                                  self._num_frames, self._width)
-
-
-def make_generation(decoder: PreparedDecoder, cross: CrossCache, tokenizer: Tokenizer, prompt: Sequence[int],
-                    options: GenerationOptions) -> Any:
-    """A generation task (see :mod:`.generation`) for the engine."""
-    from .generation import Generation
-
-    return Generation(decoder, cross, tokenizer, prompt, options)

@@ -20,7 +20,8 @@ from ..decoder.cache import CrossCache
 from ..decoder.engine import DecoderEngine, Task
 from ..decoder.kernels import PreparedDecoder, cross_cache
 from ..decoder.options import AlignmentResult, GenerationOptions, GenerationResult
-from ..decoder.tasks import AlignmentTask, LanguageTask, make_generation
+from ..decoder.generation import Generation, LanguageDetection
+from ..decoder.tasks import AlignmentTask
 from ..decoder.tokenizer import Tokenizer
 from ..models.model import ModelDimensions
 from ..pipeline.lanes import loop_poster
@@ -102,20 +103,25 @@ class Recognizer:
 
     async def generate(self, window: EncodedWindow, prompt: Sequence[int],
                        options: GenerationOptions) -> GenerationResult:
-        task = make_generation(self._decoder, window.require(), self._tokenizer, prompt, options)
+        task = Generation(self._decoder, window.require(), self._tokenizer, prompt, options)
         return await run_task(self._engine, task)  # type: ignore[no-any-return]
 
     async def detect_language(self, window: EncodedWindow) -> list[tuple[str, float]]:
-        task = LanguageTask(window.require(), self._tokenizer, self._decoder.dims)
+        task = LanguageDetection(self._decoder, window.require(), self._tokenizer)
         return await run_task(self._engine, task)  # type: ignore[no-any-return]
 
     async def align(self, window: EncodedWindow, start_sequence: Sequence[int],
                     text_tokens: Sequence[Sequence[int]], num_frames: int,
                     median_filter_width: int = 7) -> list[AlignmentResult]:
         cross = window.require()
-        results = []
-        for text in text_tokens:
+        results: list[AlignmentResult | None] = [None] * len(text_tokens)
+
+        async def one(i: int, text: Sequence[int]) -> None:  # all texts of the window in the same batches
             task = AlignmentTask(cross, self._tokenizer, self._decoder.dims, start_sequence, text, num_frames,
                                  median_filter_width, self._heads)
-            results.append(await run_task(self._engine, task))
-        return results
+            results[i] = await run_task(self._engine, task)
+
+        async with anyio.create_task_group() as tg:
+            for i, text in enumerate(text_tokens):
+                tg.start_soon(one, i, text)
+        return [r for r in results if r is not None]

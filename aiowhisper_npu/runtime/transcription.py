@@ -10,7 +10,8 @@ cancelling whatever still runs, and joins its threads.
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator, Awaitable, Callable
+from dataclasses import fields, replace
+from typing import Any, AsyncGenerator, Awaitable, Callable
 
 import anyio
 import numpy as np
@@ -18,12 +19,15 @@ import numpy as np
 from ..audio.io import load_audio, validate_audio
 from ..decoder.engine import DecoderEngine
 from ..decoder.kernels import prepare_decoder
+from ..decoder.results import Segment, TranscriptionInfo, TranscriptionResult
 from ..decoder.tokenizer import Tokenizer
+from ..decoder.transcribe import Transcription
+from ..decoder.transcribe_options import TranscriptionOptions
 from ..errors import ModelError
 from ..models.model import WhisperModel
 from .recognizer import Recognizer
 
-__all__ = ["TranscriptionService", "load_samples"]
+__all__ = ["TranscriptionService", "TranscriptionStream", "load_samples", "make_options"]
 
 EncodeWindow = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
@@ -90,7 +94,75 @@ class TranscriptionService:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(engine.stop)
 
-    async def segments(self, audio: Any, options: Any) -> AsyncIterator[Any]:
-        """Placeholder wired to the seek loop once it lands."""
-        raise NotImplementedError
-        yield  # pragma: no cover
+    async def start(self, audio: Any, options: TranscriptionOptions) -> Transcription:
+        """Load the audio, compute its features and settle the language (see :meth:`Transcription.start`)."""
+        recognizer = await self.recognizer()
+        samples = await load_samples(audio)
+        return await Transcription.start(recognizer, samples, options)
+
+    async def transcribe(self, audio: Any, options: TranscriptionOptions) -> TranscriptionResult:
+        """Every segment of ``audio`` and the transcription's info."""
+        transcription = await self.start(audio, options)
+        segments = [s async for s in transcription.segments()]
+        return TranscriptionResult(segments, transcription.info)
+
+
+def make_options(options: TranscriptionOptions | None, overrides: dict[str, Any]) -> TranscriptionOptions:
+    """``options`` (default: faster-whisper's defaults) with keyword ``overrides`` (faster-whisper's names)."""
+    base = options if options is not None else TranscriptionOptions()
+    if not isinstance(base, TranscriptionOptions):
+        raise TypeError(f"options must be TranscriptionOptions, got {type(base).__name__}")
+    if not overrides:
+        return base
+    unknown = sorted(set(overrides) - {f.name for f in fields(TranscriptionOptions)})
+    if unknown:
+        raise TypeError(f"unknown transcription option(s): {', '.join(unknown)}")
+    return replace(base, **overrides)
+
+
+class TranscriptionStream:
+    """``rt.transcribe_iter(audio, ...)``: segments as each window is decoded.
+
+    Iterate it with ``async for`` (optionally inside ``async with``, which closes it on exit). :attr:`info`
+    (language, its probability, duration) is set once the first segment arrives, or the iteration ends.
+    Breaking out early and closing (:meth:`aclose`) stop the decoding and release every window.
+    """
+
+    def __init__(self, service: TranscriptionService, audio: Any, options: TranscriptionOptions):
+        self._service = service
+        self._audio = audio
+        self._options = options
+        self.info: TranscriptionInfo | None = None
+        self._segments: AsyncGenerator[Segment, None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> TranscriptionStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> TranscriptionStream:
+        return self
+
+    async def __anext__(self) -> Segment:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._segments is None:
+            transcription = await self._service.start(self._audio, self._options)
+            self._audio = None
+            self.info = transcription.info
+            self._segments = transcription.segments()
+        try:
+            return await self._segments.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop decoding and release everything (idempotent)."""
+        self._closed = True
+        segments, self._segments = self._segments, None
+        if segments is not None:
+            with anyio.CancelScope(shield=True):
+                await segments.aclose()
