@@ -4,6 +4,9 @@
     async with aw.Runtime("tiny.en") as rt:
         out = await rt.encode("speech.wav")
         out.hidden_states  # (n_windows, 1500, d_model) float32
+
+    with aw.Runtime.sync("tiny.en") as rt:  # blocking, from any thread
+        out = rt.encode("speech.wav")
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .models.model import ModelDimensions, WhisperModel
 from .pipeline.pool import BufferPool, PoolStats
 from .pipeline.stats import PipelineStats, StageEvent
 from .runtime.runtime import EncoderOutput, Runtime
+from .runtime.sync import SyncRuntime
 from .runtime.transcription import TranscriptionStream
 from .decoder.results import Segment, TranscriptionInfo, TranscriptionResult, Word
 from .decoder.tokenizer import Tokenizer
@@ -26,7 +30,7 @@ from .decoder.transcribe_options import TranscriptionOptions
 
 __all__ = [
     "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",
-    "load_model", "ModelDimensions", "WhisperModel", "Runtime", "EncoderOutput", "PipelineStats",
+    "load_model", "ModelDimensions", "WhisperModel", "Runtime", "SyncRuntime", "EncoderOutput", "PipelineStats",
     "StageEvent", "BufferPool", "PoolStats", "AiowhisperError", "AudioError", "ModelError",
     "BackendUnavailable", "DeviceError", "ManifestError", "TranscriptionOptions", "TranscriptionResult",
     "TranscriptionInfo", "TranscriptionStream", "Segment", "Word", "Tokenizer",

@@ -280,10 +280,13 @@ BAD = {
     "missing insts": (lambda d: d["ops"]["qkv"].__setitem__("insts", "nope.bin"), "insts file"),
     "missing xclbin": (lambda d: d["ops"]["stem"].__setitem__("xclbin", "nope.xclbin"), "xclbin file"),
     "missing kernel": (lambda d: d["ops"]["qkv"].__setitem__("kernel", "MLIR_AIE"), "no kernel 'MLIR_AIE'"),
-    "arg count": (lambda d: d["ops"]["attn_mlp"]["args"].pop(), "takes 12 BOs"),
-    "int8": (lambda d: d["ops"]["qkv"]["args"][2].__setitem__("dtype", "int8"), "int8 is not supported"),
+    "arg count": (lambda d: d["ops"]["attn_mlp"]["args"].append({"input": 0}),
+                  "op 'attn_mlp': the manifest passes 6 BOs but kernel 'whisper_attn_mlp' takes at most 5"),
+    "int8": (lambda d: d["ops"]["qkv"]["args"][2]["pack"][0].__setitem__("dtype", "int8"), "int8 is not supported"),
     "tile_rows": (lambda d: d["ops"]["qkv"].__setitem__("tile_rows", 64), "tile_rows=64"),
-    "weight": (lambda d: d["ops"]["qkv"]["args"][2].__setitem__("weight", "{layer}.wq"), "matches no resident"),
+    "weight": (lambda d: d["ops"]["qkv"]["args"][2]["pack"][0].__setitem__("weight", "{layer}.wq"),
+               "no resident weight '0.wq'"),
+    "ninstr": (lambda d: d["ops"]["stem"].__setitem__("ninstr", "instructions"), "'ninstr' must be one of"),
     "bad json": (lambda d: d.clear(), "format"),
 }
 

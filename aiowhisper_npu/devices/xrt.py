@@ -6,11 +6,20 @@ Set-up (:meth:`XrtDevice.load`), following XRT's bindings and the mlir-aie calli
 order on its column partition, so lanes need a context each: ``xclbins × lanes`` contexts, checked against
 the device's limit, 6 on Phoenix, before any is made); ``xrt.kernel(ctx, name)``; instruction BOs
 (``bo.flags.cacheable``, ``group_id(1)``) loaded once from the manifest's ``insts`` file and synced; weights
-uploaded once into ``host_only`` BOs (bf16 where the manifest says so) that stay resident.
+uploaded once into ``host_only`` BOs (bf16 where the manifest says so; a ``pack`` argument's weights into
+one BO at the offsets of :mod:`aiowhisper_npu.sim.layout`) that stay resident. An op whose manifest
+``args`` outnumber the kernel's ``get_num_args() - 3`` (5 for every aiecc kernel) is a
+:class:`ManifestError` naming the op.
 
-Per launch: ``kernel(3, insts_bo, n_words, *bos)`` after checking ``len(bos) == get_num_args() - 3``; the
-BOs are the pipeline slot's own (``alloc`` makes fresh ``host_only`` BOs, never shared by in-flight runs),
-the resident weights, the job tensors and a per-run params BO.
+Per launch: ``kernel(3, insts_bo, ninstr, *bos)`` (``ninstr`` in the manifest's unit, words by default)
+after checking ``len(bos) <= get_num_args() - 3`` (XRT indexes its argument table without a bounds check;
+fewer BOs than declared are fine); the BOs are the pipeline slot's own (``alloc`` makes fresh ``host_only``
+BOs, never shared by in-flight runs), the resident weights, the job tensors and a per-run params BO.
+
+Lifetime: ``bo.map()``'s memoryview does not own its BO (on hardware a view that outlives the BO
+dangles), so every host view of a buffer (:meth:`XrtDevice.host_view`, zero-copy staging, host-op
+tensors) is made from a :class:`~.xrt_memory.MappedBO` that holds the BO: :meth:`XrtDevice.free` drops
+the device's references, and the BO goes when the last view of it does.
 
 Waiting: pyxrt holds the GIL inside ``run.wait()`` and ``bo.sync()``, so :meth:`XrtDevice.wait` never
 blocks in them: it polls the non-blocking ``run.state()`` with a GIL-releasing ``time.sleep`` in between
@@ -36,18 +45,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, DeviceError
-from ..sim.bf16 import to_bf16_bits
 from ..sim.config import gil_copy
 from ..pipeline.tiles import KernelProgram
+from ..sim.layout import pack_offsets
 from .base import BufferView
-from .manifest import (ArgSpec, Manifest, ManifestError, check_program, load_manifest, program_constants,
-                       read_insts, weight_names)
+from .manifest import (ArgSpec, Manifest, ManifestError, check_program, load_manifest, pack_instances,
+                       program_constants, read_insts, weight_names)
+from .xrt_memory import XrtBuffer, chunks, live, typed, weight_data
 
 __all__ = ["XrtBuffer", "XrtRun", "XrtDevice", "make_xrt_device", "import_pyxrt", "WAIT_STRATEGIES"]
 
 WAIT_STRATEGIES = ("poll", "slices", "blocking")
 _TERMINAL = frozenset({4, 5, 6, 8, 9, 10, 11})
-_SYNC_SLICE = 256 << 10  # bytes per bo.sync call (~0.45 ms of GIL at Phoenix's measured sync rate)
 
 
 def import_pyxrt() -> ModuleType:
@@ -73,24 +82,6 @@ def import_pyxrt() -> ModuleType:
             "PYTHONPATH.") from exc
 
 
-class XrtBuffer:
-    """Device memory: one ``host_only`` BO, with coherence flags for job tensors shared by NPU and host."""
-
-    __slots__ = ("bo", "nbytes", "host", "freed", "dev_dirty", "host_dirty")
-
-    def __init__(self, bo: Any, nbytes: int):
-        self.bo = bo
-        self.nbytes = nbytes
-        self.host = np.frombuffer(bo.map(), np.uint8)
-        self.freed = False
-        self.dev_dirty = False  # the NPU wrote it since the host last synced from the device
-        self.host_dirty = False  # the host wrote it since the last sync to the device
-
-    @property
-    def address(self) -> int:
-        return int(self.bo.address())
-
-
 class XrtRun:
     """A launched op: an NPU run (``xrt_run``) or a host-CPU op (``host_call``), with its timing."""
 
@@ -105,10 +96,6 @@ class XrtRun:
         self.timing = (0.0, 0.0)
         self.done = False
         self.t0 = time.perf_counter()
-
-
-def _chunks(nbytes: int, offset: int) -> list[tuple[int, int]]:
-    return [(min(_SYNC_SLICE, nbytes - o), offset + o) for o in range(0, nbytes, _SYNC_SLICE)] or [(0, offset)]
 
 
 class XrtDevice:
@@ -131,7 +118,8 @@ class XrtDevice:
         self._kernels: dict[tuple[str, int], Any] = {}
         self._insts: dict[tuple[str, int], tuple[Any, int]] = {}
         self._nargs: dict[str, int] = {}
-        self._weights: dict[tuple[str, str], Any] = {}
+        self._weights: dict[tuple[Any, ...], Any] = {}  # (name, dtype) or (parts' names, dtypes, align)
+        self._resident: dict[tuple[int, tuple[Any, ...]], Any] = {}  # (id(arg), its placeholders' values) -> BO
         self._params_free: list[Any] = []
         self._abandoned: list[XrtRun] = []
         self._program: KernelProgram | None = None
@@ -175,7 +163,8 @@ class XrtDevice:
                 ibo = xrt.bo(self._dev, words.nbytes, xrt.bo.flags.cacheable, k.group_id(1))
                 ibo.write(words, 0)
                 ibo.sync(self._to_dev)
-                self._kernels[(op, lane)], self._insts[(op, lane)] = k, (ibo, int(words.size))
+                count = int(words.size) if spec.ninstr == "words" else int(words.nbytes)
+                self._kernels[(op, lane)], self._insts[(op, lane)] = k, (ibo, count)
             self._group = self._group or self._kernels[(op, 0)].group_id(3)
         self._upload_weights(program)
         self._program = program
@@ -202,31 +191,43 @@ class XrtDevice:
             if spec.kernel not in have:
                 raise ManifestError(f"op {op!r}: xclbin {path.name} has no kernel {spec.kernel!r} "
                                     f"(it has {', '.join(sorted(have)) or 'none'})")
-            if have[spec.kernel] - 3 != len(spec.args):
-                raise ManifestError(f"op {op!r}: kernel {spec.kernel!r} takes {have[spec.kernel] - 3} BOs "
-                                    f"(get_num_args() - 3) but the manifest lists {len(spec.args)}")
+            if len(spec.args) > have[spec.kernel] - 3:
+                raise ManifestError(
+                    f"op {op!r}: the manifest passes {len(spec.args)} BOs but kernel {spec.kernel!r} takes at most "
+                    f"{have[spec.kernel] - 3} (get_num_args() - 3; aiecc builds every kernel as opcode, instr, "
+                    "ninstr, bo0..bo4): pack weights into one BO ({\"pack\": [...]}) or split the op")
             self._nargs[op] = have[spec.kernel]
         return xb.get_uuid()
 
     def _upload_weights(self, program: KernelProgram) -> None:
         for op, spec in self.manifest.ops.items():
             for argno, a in enumerate(spec.args, 3):
-                if a.source != "weight":
-                    continue
-                for name in weight_names(a.pattern, program.resident):
-                    if (name, a.dtype) in self._weights:
-                        continue
-                    arr = np.ascontiguousarray(program.resident[name], np.float32)
-                    data = to_bf16_bits(arr) if a.dtype == "bf16" else arr
-                    bo = self.xrt.bo(self._dev, max(data.nbytes, 1), self.xrt.bo.flags.host_only,
-                                     self._kernels[(op, 0)].group_id(argno))
-                    bo.write(data, 0)
-                    self._sync(bo, self._to_dev, data.nbytes, 0, yield_gil=True)
-                    self._weights[(name, a.dtype)] = bo
+                group = self._kernels[(op, 0)].group_id(argno)
+                if a.source == "weight":
+                    for name in weight_names(a.pattern, program.resident):
+                        if (name, a.dtype) not in self._weights:
+                            data = weight_data(program, name, a.dtype)
+                            self._weights[(name, a.dtype)] = self._upload([data], 1, group)
+                elif a.source == "pack":
+                    dtypes = tuple(dt for _, dt in a.parts)
+                    for names in pack_instances(a, program.resident):
+                        key = (names, dtypes, a.align)
+                        if key not in self._weights:
+                            parts = [weight_data(program, n, dt) for n, dt in zip(names, dtypes)]
+                            self._weights[key] = self._upload(parts, a.align, group)
+
+    def _upload(self, parts: Sequence[np.ndarray], align: int, group: int) -> Any:
+        """One resident ``host_only`` BO holding ``parts`` at the offsets of ``sim.layout.pack_offsets``."""
+        offsets, size = pack_offsets([p.nbytes for p in parts], align)
+        bo = self.xrt.bo(self._dev, max(size, 1), self.xrt.bo.flags.host_only, group)
+        for off, data in zip(offsets, parts):
+            bo.write(data, off)
+        self._sync(bo, self._to_dev, size, 0, yield_gil=True)
+        return bo
 
     def close(self) -> None:
         """Drop every BO, kernel and context (the bindings release them with the Python objects)."""
-        self._weights, self._insts, self._kernels, self._params_free = {}, {}, {}, []
+        self._weights, self._resident, self._insts, self._kernels, self._params_free = {}, {}, {}, {}, []
         self._contexts, self._abandoned, self._workspaces, self._dev = {}, [], [], None
 
     # -- memory ---------------------------------------------------------------------------------------
@@ -239,27 +240,27 @@ class XrtDevice:
 
     def free(self, buf: XrtBuffer) -> None:
         if not buf.freed:
-            buf.freed, buf.bo, buf.host = True, None, np.empty(0, np.uint8)
+            buf.freed, buf.host, buf.bo = True, np.empty(0, np.uint8), None
             self.buffers_live -= 1
 
     def host_view(self, buf: XrtBuffer) -> np.ndarray:
         return buf.host
 
     def _sync(self, bo: Any, direction: Any, nbytes: int, offset: int, yield_gil: bool = False) -> None:
-        for size, off in _chunks(nbytes, offset):
+        for size, off in chunks(nbytes, offset):
             bo.sync(direction, size, off)
             if yield_gil:
                 time.sleep(0)
 
     def to_device(self, dst: BufferView, src: np.ndarray) -> None:
-        buf, n = _live(dst.buffer), dst.spec.nbytes
+        buf, n = live(dst.buffer), dst.spec.nbytes
         h = buf.host[dst.offset : dst.offset + n]
         if h.ctypes.data != src.ctypes.data:  # zero-copy staging already wrote the BO's memory
             gil_copy(h, src)  # keeps the GIL: no re-acquire behind worker threads (see gil_copy)
         self._sync(buf.bo, self._to_dev, n, dst.offset)
 
     def from_device(self, src: BufferView, dst: np.ndarray) -> None:
-        buf, n = _live(src.buffer), src.spec.nbytes
+        buf, n = live(src.buffer), src.spec.nbytes
         self._sync(buf.bo, self._from_dev, n, src.offset)
         h = buf.host[src.offset : src.offset + n]
         if h.ctypes.data != dst.ctypes.data:
@@ -281,11 +282,11 @@ class XrtDevice:
         values = {**self._constants, **{k: int(v) for k, v in params.items() if isinstance(v, (int, bool, np.integer))}}
         tviews = list(tensors.values())
         bos = [self._arg_bo(a, run, values, inputs, outputs, tviews) for a in spec.args]
-        if len(bos) != self._nargs[op] - 3:  # more BOs than the kernel declares segfaults inside XRT
-            raise DeviceError(f"op {op!r}: {len(bos)} BOs for a kernel taking {self._nargs[op] - 3}")
-        ibo, words = self._insts[(op, lane)]
+        if len(bos) > self._nargs[op] - 3:  # XRT indexes past its argument table: a crash, not an error
+            raise DeviceError(f"op {op!r}: {len(bos)} BOs for a kernel taking at most {self._nargs[op] - 3}")
+        ibo, ninstr = self._insts[(op, lane)]
         run.t0 = time.perf_counter()
-        run.xrt_run = self._kernels[(op, lane)](3, ibo, words, *bos)
+        run.xrt_run = self._kernels[(op, lane)](3, ibo, ninstr, *bos)
         return run
 
     def _arg_bo(self, a: ArgSpec, run: XrtRun, values: Mapping[str, int], inputs: Sequence[BufferView],
@@ -301,17 +302,25 @@ class XrtDevice:
             bo.sync(self._to_dev, words.nbytes, 0)
             run.params_bo = bo
             return bo
-        if a.source == "weight":
-            name = a.pattern.format_map(values)
-            bo = self._weights.get((name, a.dtype))
+        if a.source in ("weight", "pack"):
+            fast = (id(a), tuple(values.get(k) for k in a.placeholders))  # the manifest outlives this device
+            bo = self._resident.get(fast)
             if bo is None:
-                raise DeviceError(f"op {run.op!r}: no resident weight {name!r}")
+                try:
+                    key: tuple[Any, ...] = (a.pattern.format_map(values), a.dtype) if a.source == "weight" else \
+                        (tuple(p.format_map(values) for p, _ in a.parts), tuple(dt for _, dt in a.parts), a.align)
+                except KeyError as exc:
+                    raise DeviceError(f"op {run.op!r}: no tile parameter {exc} for a weight pattern") from None
+                bo = self._weights.get(key)
+                if bo is None:
+                    raise DeviceError(f"op {run.op!r}: no resident weight {key[0]!r}")
+                self._resident[fast] = bo
             return bo
         views = {"input": inputs, "output": outputs, "tensor": tensors}[a.source]
         if a.index >= len(views):
             raise DeviceError(f"op {run.op!r}: the tile has no {a.source} {a.index}")
         v = views[a.index]
-        buf = _live(v.buffer)
+        buf = live(v.buffer)
         if a.source == "tensor":
             if buf.host_dirty:  # the host CPU wrote it (a host op): make the device copy current first
                 self._sync(buf.bo, self._to_dev, buf.nbytes, 0)
@@ -362,17 +371,17 @@ class XrtDevice:
             t0 = time.perf_counter()
             try:
                 for v in tensors.values():
-                    buf = _live(v.buffer)
+                    buf = live(v.buffer)
                     if buf.dev_dirty:  # the NPU wrote it: fetch the device copy first
                         self._sync(buf.bo, self._from_dev, buf.nbytes, 0, yield_gil=True)
                         buf.dev_dirty = False
                 self._program.run(run.op, self._program.resident, self._workspaces[run.lane], params,
-                                  [_typed(v) for v in ins], [_typed(v) for v in outs],
-                                  {k: _typed(v) for k, v in tensors.items()})
+                                  [typed(v) for v in ins], [typed(v) for v in outs],
+                                  {k: typed(v) for k, v in tensors.items()})
                 for v in tensors.values():
-                    _live(v.buffer).host_dirty = True
+                    live(v.buffer).host_dirty = True
                 for v in outs:
-                    self._sync(_live(v.buffer).bo, self._to_dev, v.spec.nbytes, v.offset, yield_gil=True)
+                    self._sync(live(v.buffer).bo, self._to_dev, v.spec.nbytes, v.offset, yield_gil=True)
             finally:
                 run.timing, run.done, run.host_call = (t0, time.perf_counter()), True, None
 
@@ -392,16 +401,6 @@ class XrtDevice:
         self._abandoned = keep
 
 
-def _live(buf: XrtBuffer) -> XrtBuffer:
-    if buf.freed:
-        raise DeviceError("use of a freed device buffer")
-    return buf
-
-
-def _typed(v: BufferView) -> np.ndarray:
-    return _live(v.buffer).host[v.offset : v.offset + v.spec.nbytes].view(v.spec.dtype).reshape(v.spec.shape)
-
-
 def make_xrt_device(backend: str, *, lanes: int = 1, manifest: str | Path | None = None,
                     pyxrt: ModuleType | None = None, device_index: int = 0, sim_config: Any = None,
                     poll_interval_s: float = 1e-4, timeout_s: float = 10.0, wait_strategy: str = "poll",
@@ -409,14 +408,16 @@ def make_xrt_device(backend: str, *, lanes: int = 1, manifest: str | Path | None
     """The device for ``backend`` ``"xrt"`` (real pyxrt, or ``pyxrt=`` a module) or ``"sim"`` (the stand-in).
 
     ``manifest`` defaults to the packaged one for ``"sim"`` and is required for ``"xrt"``. ``sim_config``
-    (a :class:`~aiowhisper_npu.sim.SimConfig`) configures the stand-in made for ``"sim"``.
+    (a :class:`~aiowhisper_npu.sim.SimConfig`) configures the stand-in made for ``"sim"``; an injected
+    ``pyxrt`` comes configured (``new_pyxrt(config)``).
     """
     if backend not in ("xrt", "sim"):
         raise BackendUnavailable(f"make_xrt_device handles 'xrt' and 'sim', not {backend!r}")
     if pyxrt is not None:
+        if sim_config is not None:  # the backend uses pyxrt's own names only: configure a stand-in up front
+            raise ValueError("pass sim_config or a stand-in already made with aiowhisper_npu.sim.new_pyxrt("
+                             "sim_config) as pyxrt, not both")
         xrt = pyxrt
-        if sim_config is not None and hasattr(xrt, "sim_configure"):
-            xrt.sim_configure(sim_config)
     elif backend == "sim":
         from ..sim import new_pyxrt
 

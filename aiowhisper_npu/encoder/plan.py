@@ -122,7 +122,12 @@ class EncoderProgram:
 
 
 class WindowJob:
-    """One window's host memory: its log-mel, its residual stream, and where its hidden states go."""
+    """One window's host memory: its log-mel, its residual stream, and where its hidden states go.
+
+    Construction only checks shapes and keeps references: the transposed log-mel copy and the residual
+    stream are allocated when the pipeline activates the job (:meth:`activate`) and dropped when it ends
+    (:meth:`release`), so a long request holds them for at most ``max_active_jobs`` windows at a time.
+    """
 
     def __init__(self, plan: EncoderPlan, mel: np.ndarray, out: np.ndarray):
         d = plan.dims
@@ -131,9 +136,19 @@ class WindowJob:
         if out.shape != (plan.positions, d.n_audio_state):
             raise ValueError(f"out must be {(plan.positions, d.n_audio_state)}, got {out.shape}")
         self.plan = plan
-        self._mel_t = np.ascontiguousarray(mel.T)  # (frames, n_mels): slabs become row slices
-        self._x = np.empty((plan.positions, d.n_audio_state), np.float32)
+        self._mel = mel
+        self._mel_t: np.ndarray | None = None  # (frames, n_mels): slabs become row slices
+        self._x: np.ndarray | None = None  # the residual stream between blocks
         self._out = out
+
+    def activate(self) -> None:
+        """Allocate the job's working memory (the pipeline calls this when the job becomes active)."""
+        self._mel_t = np.ascontiguousarray(self._mel.T)
+        self._x = np.empty((self.plan.positions, self.plan.dims.n_audio_state), np.float32)
+
+    def release(self) -> None:
+        """Drop the working memory (the pipeline calls this when the job ends, however it ends)."""
+        self._mel_t = self._x = None
 
     @property
     def tiles(self) -> Sequence[Tile]:
@@ -144,6 +159,8 @@ class WindowJob:
         return self.plan.tensor_specs
 
     def prepare(self, tile: Tile, host_in: Sequence[np.ndarray]) -> None:
+        if self._mel_t is None or self._x is None:
+            raise RuntimeError("WindowJob.prepare() before activate()")
         r0, n = tile.params["r0"], tile.params["n"]
         if tile.op == "stem":
             slab = host_in[0]
@@ -161,6 +178,8 @@ class WindowJob:
             return
         r0, n = tile.params["r0"], tile.params["n"]
         dst = self._out if tile.params.get("final") else self._x
+        if dst is None:
+            raise RuntimeError("WindowJob.commit() before activate()")
         dst[r0 : r0 + n] = host_out[0]
 
 
@@ -172,6 +191,7 @@ def encode_window_sequential(program: EncoderProgram, plan: EncoderPlan, mel: np
     d = plan.dims
     out = np.empty((plan.positions, d.n_audio_state), np.float32)
     job = WindowJob(plan, mel, out)
+    job.activate()
     ws = program.make_workspace()
     tensors = {k: np.empty(s.shape, s.dtype) for k, s in plan.tensor_specs.items()}
     for tile in plan.tiles:

@@ -14,25 +14,15 @@ Lifecycle is explicit: :meth:`LaneThreads.start` from the event loop's thread, :
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 from typing import Any, Callable
 
+from .loop import loop_poster
+
 __all__ = ["LaneThreads", "loop_poster"]
 
 Completion = Callable[[BaseException | None], None]
-
-
-def loop_poster() -> Callable[..., None]:
-    """A thread-safe, non-blocking "call this soon on the current event loop" (asyncio, uvloop or trio)."""
-    try:
-        return asyncio.get_running_loop().call_soon_threadsafe
-    except RuntimeError:
-        pass
-    import trio  # the only other event loop anyio runs on
-
-    return trio.lowlevel.current_trio_token().run_sync_soon
 
 
 class LaneThreads:

@@ -14,11 +14,16 @@ Kernels are launched on the loop and waited for on one long-lived thread per lan
 the kernel that started first: a lane holds up to ``ahead`` launched runs, so the next kernel is queued
 behind the running one and starts when it ends. Copies and host prep are short and run on the
 loop. Stages move tiles with ``*_nowait`` calls when they can and only yield to the loop when they must
-wait. A failing tile fails only its own request; the pipeline keeps serving.
+wait. A failing tile fails only its own request, with an exception of its own (the device's error chained
+as its cause, never shared between requests); the pipeline keeps serving.
+
+A pipeline belongs to the event loop that serves it: :meth:`Pipeline.run` from any other loop (or thread)
+raises at once instead of touching loop-bound state.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Hashable, Sequence, TypeVar
@@ -28,8 +33,9 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..devices.base import Device
-from ..errors import AiowhisperError, DeviceError
+from .failures import tile_error
 from .lanes import LaneThreads
+from .loop import current_loop
 from .pool import BufferPool, Slot
 from .scheduler import JobState, Scheduler
 from .stats import StageEvent, StatsRecorder
@@ -74,6 +80,9 @@ class Pipeline:
         self.pool = pool
         self.depth = pool.slots
         self.lanes = lanes or device.lanes
+        if not 1 <= self.lanes <= device.lanes:
+            raise ValueError(f"lanes={self.lanes}, but the {device.name} device has {device.lanes} lane(s); "
+                             f"use lanes between 1 and {device.lanes}")
         self.dma_batch = max(1, min(dma_batch, self.depth))
         self._prep_holding = False  # the prep stage holds a slot for a tile not yet sent on
         self.stats = StatsRecorder(max_events=history)
@@ -85,6 +94,7 @@ class Pipeline:
         self._lanes_changed = anyio.Event()  # set whenever a lane's run is seen complete
         self._serving = False
         self._closed = False
+        self._loop: object | None = None  # the event loop serving the pipeline
 
     # -- public ---------------------------------------------------------------------------------------
     async def run(self, jobs: Sequence[Job], recorder: StatsRecorder | None = None,
@@ -92,6 +102,9 @@ class Pipeline:
         """Run ``jobs`` to completion. Cancelling this call drains the jobs' in-flight tiles, then re-raises."""
         if self._closed or not self._serving:
             raise RuntimeError("pipeline is not running (use the runtime as 'async with')")
+        if current_loop() is not self._loop:
+            raise RuntimeError("Pipeline.run() was called from another event loop (or thread) than the one "
+                               "serving the pipeline")
         owner = owner if owner is not None else object()
         recs = [self.stats] + ([recorder] if recorder is not None else [])
         states = [self._sched.submit(j, owner, recs) for j in jobs]
@@ -118,6 +131,7 @@ class Pipeline:
         send2, recv2 = anyio.create_memory_object_stream[_Item](self.depth)
         send3, recv3 = anyio.create_memory_object_stream[_Item](self.depth)
         streams: list[Any] = [send1, recv1, send2, recv2, send3, recv3]
+        self._loop = current_loop()
         self._lane_threads.start()
         try:
             async with anyio.create_task_group() as tg:
@@ -139,11 +153,20 @@ class Pipeline:
         finally:
             self._serving = False
             self._closed = True
+            cause = sys.exc_info()[1]
+            if isinstance(cause, anyio.get_cancelled_exc_class()):
+                cause = None  # an ordinary close
             for s in streams:
                 s.close()
             with anyio.CancelScope(shield=True):  # a running kernel ends first: no orphan thread
                 await anyio.to_thread.run_sync(self._lane_threads.stop)
-            self._sched.fail_all(RuntimeError("the runtime was closed while this request was running"))
+
+            def closed() -> BaseException:
+                err = RuntimeError("the runtime was closed while this request was running")
+                err.__cause__ = cause
+                return err
+
+            self._sched.fail_all(closed)
 
     # -- stages ---------------------------------------------------------------------------------------
     def _record(self, st: JobState, tile: Tile, stage: str, lane: int, t0: float, t1: float) -> None:
@@ -209,7 +232,7 @@ class Pipeline:
                     _copy_many(self.device, "to_device_many", self.device.to_device, pairs)
                 except Exception as exc:
                     for i in live:
-                        self._sched.kill(i.st, _device_error(exc, self.device, i.tile, "copy to device"))
+                        self._sched.kill(i.st, tile_error(exc, self.device, i.tile, "copy to device"))
                 # one transfer for the batch: its time is shared evenly between the batch's tiles
                 t1 = _now()
                 share = (t1 - t0) / max(1, len(live))
@@ -287,7 +310,7 @@ class Pipeline:
                                               slot.device_outputs(tile),
                                               {k: st.tensors[k] for k in tile.tensors}, lane.index)
             except Exception as exc:
-                self._sched.kill(st, _device_error(exc, self.device, tile, "kernel"))
+                self._sched.kill(st, tile_error(exc, self.device, tile, "kernel"))
         if item.run is not None:
             self._lane_threads.submit(lane.index, item.run, lambda e, i=item, n=lane.index: complete(i, n, e))
         else:
@@ -320,7 +343,7 @@ class Pipeline:
                 if item.error is not None:
                     if not isinstance(item.error, Exception):
                         raise item.error
-                    self._sched.kill(st, _device_error(item.error, self.device, tile, "kernel"))
+                    self._sched.kill(st, tile_error(item.error, self.device, tile, "kernel"))
                     item.error = None
                 if item.run is not None:
                     # the stage interval ends when the pipeline sees the completion (so stages tile the
@@ -350,7 +373,7 @@ class Pipeline:
                             self.device.from_device(src, dst)
                         st.job.commit(tile, host_out)
                     except Exception as exc:
-                        self._sched.kill(st, _device_error(exc, self.device, tile, "copy from device"))
+                        self._sched.kill(st, tile_error(exc, self.device, tile, "copy from device"))
                     t1 = _now()
                     self._record(st, tile, "from_device", 0, t0, t1)
                     if not st.dead:
@@ -389,14 +412,3 @@ def _copy_many(device: Device, batched: str, single: Any, pairs: list[tuple[Any,
     else:
         for a, b in pairs:
             single(a, b)
-
-
-def _device_error(exc: Exception, device: Device, tile: Tile, what: str) -> BaseException:
-    where = f"{device.name} {what} failed on tile {tile.label or tile.index} (op {tile.op!r})"
-    if isinstance(exc, AiowhisperError):
-        exc.add_note(where)
-        return exc
-    err = DeviceError(f"{where}: {type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err
-

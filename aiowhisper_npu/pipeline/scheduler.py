@@ -6,6 +6,10 @@ request cannot monopolise activation). A tile is *ready* when every tile it depe
 Ready tiles are taken round-robin across owners (requests), then from the earliest job and lowest tile
 index within an owner, so a dependency barrier in one job never drains the device while others have work.
 
+Activation is iterative: a job whose activation fails (its device tensors cannot be allocated, say) is
+finished on the spot and the next pending job is tried in the same loop, never by recursion, however many
+are pending. A finished job is always signalled (``done`` is set in a ``finally``).
+
 Loop-side only: no locks, no threads. Generic: it knows jobs and tiles, nothing about Whisper.
 """
 
@@ -16,11 +20,12 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import anyio
 
 from ..devices.base import BufferView, Device
+from .failures import request_error
 from .stats import StatsRecorder
 from .tiles import Job, Tile
 
@@ -66,6 +71,7 @@ class Scheduler:
         self._wake = anyio.Event()
         self._dependents: dict[int, tuple[Sequence[Tile], list[list[int]]]] = {}
         self._busy_since: float | None = None
+        self._activating = False  # _activate is running: finish() leaves the next activation to its loop
 
     # -- submission and activation --------------------------------------------------------------------
     def submit(self, job: Job, owner: Hashable, recorders: list[StatsRecorder]) -> JobState:
@@ -89,32 +95,49 @@ class Scheduler:
         return sum(len(v) for v in self._active.values())
 
     def _activate(self) -> None:
-        while self._pending and self.n_active() < self.max_active_jobs:
-            pick = next((s for s in self._pending if s.owner not in self._active), self._pending[0])
-            self._pending.remove(pick)
-            try:
-                pick.tensors = {name: BufferView(self.device.alloc(spec.nbytes), spec)
-                                for name, spec in pick.job.tensor_specs.items()}
-            except BaseException as exc:
-                pick.error = exc
-                pick.dead = True
-                self.finish(pick)
-                continue
-            tiles = pick.job.tiles
-            pick.remaining = [len(t.deps) for t in tiles]
-            pick.ready = [t.index for t in tiles if not t.deps]
-            heapq.heapify(pick.ready)
-            pick.active = True
-            pick.activated_at = _now()
-            if self._busy_since is None:
-                self._busy_since = _now()
-            if pick.owner not in self._active:
-                self._active[pick.owner] = []
-                self._owners.append(pick.owner)
-            self._active[pick.owner].append(pick)
-            if not tiles:
-                self.finish(pick)
-        self._wake.set()
+        """Activate pending jobs while there is room. Iterative: a failed activation finishes its job, whose
+        ``finish`` does not re-enter here (``_activating``); this loop simply goes on to the next job."""
+        if self._activating:
+            return
+        self._activating = True
+        try:
+            while self._pending and not self.closed and self.n_active() < self.max_active_jobs:
+                pick = next((s for s in self._pending if s.owner not in self._active), self._pending[0])
+                self._pending.remove(pick)
+                try:
+                    self._allocate(pick)
+                except BaseException as exc:
+                    where = f"{self.device.name}: could not allocate a job's device tensors"
+                    pick.error = request_error(exc, where)
+                    pick.dead = True
+                    self.finish(pick)
+                    continue
+                tiles = pick.job.tiles
+                pick.remaining = [len(t.deps) for t in tiles]
+                pick.ready = [t.index for t in tiles if not t.deps]
+                heapq.heapify(pick.ready)
+                pick.active = True
+                pick.activated_at = _now()
+                if self._busy_since is None:
+                    self._busy_since = _now()
+                if pick.owner not in self._active:
+                    self._active[pick.owner] = []
+                    self._owners.append(pick.owner)
+                self._active[pick.owner].append(pick)
+                if not tiles:
+                    self.finish(pick)
+        finally:
+            self._activating = False
+            self._wake.set()
+
+    def _allocate(self, st: JobState) -> None:
+        """The job's device tensors, one by one into ``st.tensors`` (so ``finish`` frees a partial set),
+        then the job's own host memory (its optional ``activate``)."""
+        for name, spec in st.job.tensor_specs.items():
+            st.tensors[name] = BufferView(self.device.alloc(spec.nbytes), spec)
+        activate = getattr(st.job, "activate", None)
+        if activate is not None:
+            activate()
 
     # -- ready tiles ----------------------------------------------------------------------------------
     def pop_ready(self) -> tuple[JobState, Tile] | None:
@@ -161,29 +184,38 @@ class Scheduler:
             self.finish(st)
 
     def finish(self, st: JobState) -> None:
+        """End ``st``: free its tensors and host memory, signal its waiter, activate what now fits."""
         if st.finished:
             return
         st.finished = True
-        for view in st.tensors.values():
-            self.device.free(view.buffer)
-        st.tensors = {}
-        if st.active:
-            sts = self._active[st.owner]
-            sts.remove(st)
-            if not sts:
-                del self._active[st.owner]
-                self._owners.remove(st.owner)
-            if not self._active and self._busy_since is not None:
-                self.stats.wall_s += _now() - self._busy_since  # cumulative: time with work in flight
-                self._busy_since = None
-        st.done.set()
-        if not self.closed:
-            self._activate()
+        try:
+            tensors, st.tensors = st.tensors, {}
+            for view in tensors.values():
+                try:
+                    self.device.free(view.buffer)
+                except Exception as exc:  # the device failed: this request fails, the pipeline goes on
+                    where = f"{self.device.name}: could not free a job's device tensors"
+                    st.error = st.error or request_error(exc, where)
+            release = getattr(st.job, "release", None)
+            if release is not None:
+                release()
+            if st.active:
+                sts = self._active[st.owner]
+                sts.remove(st)
+                if not sts:
+                    del self._active[st.owner]
+                    self._owners.remove(st.owner)
+                if not self._active and self._busy_since is not None:
+                    self.stats.wall_s += _now() - self._busy_since  # cumulative: time with work in flight
+                    self._busy_since = None
+        finally:
+            st.done.set()  # "finished" and "signalled" never come apart
+        self._activate()
 
-    def fail_all(self, error: BaseException) -> None:
-        """On shutdown: every job not yet finished fails with ``error``."""
+    def fail_all(self, make_error: Callable[[], BaseException]) -> None:
+        """On shutdown: every job not yet finished fails, each with its own ``make_error()``."""
         self.closed = True
         for st in [*self._pending, *itertools.chain.from_iterable(self._active.values())]:
-            st.error = st.error or error
+            st.error = st.error or make_error()
             st.dead = True
             self.finish(st)

@@ -45,7 +45,12 @@ class Tile:
 
 
 class Job(Protocol):
-    """A unit of work for a pipeline: a static tile graph plus the host memory it reads and fills."""
+    """A unit of work for a pipeline: a static tile graph plus the host memory it reads and fills.
+
+    A job may also define ``activate()`` and ``release()`` (no arguments): the scheduler calls ``activate``
+    when the job becomes active (its device tensors allocated; a failure fails the job) and ``release``
+    when it ends, however it ends, so host working memory need only exist while the job can run.
+    """
 
     @property
     def tiles(self) -> Sequence[Tile]: ...

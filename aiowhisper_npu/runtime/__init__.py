@@ -1,2 +1,4 @@
 """The public :class:`~.runtime.Runtime`: where models, devices, the pipeline, the decoder and streams are
-wired together. Everything else points down from here; only the CLI and the server import it."""
+wired together; :mod:`.host`, the task that owns what an open runtime holds; :class:`~.sync.SyncRuntime`,
+its blocking facade for threads. Everything else points down from here; only the CLI and the server
+import it."""

@@ -1,8 +1,14 @@
 """The public async runtime: ``async with Runtime(model) as rt: out = await rt.encode(audio)``.
 
 It wires the layers together: a model and its :class:`~.plan.EncoderProgram` loaded on a device, a
-:class:`~.pool.BufferPool` with one buffer set per in-flight tile, and a :class:`~.pipeline.Pipeline`
-whose stage tasks live in the runtime's own task group for as long as the ``async with`` block.
+:class:`~.pool.BufferPool` with one buffer set per in-flight tile, and a :class:`~.pipeline.Pipeline`.
+
+**Threads and loops.** Everything the runtime owns (device, pool, the pipeline's stage tasks and lane
+threads, detached stream readers) lives in a :class:`~.host.ServiceHost` task of its own, not in the task
+that opened the runtime: ``aclose()`` is safe from any task and at any nesting, and the task that opened
+the runtime may end before it. A runtime serves only the event loop it was opened in: a call from another
+loop or thread raises ``RuntimeError`` at once (use :class:`~.sync.SyncRuntime`, ``Runtime.sync(...)``,
+from other threads).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import os
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, Awaitable, Callable, Union
+from typing import TYPE_CHECKING, Any, AsyncIterable, Awaitable, Callable, Union
 
 import anyio
 import numpy as np
@@ -30,7 +36,11 @@ from ..streaming.stream import AudioStream
 from ..decoder.engine import EngineStats
 from ..decoder.results import TranscriptionResult
 from ..decoder.transcribe_options import TranscriptionOptions
+from .host import WRONG_LOOP_HINT, ServiceHost
 from .transcription import TranscriptionService, TranscriptionStream, make_options
+
+if TYPE_CHECKING:
+    from .sync import SyncRuntime
 
 __all__ = ["AudioInput", "CPU_TILE_ROWS", "EncoderOutput", "Runtime"]
 
@@ -99,61 +109,86 @@ class Runtime:
         self.dma_batch = dma_batch
         self._device_arg = device
         self._backend_options = backend_options
-        self._stack: AsyncExitStack | None = None
+        self._host: ServiceHost | None = None  # owns everything below while open (see the module docstring)
         self._pipeline: Pipeline | None = None
         self._pool: BufferPool | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None  # hosts detached stream readers (stream.py)
         self._plans: dict[int | None, EncoderPlan] = {}
         self._transcription: TranscriptionService | None = None
         self.model: WhisperModel | None = model if isinstance(model, WhisperModel) else None
         self.device: Device | None = None
 
+    @classmethod
+    def sync(cls, model: WhisperModel | str | os.PathLike[str] = "tiny.en", **options: Any) -> SyncRuntime:
+        """A blocking facade on a runtime of its own event-loop thread: ``with Runtime.sync("base") as rt:
+        rt.encode(...)``. Safe from any thread. See :class:`~aiowhisper_npu.runtime.sync.SyncRuntime`."""
+        from .sync import SyncRuntime
+
+        return SyncRuntime(model, **options)
+
     # -- lifecycle ------------------------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
-        if self._stack is not None:
+        if self._host is not None and not self._host.stopped:
             raise RuntimeError("Runtime is already open")
-        stack = AsyncExitStack()
-        await stack.__aenter__()
+        host = self._host = ServiceHost(f"aiowhisper runtime {id(self):x}")
         try:
-            model = self.model or await anyio.to_thread.run_sync(load_model, self._model_arg)
-            self.model = model
-            device = self._device_arg or make_device(self.backend, lanes=self.lanes, **self._backend_options)
-            stack.callback(device.close)
-            program = EncoderProgram(model, self.tile_rows)
-            await anyio.to_thread.run_sync(device.load, program)
-            self.device = device
-            plan = self._plan(None)
-            ins, outs = slot_nbytes(plan.tiles)
-            pool = BufferPool(device, ins, outs, self.pipeline_depth, zero_copy=self.zero_copy,
-                              reuse=self.reuse_buffers)
-            stack.callback(pool.close)
-            self._pool = pool
-            pipeline = Pipeline(device, pool, lanes=self.lanes, max_active_jobs=self.max_active_jobs,
-                                dma_batch=self.dma_batch)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            await tg.start(pipeline.serve)
-            self._pipeline = pipeline
-            self._task_group = tg
-            service = TranscriptionService(model, self._encode_window)
-            stack.push_async_callback(service.aclose)  # before the pipeline stops: no decoding is left waiting
-            self._transcription = service
+            await host.open(self._setup)
         except BaseException:
-            await stack.aclose()
+            self._host = None
             raise
-        self._stack = stack
         return self
 
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        """Open everything the runtime owns, in the host task; ``stack`` releases it in reverse order.
+
+        A further owned service goes here too: a resource as ``stack.callback(close)`` (or
+        ``push_async_callback``; shield any awaiting cleanup), a long-lived task or thread as
+        ``await tg.start(service)`` in a task group entered with ``stack.enter_async_context``. Whatever
+        is entered last is stopped first by :meth:`aclose`.
+        """
+        model = self.model or await anyio.to_thread.run_sync(load_model, self._model_arg)
+        self.model = model
+        device = self._device_arg or make_device(self.backend, lanes=self.lanes, **self._backend_options)
+        stack.callback(device.close)
+        program = EncoderProgram(model, self.tile_rows)
+        await anyio.to_thread.run_sync(device.load, program)
+        self.device = device
+        plan = self._plan(None)
+        ins, outs = slot_nbytes(plan.tiles)
+        pool = BufferPool(device, ins, outs, self.pipeline_depth, zero_copy=self.zero_copy,
+                          reuse=self.reuse_buffers)
+        stack.callback(pool.close)
+        pipeline = Pipeline(device, pool, lanes=self.lanes, max_active_jobs=self.max_active_jobs,
+                            dma_batch=self.dma_batch)  # refuses more lanes than the device has
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        await tg.start(pipeline.serve)
+        self._pool = pool
+        self._pipeline = pipeline
+        service = TranscriptionService(model, self._encode_window)
+        stack.push_async_callback(service.aclose)  # stopped before the pipeline: no decoding is left waiting
+        self._transcription = service
+
     async def __aexit__(self, *exc: object) -> None:
+        # Nothing of the runtime's is entered in the caller's task, so the body's exception (or
+        # cancellation) has nothing to be passed to here: it propagates unchanged once aclose() returns.
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the pipeline, free every buffer and release the device. Idempotent."""
-        stack, self._stack = self._stack, None
+        """Stop the pipeline, free every buffer and release the device. Idempotent; safe from any task of the
+        runtime's event loop, at any nesting. Raises the error of a runtime service that failed, if any."""
+        host = self._host
+        if host is None:
+            return
+        if host.stopped:  # already closed, or its event loop has ended: nothing left to wait for
+            self._host = self._pipeline = None
+            host.raise_error()
+            return
+        self._check_loop("aclose")
         self._pipeline = None
-        self._task_group = None
-        if stack is not None:
-            await stack.aclose()
+        try:
+            await host.close()
+        finally:
+            if host.stopped and self._host is host:
+                self._host = None
 
     # -- introspection --------------------------------------------------------------------------------
     @property
@@ -184,20 +219,30 @@ class Runtime:
         return self.model.dims
 
     def start_background(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
-        """Run ``fn()`` in the runtime's task group until it returns or the runtime closes."""
-        if self._task_group is None:
-            raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
-        self._task_group.start_soon(fn, name=name)
+        """Run ``fn()`` in the runtime's service host until it returns or the runtime closes."""
+        self._require_open("start_background")
+        assert self._host is not None
+        self._host.start_soon(fn, name)
 
-    def _require_open(self) -> Pipeline:
-        if self._pipeline is None:
+    def _check_loop(self, what: str) -> None:
+        host = self._host
+        if host is not None and not host.on_own_loop():
+            raise RuntimeError(f"Runtime.{what}() was called from another event loop (or thread) than the one "
+                               f"the runtime was opened in: {WRONG_LOOP_HINT}")
+
+    def _require_open(self, what: str | None = None) -> Pipeline:
+        """The open pipeline; with ``what`` (an async entry point), also check the caller's event loop."""
+        if what is not None:
+            self._check_loop(what)
+        host = self._host
+        if self._pipeline is None or host is None or not host.serving:
             raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
         return self._pipeline
 
     # -- encoding -------------------------------------------------------------------------------------
     async def encode(self, audio: AudioInput) -> EncoderOutput:
         """Encode 16 kHz mono float audio (or an audio file) into hidden states, one row per 30 s window."""
-        self._require_open()
+        self._require_open("encode")
         if isinstance(audio, (str, os.PathLike)):
             samples = await anyio.to_thread.run_sync(load_audio, audio)
         else:
@@ -210,7 +255,7 @@ class Runtime:
     async def encode_mels(self, mels: np.ndarray, n_ctx: int | None = None,
                           recorder: StatsRecorder | None = None) -> tuple[np.ndarray, PipelineStats]:
         """Encode ready log-mel windows ``(n_windows, n_mels, 3000)``; ``n_ctx`` limits the positions."""
-        pipeline = self._require_open()
+        pipeline = self._require_open("encode_mels")
         plan = self._plan(n_ctx)
         d = plan.dims
         out = np.empty((mels.shape[0], plan.positions, d.n_audio_state), np.float32)
@@ -224,8 +269,8 @@ class Runtime:
         out, _ = await self.encode_mels(mel[None])
         return out[0]
 
-    def _service(self) -> TranscriptionService:
-        self._require_open()
+    def _service(self, what: str) -> TranscriptionService:
+        self._require_open(what)
         assert self._transcription is not None
         return self._transcription
 
@@ -243,17 +288,17 @@ class Runtime:
         Returns a :class:`~aiowhisper_npu.TranscriptionResult`: ``.text``, ``.language``,
         ``.language_probability``, ``.duration``, ``.segments`` and ``.info``.
         """
-        return await self._service().transcribe(audio, make_options(options, overrides))
+        return await self._service("transcribe").transcribe(audio, make_options(options, overrides))
 
     def transcribe_iter(self, audio: AudioInput, *, options: TranscriptionOptions | None = None,
                         **overrides: Any) -> TranscriptionStream:
         """Like :meth:`transcribe`, but yields the segments as each window is decoded
         (``async for segment in rt.transcribe_iter(audio)``); ``.info`` is set with the first segment."""
-        return TranscriptionStream(self._service(), audio, make_options(options, overrides))
+        return TranscriptionStream(self._service("transcribe_iter"), audio, make_options(options, overrides))
 
     def decoder_stats(self) -> EngineStats:
         """The decoder engine's counters (all zero before the first transcription)."""
-        engine = self._service().engine
+        engine = self._service("decoder_stats").engine
         return engine.stats() if engine is not None else EngineStats(0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0)
 
     def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> AudioStream:

@@ -38,7 +38,8 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["SimConfig", "FAULTS", "SCALAR_MACS_PER_S", "VECTOR_BF16_MACS_PER_S", "gil_sleep", "gil_copy"]
+__all__ = ["SimConfig", "FAULTS", "SCALAR_MACS_PER_S", "VECTOR_BF16_MACS_PER_S", "gil_sleep", "gil_copy",
+           "gil_fill"]
 
 SCALAR_MACS_PER_S = 2.5e8
 VECTOR_BF16_MACS_PER_S = 2.56e11
@@ -150,6 +151,18 @@ def gil_sleep(seconds: float) -> None:
 # memmove through a PYFUNCTYPE prototype: unlike ctypes.memmove (a CFUNCTYPE), it keeps the GIL.
 _memmove = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(
     ctypes._memmove_addr)  # type: ignore[attr-defined]
+
+
+_memset = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)(
+    ctypes._memset_addr)  # type: ignore[attr-defined]
+
+
+def gil_fill(dst: np.ndarray, byte: int) -> None:
+    """Set every byte of the contiguous ``dst`` to ``byte`` without releasing the GIL (see :func:`gil_copy`)."""
+    if not dst.flags.c_contiguous:
+        raise ValueError("gil_fill needs a contiguous array")
+    if dst.nbytes:
+        _memset(dst.ctypes.data, byte, dst.nbytes)
 
 
 def gil_copy(dst: np.ndarray, src: np.ndarray) -> None:

@@ -54,7 +54,7 @@ class PyEnum:
         return self._names.get(self._value, "???")
 
     @classmethod
-    def members(cls) -> dict[str, PyEnum]:
+    def _members(cls) -> dict[str, PyEnum]:
         return {n: cls._cache[v] for v, n in cls._names.items()}
 
     def __int__(self) -> int:
@@ -93,7 +93,7 @@ class PyEnum:
 
 class _MembersDescriptor:
     def __get__(self, obj: object, cls: type[PyEnum]) -> dict[str, PyEnum]:
-        return cls.members()
+        return cls._members()
 
 
 PyEnum.__members__ = _MembersDescriptor()  # type: ignore[attr-defined]
@@ -127,11 +127,14 @@ bo_flags.__qualname__ = "bo.flags"
 
 
 class xrt_info_device(PyEnum):  # noqa: N801
+    """``xrt::info::device`` as pyxrt binds it: the C++ enum also has ``aie`` (15) and ``aie_shim`` (16),
+    which the binding does not name, so ``dynamic_regions`` is 17 and ``vmr`` 18 (xrt_device.h)."""
+
     __slots__ = ()
     _strict = True
     _names = {0: "bdf", 1: "interface_uuid", 2: "kdma", 3: "max_clock_frequency_mhz", 4: "m2m", 5: "name",
               6: "nodma", 7: "offline", 8: "electrical", 9: "thermal", 10: "mechanical", 11: "memory",
-              12: "platform", 13: "pcie_info", 14: "host", 15: "aie", 16: "dynamic_regions", 17: "vmr"}
+              12: "platform", 13: "pcie_info", 14: "host", 17: "dynamic_regions", 18: "vmr"}
 
 
 def require(value: object, enum_type: type[PyEnum], signature: str) -> PyEnum:

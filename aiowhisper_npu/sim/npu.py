@@ -13,6 +13,13 @@ the simulator's own worker can progress); the modeled part holds it, as pyxrt do
 
 Coherence: with ``strict_coherence`` (the default) a BO has separate host and device copies, and only
 ``bo.sync`` moves data between them, so a missing sync shows up as wrong numbers, as it can on hardware.
+
+Lifetime: pyxrt's ``bo.map()`` memoryview does not own the BO, so on hardware a view that outlives its BO
+dangles. Here, when the last ``bo`` object of an allocation goes away (:meth:`SimNPU.free`), every
+memoryview ``map()`` handed out is released (using it raises ``ValueError``) and the memory is poisoned
+(0xFF bytes: NaN as float32), so a later read through a numpy array made from such a view returns NaN and a
+write is lost. A view still referenced at that moment is counted in :attr:`SimNPU.views_outliving_free`,
+so tests can show that no path keeps one.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,7 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .config import SimConfig, gil_copy, gil_sleep
+from .config import SimConfig, gil_copy, gil_fill, gil_sleep
 from .ops import KernelCall, convert, resolve_impl
 from .xclbin import ArgDesc, KernelDesc, XclbinDesc
 
@@ -47,6 +55,9 @@ def _pages(nbytes: int) -> np.ndarray:
     return raw[off : off + nbytes]
 
 
+POISON = 0xFF  # freed memory reads as 0xFF bytes: NaN as float32, -1 as a signed integer
+
+
 class Memory:
     """One allocation: host pages, and a separate device copy under strict coherence."""
 
@@ -57,6 +68,9 @@ class Memory:
         self.address = address
         self.generation = 0  # bumped whenever device memory changes (sync to device, kernel writes)
         self.synced_to_device = False
+        self.owners = 0  # live ``bo`` objects (a BO and its sub-buffers) sharing this allocation
+        self.views: list[tuple[np.ndarray, memoryview]] = []  # what ``bo.map()`` handed out, and its array
+        self.freed = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,7 @@ class SimRun:
         self.final, self.error = ERROR, reason
 
     def state_at(self, now: float) -> int:
+        """The modeled state: QUEUED, RUNNING or final (``run.state()`` shows NEW until final, as amdxdna)."""
         if now < self.t_start:
             return QUEUED
         if self.fault == "timeout":
@@ -151,14 +166,16 @@ class _ReadCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, ref: MemRef, arg: ArgDesc) -> np.ndarray:
-        key = (ref.mem.serial, ref.offset, ref.size, ref.mem.generation, arg.dtype, arg.precision)
+    def get(self, ref: MemRef, arg: ArgDesc, raw: np.ndarray, offset: int) -> np.ndarray:
+        """``convert(arg, raw)`` for ``raw``, the bytes at ``offset`` in ``ref``, cached until they change."""
+        mem = ref.mem
+        key = (mem.serial, ref.offset + offset, raw.nbytes, mem.generation, arg.dtype, arg.precision)
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        val = convert(arg, ref.dev)  # a fresh array (callers only cache converting reads)
+        val = convert(arg, raw)  # a fresh array (callers only cache converting reads)
         val.setflags(write=False)
         with self._lock:
             self._items[key] = val
@@ -175,7 +192,9 @@ class SimNPU:
     def __init__(self, index: int, config: SimConfig):
         self.index = index
         self.config = config
-        self._lock = threading.Lock()
+        # reentrant: weakref finalizers (hw_context, bo) call back into this object and may run from the
+        # garbage collector while this thread already holds the lock
+        self._lock = threading.RLock()
         self._xclbins: dict[str, XclbinDesc] = {}
         self._contexts: dict[int, tuple[str, int]] = {}
         self._ctx_ids = itertools.count()
@@ -189,6 +208,8 @@ class SimNPU:
         self._next_address = 0x4000_0000
         self._cache = _ReadCache(256 << 20) if config.strict_coherence else None
         self.records: deque[RunRecord] = deque(maxlen=100_000)
+        self.views_outliving_free = 0  # map() views still referenced when their BO was freed
+        self.bos_live = 0  # allocations not freed yet
 
     # -- xclbins and contexts -------------------------------------------------------------------------
     def register(self, desc: XclbinDesc) -> None:
@@ -229,7 +250,30 @@ class SimNPU:
         with self._lock:
             addr = self._next_address
             self._next_address += -(-nbytes // _PAGE) * _PAGE
+            self.bos_live += 1
         return Memory(nbytes, self.config.strict_coherence, addr)
+
+    def free(self, mem: Memory) -> None:
+        """The last ``bo`` of ``mem`` is gone: release its ``map()`` views and poison it (module docstring)."""
+        outliving = 0
+        while mem.views:
+            owner, view = mem.views.pop()
+            try:
+                view.release()  # using the memoryview map() returned now raises ValueError
+            except BufferError:  # something holds a buffer export of it
+                outliving += 1
+            del view
+            # ``owner`` is the array the view was made from: past ``owner`` and the argument, only a view
+            # derived from it (a numpy array made with np.frombuffer, a memoryview of it) still refers to it
+            if sys.getrefcount(owner) > 2:
+                outliving += 1
+        gil_fill(mem.host, POISON)  # holds the GIL: this may run inside a GIL-holding wait (a finalizer)
+        if mem.dev is not mem.host:
+            gil_fill(mem.dev, POISON)
+        mem.freed = True
+        with self._lock:
+            self.views_outliving_free += outliving
+            self.bos_live -= 1
 
     def sync(self, ref: MemRef, to_device: bool, size: int, offset: int) -> None:
         """``bo.sync``: copy between the host and device copies, taking the modeled time with the GIL held."""
@@ -272,8 +316,9 @@ class SimNPU:
         if problem is not None:
             run.fail(problem)
         else:
+            cache = self._cache
             call = KernelCall(kernel, {k: v.dev for k, v in args.items()}, self._scratch[column],
-                              (lambda a, raw, _args=args: self._cache.get(_args[a.name], a)) if self._cache else None)
+                              (lambda name, a, raw, off: cache.get(args[name], a, raw, off)) if cache else None)
             try:
                 macs, dma = resolve_impl(kernel.impl).cost(call)
                 macs = kernel.macs if kernel.macs is not None else macs

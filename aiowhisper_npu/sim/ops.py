@@ -2,10 +2,12 @@
 
 A kernel implementation has ``cost(call) -> (macs, dma_bytes)`` and ``run(call)``. ``run`` reads its
 arguments through :meth:`KernelCall.read` (device memory converted with the argument's precision: bf16
-weights widened exactly, float32 data rounded to bf16 when the argument is read at bf16) and writes through
-:meth:`KernelCall.write` (device memory itself). The encoder kernels call the project's own numpy kernels
-(:mod:`aiowhisper_npu.encoder.kernels`) on that data, so the only numerical difference from the CPU backend is the
-declared precision: bf16 operands, fp32 accumulation.
+weights widened exactly, float32 data rounded to bf16 when the argument is read at bf16), the weights of a
+packed argument through :meth:`KernelCall.unpack` (at the offsets of :mod:`aiowhisper_npu.sim.layout`, from
+the shapes the kernel knows), and writes through :meth:`KernelCall.write` (device memory itself). The
+encoder kernels call the project's own numpy kernels (:mod:`aiowhisper_npu.encoder.kernels`) on that data, so
+the only numerical difference from the CPU backend is the declared precision: bf16 operands, fp32
+accumulation.
 
 Built-ins (the ``impl`` of an xclbin kernel): ``encoder.stem``, ``encoder.qkv``, ``encoder.attn_mlp``,
 ``copy`` (first read data argument -> first write argument) and ``none`` (timing only). Anything else is
@@ -15,12 +17,14 @@ Built-ins (the ``impl`` of an xclbin kernel): ``encoder.stem``, ``encoder.qkv``,
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
 from .bf16 import from_bf16_bits, round_bf16
+from .layout import pack_offsets
 from .xclbin import DTYPES, ArgDesc, KernelDesc
 
 __all__ = ["KernelCall", "KernelImpl", "BUILTINS", "resolve_impl"]
@@ -39,7 +43,8 @@ class KernelCall:
     kernel: KernelDesc
     memory: Mapping[str, np.ndarray]
     scratch: dict[Any, Any] = field(default_factory=dict)  # per column: workspaces, reused across runs
-    read_cache: Callable[[ArgDesc, np.ndarray], np.ndarray] | None = None
+    # (arg name, desc, its bytes, their offset in the argument) -> converted, cached while the memory is unchanged
+    read_cache: Callable[[str, ArgDesc, np.ndarray, int], np.ndarray] | None = None
 
     @property
     def params(self) -> dict[str, int]:
@@ -58,12 +63,36 @@ class KernelCall:
 
     def read(self, name: str) -> np.ndarray:
         """A read-only float view/copy of argument ``name`` at its declared precision (1-D)."""
-        a = self.arg(name)
-        raw = self.memory[name]
+        return self._convert(name, self.arg(name), self.memory[name], 0)
+
+    def _convert(self, name: str, a: ArgDesc, raw: np.ndarray, offset: int) -> np.ndarray:
         copies = a.dtype == "bfloat16" or (a.dtype == "float32" and a.precision == "bf16")
         if self.read_cache is not None and copies:
-            return self.read_cache(a, raw)
+            return self.read_cache(name, a, raw, offset)
         return convert(a, raw)
+
+    def part_sizes(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
+        """(byte offset, byte size) of every part of packed argument ``name``, given every part's shape."""
+        arg = self.arg(name)
+        missing = [p.name for p in arg.parts if p.name not in shapes]
+        if missing:
+            raise KeyError(f"packed argument {name!r}: no shape for parts {missing}")
+        parts = arg.parts
+        sizes = [math.prod(shapes[p.name]) * (2 if p.dtype == "bfloat16" else 4) for p in parts]
+        offsets, _ = pack_offsets(sizes, arg.align)
+        return {p.name: (o, n) for p, o, n in zip(parts, offsets, sizes)}
+
+    def unpack(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Every part of packed argument ``name``, converted with its precision and reshaped to ``shapes``."""
+        raw = self.memory[name]
+        layout = self.part_sizes(name, shapes)
+        out = {}
+        for p in self.arg(name).parts:
+            off, size = layout[p.name]
+            if off + size > raw.nbytes:
+                raise ValueError(f"packed argument {name!r}: part {p.name!r} ends past the BO")
+            out[p.name] = self._convert(name, p, raw[off : off + size], off).reshape(shapes[p.name])
+        return out
 
     def write(self, name: str, dtype: str = "float32") -> np.ndarray:
         """Argument ``name``'s device memory as a writable 1-D array."""
@@ -100,41 +129,65 @@ def _workspace(call: KernelCall, dims: Any, n: int) -> Any:
     return ws
 
 
-def _weights(call: KernelCall, names: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
-    return {key: call.read(arg).reshape(shape) for key, (arg, shape) in names.items()}
+def _weights(call: KernelCall, arg: str, layer: int | None, shapes: Mapping[str, tuple[int, ...]]
+             ) -> dict[str, np.ndarray]:
+    """The parts of packed argument ``arg``, keyed by resident weight name (``{layer}.`` + part for a layer)."""
+    prefix = "" if layer is None else f"{layer}."
+    return {prefix + k: v for k, v in call.unpack(arg, shapes).items()}
+
+
+def _packed_bytes(call: KernelCall, arg: str, shapes: Mapping[str, tuple[int, ...]], parts: tuple[str, ...]
+                  ) -> int:
+    sizes = call.part_sizes(arg, shapes)
+    return sum(sizes[p][1] for p in parts)
 
 
 class _Stem:
-    """conv1 + GELU, conv2 (stride 2) + GELU, + positions. Args: params, mel, conv1_w/b, conv2_w/b, pos, out."""
+    """conv1 + GELU, conv2 (stride 2) + GELU, + positions.
+
+    Args: params, mel, w (packed: conv1_w, conv1_b, conv2_w, conv2_b, pos), out.
+    """
+
+    _W = ("conv1_w", "conv1_b", "conv2_w", "conv2_b")  # DMA'd whole; pos only for the tile's rows
+
+    @staticmethod
+    def _shapes(p: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+        m, d = p["n_mels"], p["n_audio_state"]
+        return {"conv1_w": (3 * m, d), "conv1_b": (d,), "conv2_w": (3 * d, d), "conv2_b": (d,),
+                "pos": (p["n_audio_ctx"], d)}
 
     def cost(self, c: KernelCall) -> tuple[float, int]:
         p = c.params
         n, m, d = p["n"], p["n_mels"], p["n_audio_state"]
         macs = (2 * n + 1) * 3 * m * d + n * 3 * d * d
         io = ((2 * n + 3) * m + 2 * n * d) * 4
-        return float(macs), io + sum(c.nbytes(k) for k in ("conv1_w", "conv1_b", "conv2_w", "conv2_b"))
+        return float(macs), io + _packed_bytes(c, "w", self._shapes(p), self._W)
 
     def run(self, c: KernelCall) -> None:
         from ..encoder import kernels
 
         p = c.params
         n, m, d, r0 = p["n"], p["n_mels"], p["n_audio_state"], p["r0"]
-        pos = c.read("pos").reshape(-1, d)
-        res = _weights(c, {"conv1_w": ("conv1_w", (3 * m, d)), "conv1_b": ("conv1_b", (d,)),
-                           "conv2_w": ("conv2_w", (3 * d, d)), "conv2_b": ("conv2_b", (d,))})
-        res["pos"] = pos
+        res = _weights(c, "w", None, self._shapes(p))
         slab = c.read("mel")[: (2 * n + 3) * m].reshape(2 * n + 3, m)
         out = c.write("out")[: n * d].reshape(n, d)
-        kernels.stem(res, _workspace(c, _dims(c, pos.shape[0]), n), slab, r0, out)
+        kernels.stem(res, _workspace(c, _dims(c, p["n_audio_ctx"]), n), slab, r0, out)
 
 
 class _Qkv:
-    """Layer norm + fused Q/K/V projection into rows r0:r0+n of the qkv tensor. Args: params, x, w, b, qkv."""
+    """Layer norm + fused Q/K/V projection into rows r0:r0+n of the qkv tensor.
+
+    Args: params, x, w (packed: qkv_w, qkv_b), qkv.
+    """
 
     def cost(self, c: KernelCall) -> tuple[float, int]:
+        from ..encoder import kernels
+
         p = c.params
         n, d = p["n"], p["n_audio_state"]
-        return float(n * d * 3 * d), (n * d + 3 * n * d) * 4 + c.nbytes("w") + c.nbytes("b")
+        w = kernels.qkv_columns(d, p["n_audio_head"])
+        shapes = {"qkv_w": (d, w), "qkv_b": (w,)}
+        return float(n * d * 3 * d), (n * d + 3 * n * d) * 4 + _packed_bytes(c, "w", shapes, ("qkv_w", "qkv_b"))
 
     def run(self, c: KernelCall) -> None:
         from ..encoder import kernels
@@ -143,16 +196,25 @@ class _Qkv:
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
         w = kernels.qkv_columns(d, h)
         t = c.nbytes("qkv") // (4 * w)
-        res = _weights(c, {f"{layer}.qkv_w": ("w", (d, w)), f"{layer}.qkv_b": ("b", (w,))})
+        res = _weights(c, "w", layer, {"qkv_w": (d, w), "qkv_b": (w,)})
         x = c.read("x")[: n * d].reshape(n, d)
         qkv = c.write("qkv")[: t * w].reshape(t, w)
         kernels.qkv(res, _workspace(c, _dims(c, t), n), layer, x, r0, qkv)
 
 
 class _AttnMlp:
-    """Attention of rows r0:r0+n against all keys, output projection, MLP, residuals (+ ln_post if final)."""
+    """Attention of rows r0:r0+n against all keys, output projection, MLP, residuals (+ ln_post if final).
+
+    Args: params, x, qkv, w (packed: out_w, out_b, fc1_w, fc1_b, fc2_w, fc2_b, ln_post_w, ln_post_b), out.
+    """
 
     _W = ("out_w", "out_b", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "ln_post_w", "ln_post_b")
+
+    @staticmethod
+    def _shapes(d: int) -> dict[str, tuple[int, ...]]:
+        m = 4 * d
+        return {"out_w": (d, d), "out_b": (d,), "fc1_w": (d, m), "fc1_b": (m,), "fc2_w": (m, d), "fc2_b": (d,),
+                "ln_post_w": (d,), "ln_post_b": (d,)}
 
     def cost(self, c: KernelCall) -> tuple[float, int]:
         p = c.params
@@ -162,7 +224,7 @@ class _AttnMlp:
         t = c.nbytes("qkv") // (4 * kernels.qkv_columns(d, p["n_audio_head"]))
         macs = 2 * n * t * d + n * d * d + 2 * n * d * 4 * d
         io = (n * d + 2 * t * d + 2 * n * d) * 4
-        return float(macs), io + sum(c.nbytes(k) for k in self._W)
+        return float(macs), io + _packed_bytes(c, "w", self._shapes(d), self._W)
 
     def run(self, c: KernelCall) -> None:
         from ..encoder import kernels
@@ -171,11 +233,8 @@ class _AttnMlp:
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
         w = kernels.qkv_columns(d, h)
         t = c.nbytes("qkv") // (4 * w)
-        m = 4 * d
-        res = _weights(c, {f"{layer}.out_w": ("out_w", (d, d)), f"{layer}.out_b": ("out_b", (d,)),
-                           f"{layer}.fc1_w": ("fc1_w", (d, m)), f"{layer}.fc1_b": ("fc1_b", (m,)),
-                           f"{layer}.fc2_w": ("fc2_w", (m, d)), f"{layer}.fc2_b": ("fc2_b", (d,)),
-                           "ln_post_w": ("ln_post_w", (d,)), "ln_post_b": ("ln_post_b", (d,))})
+        res = _weights(c, "w", layer, self._shapes(d))
+        res["ln_post_w"], res["ln_post_b"] = res.pop(f"{layer}.ln_post_w"), res.pop(f"{layer}.ln_post_b")
         x = c.read("x")[: n * d].reshape(n, d)
         qkv = c.read("qkv")[: t * w].reshape(t, w)
         out = c.write("out")[: n * d].reshape(n, d)

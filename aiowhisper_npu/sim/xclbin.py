@@ -14,21 +14,29 @@ what the simulation needs. Schema (``format`` and ``version`` are required)::
         "precision": "bf16",            # default precision of the read arguments: "bf16" or "fp32"
         "timing": {"base_s": 2e-6, "macs_per_s": 2.56e11},  # or {"fixed_s": 0.002}; "macs": N
                                         # overrides the implementation's own MAC count
+        "ninstr": "words",              # the unit of the instruction count its firmware expects: "words"
+                                        # (default, mlir-aie's examples) or "bytes" (its newer host runtime)
         "args": [                        # the data BOs after (opcode, instr, ninstr), i.e. bo0, bo1, ...
           {"name": "params", "dtype": "int32", "access": "read", "fields": ["r0", "n", "layer"]},
           {"name": "x", "dtype": "float32", "access": "read", "precision": "bf16"},
-          {"name": "w", "dtype": "bfloat16", "access": "read"},
+          {"name": "w", "dtype": "packed", "access": "read", "parts": [    # several weights in one BO
+            {"name": "qkv_w", "dtype": "bfloat16"},                         # (sim.layout: offsets)
+            {"name": "qkv_b", "dtype": "float32", "precision": "fp32"}]},
           {"name": "qkv", "dtype": "float32", "access": "write"}
         ]
       }]
     }
 
-Every kernel follows the mlir-aie calling convention: argument 0 is the opcode (3), 1 the instruction BO
-(group 1), 2 the instruction count; data argument ``i`` is argument ``3 + i`` and its group id is
-``3 + i`` unless it declares ``"group"``. ``get_num_args()`` is ``3 + len(args)``. Read arguments are
+Every kernel follows the mlir-aie calling convention, exactly as aiecc declares it: argument 0 is the opcode
+(3), 1 the instruction BO (group 1), 2 the instruction count, then five data BOs ``bo0..bo4``, so
+``get_num_args()`` is always 8 (:data:`~aiowhisper_npu.sim.layout.MAX_DATA_BOS` + 3). ``args`` lists the data
+BOs the kernel uses, at most five: data argument ``i`` is argument ``3 + i`` and its group id is ``3 + i``
+unless it declares ``"group"``; the remaining slots are unused and need not be passed. Read arguments are
 converted with their precision before the kernel sees them: ``bfloat16`` data is widened exactly, and
 ``float32`` data read at ``bf16`` precision is rounded to nearest even; write arguments are ``float32`` or
-integer memory the kernel writes in place.
+integer memory the kernel writes in place. A ``packed`` argument holds its ``parts`` (read-only ``bfloat16``
+or ``float32``, each with its own precision) at the offsets of :func:`~aiowhisper_npu.sim.layout.pack_offsets`
+(``"align"``, default 64 bytes).
 """
 
 from __future__ import annotations
@@ -38,11 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "DTYPES", "ArgDesc", "KernelDesc", "XclbinDesc", "parse_xclbin"]
+from .layout import MAX_DATA_BOS, PACK_ALIGN
+
+__all__ = ["FORMAT", "DTYPES", "NINSTR_UNITS", "ArgDesc", "KernelDesc", "XclbinDesc", "parse_xclbin"]
 
 FORMAT = "aiowhisper-sim-xclbin"
 DTYPES = {"int32": "int32", "uint32": "uint32", "int8": "int8", "uint8": "uint8", "float32": "float32",
-          "bfloat16": "uint16"}
+          "bfloat16": "uint16", "packed": "uint8"}
+NINSTR_UNITS = ("words", "bytes")
 _ACCESS = ("read", "write", "readwrite")
 _PRECISION = ("bf16", "fp32")
 
@@ -57,6 +68,8 @@ class ArgDesc:
     precision: str
     group: int
     fields: tuple[str, ...] = ()
+    parts: tuple[ArgDesc, ...] = ()  # a packed argument's weights, in layout order
+    align: int = PACK_ALIGN
 
     @property
     def reads(self) -> bool:
@@ -80,17 +93,20 @@ class KernelDesc:
     macs_per_s: float | None = None
     fixed_s: float | None = None
     macs: float | None = None  # MACs per run, when the implementation does not count them
+    ninstr: str = "words"  # the unit of the instruction count the firmware expects
 
     @property
     def num_args(self) -> int:
-        return 3 + len(self.args)
+        """Always 8, as aiecc declares every kernel: opcode, instr, ninstr and ``bo0..bo4``."""
+        return 3 + MAX_DATA_BOS
 
     def group_id(self, argno: int) -> int:
         if argno == 1:
             return 1
         if argno in (0, 2):
             return -1
-        return self.args[argno - 3].group
+        i = argno - 3
+        return self.args[i].group if i < len(self.args) else argno
 
 
 @dataclass(frozen=True)
@@ -130,15 +146,30 @@ def _arg(i: int, a: Any, precision: str, where: str) -> ArgDesc:
     prec = a.get("precision", precision if dtype in ("float32", "bfloat16") else "fp32")
     if prec not in _PRECISION:
         raise _Invalid(f"{where} arg {name!r}: precision must be one of {_PRECISION}")
-    if dtype == "bfloat16" and access != "read":
-        raise _Invalid(f"{where} arg {name!r}: bfloat16 arguments must be read-only")
+    if dtype in ("bfloat16", "packed") and access != "read":
+        raise _Invalid(f"{where} arg {name!r}: {dtype} arguments must be read-only")
     fields = a.get("fields", [])
     if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
         raise _Invalid(f"{where} arg {name!r}: 'fields' must be a list of names")
     group = a.get("group", 3 + i)
     if not isinstance(group, int):
         raise _Invalid(f"{where} arg {name!r}: 'group' must be an int")
-    return ArgDesc(name, dtype, access, prec, group, tuple(fields))
+    if ("parts" in a or "align" in a) != (dtype == "packed"):
+        raise _Invalid(f"{where} arg {name!r}: 'parts' (and 'align') go with dtype 'packed', and only there")
+    parts: tuple[ArgDesc, ...] = ()
+    align = a.get("align", PACK_ALIGN)
+    if dtype == "packed":
+        raw = a.get("parts")
+        if not isinstance(raw, list) or not raw:
+            raise _Invalid(f"{where} arg {name!r}: 'parts' must be a non-empty list")
+        parts = tuple(_arg(j, p, precision, f"{where} arg {name!r} part") for j, p in enumerate(raw))
+        if any(p.dtype not in ("bfloat16", "float32") or p.access != "read" for p in parts):
+            raise _Invalid(f"{where} arg {name!r}: parts are read-only bfloat16 or float32")
+        if len({p.name for p in parts}) != len(parts):
+            raise _Invalid(f"{where} arg {name!r}: duplicate part names")
+        if not isinstance(align, int) or isinstance(align, bool) or align < 1 or align & (align - 1):
+            raise _Invalid(f"{where} arg {name!r}: 'align' must be a power of two")
+    return ArgDesc(name, dtype, access, prec, group, tuple(fields), parts, align)
 
 
 def _kernel(k: Any, i: int) -> KernelDesc:
@@ -152,6 +183,12 @@ def _kernel(k: Any, i: int) -> KernelDesc:
     args = tuple(_arg(j, a, precision, where) for j, a in enumerate(_req(k, "args", list, where)))
     if len({a.name for a in args}) != len(args):
         raise _Invalid(f"{where}: duplicate argument names")
+    if len(args) > MAX_DATA_BOS:
+        raise _Invalid(f"{where}: {len(args)} data arguments, but an aiecc kernel has {MAX_DATA_BOS} "
+                       "(opcode, instr, ninstr, bo0..bo4)")
+    ninstr = k.get("ninstr", "words")
+    if ninstr not in NINSTR_UNITS:
+        raise _Invalid(f"{where}: 'ninstr' must be one of {NINSTR_UNITS}")
     timing = k.get("timing", {})
     if not isinstance(timing, dict) or not all(isinstance(v, (int, float)) for v in timing.values()):
         raise _Invalid(f"{where}: 'timing' must map names to numbers")
@@ -162,7 +199,7 @@ def _kernel(k: Any, i: int) -> KernelDesc:
                       float(timing.get("base_s", 0.0)),
                       float(timing["macs_per_s"]) if "macs_per_s" in timing else None,
                       float(timing["fixed_s"]) if "fixed_s" in timing else None,
-                      float(timing["macs"]) if "macs" in timing else None)
+                      float(timing["macs"]) if "macs" in timing else None, ninstr)
 
 
 def parse_xclbin(path: str) -> XclbinDesc:

@@ -5,13 +5,18 @@ validates (and resamples) them, and sends them through a bounded anyio memory ob
 side (:class:`~aiowhisper_npu.streaming.stream.AudioStream`), which drains everything queued at once. Two bounds apply:
 
 * **audio**: before pulling the next chunk the reader waits while more than ``max_queued_samples`` of audio
-  sit in the channel, undrained. That is the backpressure to the producer: its ``__anext__`` is simply not
-  called. Queued audio therefore stays below ``max_queued_samples`` plus one chunk;
+  are queued: received but not yet consumed (:meth:`ChunkReader.consume`), whether still in the channel or
+  already drained into the consumer's hands. That is the backpressure to the producer: its ``__anext__`` is
+  simply not called. Queued audio therefore stays below ``max_queued_samples`` plus one chunk;
 * **items**: the channel holds at most ``max_queued_chunks`` items, which bounds memory for floods of tiny
   chunks.
 
 The reader never raises into its task group: a bad chunk or a failing source becomes a :class:`Failure`
-item, delivered to the consumer after the chunks before it.
+item, delivered to the consumer after the chunks before it. That includes the source's own
+``BrokenResourceError``/``ClosedResourceError`` (what anyio's TCP streams raise on a reset; only the
+reader's own channel being closed means the consumer has gone), and a cancellation exception the source
+raised while nothing cancelled the reader (it awaited a future some library cancelled, say), which fails
+the stream as a ``RuntimeError`` with that exception as its cause instead of cancelling its task group.
 
 :class:`StreamResampler` resamples a chunked stream with :func:`~aiowhisper_npu.audio.io.resample` by
 overlap-save on a grid aligned to the rate ratio, so chunk boundaries leave no edge artifacts.
@@ -19,6 +24,7 @@ overlap-save on a grid aligned to the rate ratio, so chunk boundaries leave no e
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -145,7 +151,7 @@ class ChunkReader:
         self._send, self._recv = anyio.create_memory_object_stream[_Item](max_queued_chunks)
         self._resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
         self.read_samples = 0  # 16 kHz samples sent into the channel
-        self.taken_samples = 0  # ... and drained by the consumer
+        self.taken_samples = 0  # ... and consumed (see consume())
         self.max_queued_seen = 0
         self.completed = False  # the source was exhausted (not failed, not cancelled)
         self.done = anyio.Event()  # set when run() has returned
@@ -156,7 +162,7 @@ class ChunkReader:
 
     @property
     def queued_samples(self) -> int:
-        """Samples in the channel, received from the source and not yet drained by the consumer."""
+        """Samples received from the source and not yet consumed (in the channel or drained, held)."""
         return self.read_samples - self.taken_samples
 
     # -- reader task ------------------------------------------------------------------------------------
@@ -186,26 +192,42 @@ class ChunkReader:
                     chunk = await iterator.__anext__()
                 except StopAsyncIteration:
                     break
+                except anyio.get_cancelled_exc_class() as exc:
+                    if _cancelled():
+                        raise
+                    raise _StrayCancellation(exc) from exc
                 t = _now()
                 await self._send_samples(self._convert(chunk, index), t)
                 index += 1
             if self._resampler is not None:
                 await self._send_samples(self._resampler.flush(), _now())
             self.completed = True
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the consumer closed the stream
+        except _ConsumerGone:
+            pass
+        except _StrayCancellation as stray:
+            await self._fail(RuntimeError(
+                f"the stream's source raised {type(stray.cause).__name__} while the stream was not cancelled "
+                "(did it await something another task cancelled?)"), stray.cause)
         except Exception as exc:
-            try:
-                await self._send.send(Failure(exc))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
+            await self._fail(exc)
         finally:
             if iterator is not None:
                 await _aclose_quietly(iterator)
 
+    async def _fail(self, error: Exception, cause: BaseException | None = None) -> None:
+        if cause is not None:
+            error.__cause__ = cause
+        try:
+            await self._send.send(Failure(error))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the consumer has gone: nobody is left to tell
+
     async def _send_samples(self, x: np.ndarray, t: float) -> None:
         if x.size:
-            await self._send.send(Chunk(x, t))
+            try:
+                await self._send.send(Chunk(x, t))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise _ConsumerGone from exc  # our own channel: the consumer closed the stream
             self.read_samples += x.size
             self.max_queued_seen = max(self.max_queued_seen, self.queued_samples)
 
@@ -225,7 +247,8 @@ class ChunkReader:
 
     # -- consumer side ----------------------------------------------------------------------------------
     async def take(self, block: bool) -> Batch:
-        """Drain every queued item (waiting for one first if ``block``) and wake a gated reader."""
+        """Drain every queued item (waiting for one first if ``block``). Draining is not consuming: the
+        drained audio counts as queued until :meth:`consume` says it was used."""
         items: list[_Item] = []
         eof = False
         if block:
@@ -242,12 +265,14 @@ class ChunkReader:
                 eof = True
         chunks = [i for i in items if isinstance(i, Chunk)]
         failure = next((i.error for i in items if isinstance(i, Failure)), None)
-        n = sum(c.samples.size for c in chunks)
+        return Batch(chunks, failure, eof)
+
+    def consume(self, n: int) -> None:
+        """``n`` drained samples were used (pushed into the log-mel): wake a reader gated on queued audio."""
         if n:
             self.taken_samples += n
             self._space.set()
             self._space = anyio.Event()
-        return Batch(chunks, failure, eof)
 
     def cancel(self) -> None:
         """Stop the reader (from the event loop's thread; safe before it started and after it ended)."""
@@ -263,6 +288,31 @@ class ChunkReader:
                 self.cancel()
             except Exception:  # pragma: no cover - finalizer during interpreter shutdown
                 pass
+
+
+class _ConsumerGone(Exception):
+    """The reader's own channel is closed: the consumer closed the stream."""
+
+
+class _StrayCancellation(Exception):
+    """The source raised a cancellation exception that no cancellation of the reader explains."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+def _cancelled() -> bool:
+    """Whether the calling task is being cancelled: a cancelled enclosing scope (anyio, on any loop), or a
+    pending ``Task.cancel()`` (asyncio). A future cancelled by someone else is neither."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio raises Cancelled only for a cancelled scope
+        return False
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return cancelling is not None and cancelling() > 0
 
 
 async def _aclose_quietly(iterator: AsyncIterator[Any]) -> None:

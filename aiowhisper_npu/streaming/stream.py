@@ -46,10 +46,14 @@ covers stream seconds ``[30 w, 30 w + 30)``.
 
 **Flow control.** A reader task (:class:`~aiowhisper_npu.streaming.flow.ChunkReader`) pulls chunks into a
 bounded channel; encoding runs in the consumer's own task, inside ``__anext__``, so nothing is computed that
-nobody asks for. Each step drains *everything* queued, then encodes pending finals first and then at most
+nobody asks for. Each step takes everything queued, then encodes pending finals first and then at most
 one partial, of the newest audio: stale partials are coalesced, never queued (:attr:`StreamLag.partials_skipped`
-counts update points passed over). While more than ``max_queued_s`` of audio waits undrained, the reader
-stops pulling from the source: backpressure to the producer, so memory stays bounded whatever its pace.
+counts update points passed over). Audio goes into the log-mel at most up to the end of the current window,
+and no more is taken while a final is pending: the rest of a long chunk waits as queued audio, so at most
+one final is ever pending, however long the chunks. While more than ``max_queued_s`` of audio is queued
+(received and not yet in the log-mel), the reader stops pulling from the source: backpressure to the
+producer, so memory stays bounded whatever its pace. A source's error is raised after the updates of the
+audio before it. One task iterates a stream at a time; a second one gets ``anyio.BusyResourceError``.
 Many streams share one runtime: the pipeline takes tiles round-robin across requests, and each stream has
 at most one request in flight, so no stream starves another; outputs do not depend on the other streams.
 
@@ -63,7 +67,7 @@ number of coalesced update points.
 cancelling the consumer stops the reader, closes the source iterator (``aclose()``) and drops the stream's
 buffers; the pipeline drains its in-flight tiles before a cancelled encode returns, so
 ``rt.buffer_pool.in_use == 0`` once idle. Under ``async with`` the reader is a child of the block's own
-task group; a bare ``async for`` has no block, so its reader runs in the runtime's task group, and a
+task group; a bare ``async for`` has no block, so its reader runs in the runtime's service host, and a
 ``break`` cannot be seen: the stream stops its reader when it is garbage-collected (at once in CPython) --
 prefer ``async with`` or ``aclose()`` where that matters.
 """
@@ -84,7 +88,7 @@ from ..audio.io import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from ..audio.mel_stream import LogMelStream
 from ..models.model import ModelDimensions
 from ..pipeline.stats import PipelineStats
-from .flow import ChunkReader
+from .flow import Chunk, ChunkReader
 
 
 
@@ -220,10 +224,12 @@ class AudioStream:
                                    max_queued_chunks=max_queued_chunks)
         self._mel: LogMelStream | None = LogMelStream(dims.n_mels)
         self._finals: deque[_PendingFinal] = deque()
+        self._backlog: deque[Chunk] = deque()  # drained from the reader, not yet pushed into the log-mel
+        self._ended: BaseException | bool = False  # the reader's end (True) or failure, once drained
+        self._iterating = False  # a task is inside __anext__
         self._mode: str | None = None  # "scoped" (async with) or "detached" (bare async for)
         self._stack: AsyncExitStack | None = None
         self._closed = self._eof = False
-        self._pushed = 0  # samples pushed into the log-mel
         self._newest_t = 0.0  # arrival time of the newest pushed sample
         self._last = (0, 0)  # (window, samples in it) of the newest update
         self._updated = 0  # stream sample up to which the newest update reaches
@@ -276,21 +282,29 @@ class AudioStream:
             self._reader.cancel()
             self._mel = None
             self._finals.clear()
+            self._backlog.clear()
 
     # -- iteration --------------------------------------------------------------------------------------
     def __aiter__(self) -> AudioStream:
         return self
 
     async def __anext__(self) -> StreamUpdate:
+        if self._iterating:
+            err = anyio.BusyResourceError("iterating")
+            err.add_note("this stream is already being iterated by another task; a stream has one consumer")
+            raise err
         if self._closed:
             raise StopAsyncIteration
-        if self._mode is None:
-            self._start_detached()
+        self._iterating = True
         try:
+            if self._mode is None:
+                self._start_detached()
             return await self._next()
         except BaseException:  # StopAsyncIteration, an error or a cancellation: the stream is over
             self._close_now()
             raise
+        finally:
+            self._iterating = False
 
     @property
     def lag(self) -> StreamLag:
@@ -309,7 +323,8 @@ class AudioStream:
 
     async def _next(self) -> StreamUpdate:
         while True:
-            await self._take(block=False)
+            if not self._finals:  # a pending final is emitted before any more audio is taken
+                await self._take(block=False)
             if self._closed:  # aclose() from another task
                 raise StopAsyncIteration
             if self._finals:
@@ -325,33 +340,53 @@ class AudioStream:
             await self._take(block=True)
 
     async def _take(self, block: bool) -> None:
-        """Drain the reader's channel into the log-mel; completed windows become pending finals."""
+        """Move audio into the log-mel, at most up to the end of the current window (a completed window
+        becomes the pending final); drain the reader's channel first when nothing is held. Raises the
+        reader's failure once everything before it has been pushed and emitted."""
         if self._eof:
             return
-        batch = await self._reader.take(block)
+        if not self._backlog and self._ended is False:
+            batch = await self._reader.take(block)
+            self._backlog.extend(batch.chunks)
+            if batch.failure is not None:
+                self._ended = batch.failure
+            elif batch.eof:
+                self._ended = True
         mel = self._mel
         if mel is None:  # closed meanwhile
             raise StopAsyncIteration
-        if batch.chunks:
-            sizes = [c.samples.size for c in batch.chunks]
-            x = batch.chunks[0].samples if len(sizes) == 1 else np.concatenate([c.samples for c in batch.chunks])
-            ends = np.cumsum(sizes) + self._pushed
-            first = mel.window_index
-            t0 = _now()
-            done = await _maybe_thread(mel.push, x, x.size > _MEL_INLINE_MAX)
-            self._unbilled_s += _now() - t0
-            for k, window_mel in enumerate(done):
-                w = first + k
-                i = int(np.searchsorted(ends, (w + 1) * N_SAMPLES))  # the chunk holding the window's end
-                self._finals.append(_PendingFinal(w, window_mel, N_SAMPLES, batch.chunks[i].t_arrival))
-            self._pushed += x.size
-            self._newest_t = batch.chunks[-1].t_arrival
-        if batch.failure is not None:
-            raise batch.failure
-        if batch.eof:
-            if not self._reader.completed:
-                raise RuntimeError("the stream's reader was cancelled (was the runtime closed?)")
-            self._eof = True
+        if self._backlog:
+            await self._push(mel)
+        if self._backlog or self._finals or self._ended is False:
+            return
+        if isinstance(self._ended, BaseException):
+            raise self._ended
+        if not self._reader.completed:
+            raise RuntimeError("the stream's reader was cancelled (was the runtime closed?)")
+        self._eof = True
+
+    async def _push(self, mel: LogMelStream) -> None:
+        room = N_SAMPLES - mel.current.n_samples  # samples until the current window is complete
+        pieces: list[np.ndarray] = []
+        n = 0
+        t_last = self._newest_t
+        while self._backlog and n < room:
+            chunk = self._backlog.popleft()
+            k = min(chunk.samples.size, room - n)
+            if k < chunk.samples.size:  # the rest of the chunk waits (still counted as queued)
+                self._backlog.appendleft(Chunk(chunk.samples[k:], chunk.t_arrival))
+            pieces.append(chunk.samples[:k])
+            n += k
+            t_last = chunk.t_arrival
+        x = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        window = mel.window_index
+        t0 = _now()
+        done = await _maybe_thread(mel.push, x, x.size > _MEL_INLINE_MAX)
+        self._unbilled_s += _now() - t0
+        self._reader.consume(x.size)
+        for k, window_mel in enumerate(done):  # at most one: the push stops at the window's end
+            self._finals.append(_PendingFinal(window + k, window_mel, N_SAMPLES, t_last))
+        self._newest_t = t_last
 
     async def _flush(self, mel: LogMelStream) -> StreamUpdate:
         n, w = mel.current.n_samples, mel.window_index

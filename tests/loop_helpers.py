@@ -1,0 +1,81 @@
+"""Helpers for the robustness tests: every event loop, live tasks and threads, and hang guards.
+
+A hang guard is not a timed assertion: it only turns "this never returns" (the failure mode of several of
+the defects these tests pin down) into a test failure instead of a stuck test run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable
+
+import anyio
+import pytest
+
+# asyncio, asyncio + uvloop and trio: for the tests where the defect involves the event loop
+ALL_LOOPS = [pytest.param(("asyncio", {}), id="asyncio"),
+             pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+             pytest.param(("trio", {}), id="trio")]
+all_loops = pytest.mark.parametrize("anyio_backend", ALL_LOOPS, indirect=True)
+
+HANG_S = 120.0  # far beyond any healthy run of these tests on a loaded 2-core machine
+
+
+def on_trio() -> bool:
+    """Whether the running event loop is trio's (else asyncio's, possibly uvloop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+def live_tasks() -> int:
+    """Tasks alive in the current event loop (asyncio, uvloop or trio)."""
+    if on_trio():
+        import trio
+
+        def walk(task: Any) -> int:
+            return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
+
+        return walk(trio.lowlevel.current_root_task())
+    return len(asyncio.all_tasks())
+
+
+def lane_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("aiowhisper-lane")]
+
+
+async def settle(cond: Callable[[], bool], guard_s: float = HANG_S) -> bool:
+    """Yield to the loop until ``cond()`` holds (cleanup may take a few loop iterations)."""
+    with anyio.move_on_after(guard_s):
+        while not cond():
+            await anyio.sleep(0.005)
+        return True
+    return False
+
+
+async def join_thread(thread: threading.Thread, guard_s: float = HANG_S) -> bool:
+    """Wait for ``thread`` without blocking the event loop; False if it is still alive after the guard."""
+    return await settle(lambda: not thread.is_alive(), guard_s)
+
+
+def run_guarded(fn: Callable[[], Any], guard_s: float = HANG_S) -> Any:
+    """Run ``fn()`` in a daemon thread; fail the test (instead of hanging it) if it never returns."""
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=main, daemon=True, name="robustness-guarded")
+    t.start()
+    t.join(guard_s)
+    if t.is_alive():
+        pytest.fail(f"did not return within {guard_s:.0f} s (hung)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
