@@ -23,10 +23,10 @@ from .pipeline.pool import BufferPool, PoolStats
 from .pipeline.stats import PipelineStats, StageEvent
 from .runtime.runtime import EncoderOutput, Runtime
 from .runtime.sync import SyncRuntime
-from .runtime.transcription import TranscriptionStream
-from .decoder.results import Segment, TranscriptionInfo, TranscriptionResult, Word
+from .runtime.transcriber import TranscriptionStream
+from .transcription.results import Segment, TranscriptionInfo, TranscriptionResult, Word
 from .decoder.tokenizer import Tokenizer
-from .decoder.transcribe_options import TranscriptionOptions
+from .transcription.options import TranscriptionOptions
 
 __all__ = [
     "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",

@@ -1,7 +1,7 @@
 """Transcripts as plain text, SubRip (SRT), WebVTT and JSON.
 
 Works on any segments with ``start``, ``end`` and ``text`` (seconds and the segment's text, with Whisper's
-leading space) and, for JSON, the other fields of :class:`~aiowhisper_npu.decoder.results.Segment` when
+leading space) and, for JSON, the other fields of :class:`~aiowhisper_npu.transcription.results.Segment` when
 present. Used by the ``transcribe`` command and the server's ``response_format``.
 """
 

@@ -1,4 +1,4 @@
-"""Test-only :class:`~aiowhisper_npu.decoder.backend.WindowDecoder` over CTranslate2: each protocol method is the
+"""Test-only :class:`~aiowhisper_npu.transcription.backend.WindowDecoder` over CTranslate2: each protocol method is the
 CTranslate2 call faster-whisper makes, so running our seek loop over it and comparing with faster-whisper on
 the same ``ctranslate2.models.Whisper`` checks the loop alone."""
 

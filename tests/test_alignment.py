@@ -14,7 +14,7 @@ from aiowhisper_npu.audio.io import load_audio
 from aiowhisper_npu.decoder.alignment import (align_from_scores, alignment_matrix, alignment_tokens, median_filter,
                                               negative_dtw, text_token_probs)
 from aiowhisper_npu.decoder.options import AlignmentResult
-from aiowhisper_npu.decoder.timing import words_from_alignment
+from aiowhisper_npu.transcription.timing import words_from_alignment
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
 
 from conftest import DATA
@@ -166,7 +166,7 @@ class AlignmentPeer:
     def compare(self, audio: np.ndarray, num_frames: int) -> tuple[AlignmentResult, Any]:
         from aiowhisper_npu.decoder import kernels as dk
         from aiowhisper_npu.decoder.cache import KVCache
-        from aiowhisper_npu.decoder.features import audio_features, window_features
+        from aiowhisper_npu.transcription.features import audio_features, window_features
 
         ct2, tok, dims = self.ct2, self.tok, self.model.dims
         mel = window_features(audio_features(audio), 0, num_frames)

@@ -13,8 +13,8 @@ import anyio
 import numpy as np
 import pytest
 
-from aiowhisper_npu.decoder.transcribe import transcribe
-from aiowhisper_npu.decoder.transcribe_options import TranscriptionOptions
+from aiowhisper_npu.transcription.seek import transcribe
+from aiowhisper_npu.transcription.options import TranscriptionOptions
 from aiowhisper_npu.models.model import ModelDimensions
 from aiowhisper_npu.models.registry import resolve_model_dir
 

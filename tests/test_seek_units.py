@@ -13,13 +13,13 @@ import anyio
 import numpy as np
 import pytest
 
-from aiowhisper_npu.decoder.detection import detect_language
-from aiowhisper_npu.decoder.fallback import build_prompt, generate_with_fallback, resolve_suppress_tokens
+from aiowhisper_npu.transcription.detection import detect_language
+from aiowhisper_npu.transcription.fallback import build_prompt, generate_with_fallback, resolve_suppress_tokens
 from aiowhisper_npu.decoder.options import AlignmentResult
-from aiowhisper_npu.decoder.segmentation import SegmentDraft, split_by_timestamps
-from aiowhisper_npu.decoder.timing import AlignedWord, add_word_timestamps, merge_punctuations, words_from_alignment
+from aiowhisper_npu.transcription.segmentation import SegmentDraft, split_by_timestamps
+from aiowhisper_npu.transcription.timing import AlignedWord, add_word_timestamps, merge_punctuations, words_from_alignment
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
-from aiowhisper_npu.decoder.transcribe_options import TranscriptionOptions
+from aiowhisper_npu.transcription.options import TranscriptionOptions
 from aiowhisper_npu.models.registry import resolve_model_dir
 
 from ct2_backend import CT2WindowDecoder

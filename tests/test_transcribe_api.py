@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu.decoder.features import audio_features, content_frames, window_features
+from aiowhisper_npu.transcription.features import audio_features, content_frames, window_features
 from aiowhisper_npu.decoder.options import GenerationOptions, GenerationResult
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
-from aiowhisper_npu.decoder.transcribe import Transcription, transcribe, transcribe_segments
-from aiowhisper_npu.decoder.transcribe_options import TranscriptionOptions, parse_clip_timestamps
+from aiowhisper_npu.transcription.seek import Transcription, transcribe, transcribe_segments
+from aiowhisper_npu.transcription.options import TranscriptionOptions, parse_clip_timestamps
 from aiowhisper_npu.models.registry import resolve_model_dir
 
 from conftest import DATA

@@ -15,9 +15,9 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
-from aiowhisper_npu.decoder.results import TranscriptionResult
-from aiowhisper_npu.decoder.transcribe import transcribe
-from aiowhisper_npu.decoder.transcribe_options import TranscriptionOptions
+from aiowhisper_npu.transcription.results import TranscriptionResult
+from aiowhisper_npu.transcription.seek import transcribe
+from aiowhisper_npu.transcription.options import TranscriptionOptions
 
 from conftest import CLIPS, DATA
 from ct2_backend import CT2WindowDecoder

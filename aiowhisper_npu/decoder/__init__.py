@@ -1,3 +1,3 @@
-"""The host-side text decoder: tokenizer, decoder forward with its caches, decoding strategies and logit
-rules, the seek loop over windows and word timing. No asyncio below the engine; imports models and the
-encoder's element-wise kernels."""
+"""One window's encoder output in, tokens out: the tokenizer, the decoder forward with its caches, the
+batching engine, generation (search strategies and logit rules, CTranslate2's semantics), language
+detection and the word-alignment pass. No asyncio; imports models and the encoder's element-wise kernels."""

@@ -1,5 +1,5 @@
 """What one decoding call is asked and what it answers: the contract between the seek loop
-(:mod:`.transcribe`) and whatever generates tokens for a window (our engine, or a test peer).
+(:mod:`aiowhisper_npu.transcription.seek`) and whatever generates tokens for a window (our engine, or a test peer).
 
 :class:`GenerationOptions` and :class:`GenerationResult` follow CTranslate2's ``Whisper.generate`` (its
 ``WhisperOptions`` and ``WhisperGenerationResult``), which is what faster-whisper drives, so that the seek

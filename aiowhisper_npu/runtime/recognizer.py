@@ -1,4 +1,4 @@
-"""The runtime's :class:`~aiowhisper_npu.decoder.backend.WindowDecoder`: windows are encoded by the tile
+"""The runtime's :class:`~aiowhisper_npu.transcription.backend.WindowDecoder`: windows are encoded by the tile
 pipeline, their cross-attention keys and values computed in a worker thread, and every decoding task runs
 on the shared, batching :class:`~aiowhisper_npu.decoder.engine.DecoderEngine`.
 
@@ -70,7 +70,7 @@ class EncodedWindow:
 
 
 class Recognizer:
-    """A :class:`~aiowhisper_npu.decoder.backend.WindowDecoder` over an encoder and a decoder engine.
+    """A :class:`~aiowhisper_npu.transcription.backend.WindowDecoder` over an encoder and a decoder engine.
 
     Args:
         encode_mels: encodes one ``(n_mels, 3000)`` window into ``(positions, d_audio)`` hidden states

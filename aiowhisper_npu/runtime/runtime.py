@@ -34,10 +34,10 @@ from ..pipeline.stats import PipelineStats, StatsRecorder
 from ..pipeline.tiles import slot_nbytes
 from ..streaming.stream import AudioStream
 from ..decoder.engine import EngineStats
-from ..decoder.results import TranscriptionResult
-from ..decoder.transcribe_options import TranscriptionOptions
+from ..transcription.results import TranscriptionResult
+from ..transcription.options import TranscriptionOptions
 from .host import WRONG_LOOP_HINT, ServiceHost
-from .transcription import TranscriptionService, TranscriptionStream, make_options
+from .transcriber import TranscriptionService, TranscriptionStream, make_options
 
 if TYPE_CHECKING:
     from .sync import SyncRuntime

@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .options import AlignmentResult
+from ..decoder.options import AlignmentResult
 from .segmentation import SegmentDraft, TimedWord
-from .tokenizer import Tokenizer
+from ..decoder.tokenizer import Tokenizer
 
 __all__ = ["AlignedWord", "words_from_alignment", "merge_punctuations", "add_word_timestamps", "last_end",
            "TOKENS_PER_SECOND", "SENTENCE_END_MARKS"]

@@ -19,10 +19,10 @@ import numpy as np
 from ..audio.io import load_audio, validate_audio
 from ..decoder.engine import DecoderEngine
 from ..decoder.kernels import prepare_decoder
-from ..decoder.results import Segment, TranscriptionInfo, TranscriptionResult
+from ..transcription.results import Segment, TranscriptionInfo, TranscriptionResult
 from ..decoder.tokenizer import Tokenizer
-from ..decoder.transcribe import Transcription
-from ..decoder.transcribe_options import TranscriptionOptions
+from ..transcription.seek import Transcription
+from ..transcription.options import TranscriptionOptions
 from ..errors import ModelError
 from ..models.model import WhisperModel
 from .recognizer import Recognizer

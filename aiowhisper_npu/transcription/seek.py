@@ -42,12 +42,12 @@ from .detection import detect_language
 from .fallback import WindowDecoding, build_prompt, generate_with_fallback, resolve_suppress_tokens
 from .features import FRAMES_PER_SECOND, TIME_PER_FRAME, audio_features, content_frames, window_features
 from .hallucination import HallucinationWindow, skip_hallucinations
-from .languages import language_code
+from ..decoder.languages import language_code
 from .results import Segment, TranscriptionInfo, TranscriptionResult, Word
 from .segmentation import WindowSplit, split_by_timestamps
 from .timing import add_word_timestamps, last_end, words_from_alignment
-from .tokenizer import Tokenizer
-from .transcribe_options import TranscriptionOptions
+from ..decoder.tokenizer import Tokenizer
+from .options import TranscriptionOptions
 
 __all__ = ["Transcription", "transcribe_segments", "transcribe"]
 

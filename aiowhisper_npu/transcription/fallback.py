@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .backend import Window, WindowDecoder
-from .options import MAX_LENGTH, GenerationOptions, GenerationResult
-from .tokenizer import Tokenizer
-from .transcribe_options import TranscriptionOptions
+from ..decoder.options import MAX_LENGTH, GenerationOptions, GenerationResult
+from ..decoder.tokenizer import Tokenizer
+from .options import TranscriptionOptions
 
 __all__ = ["build_prompt", "compression_ratio", "average_logprob", "generation_options", "resolve_suppress_tokens",
            "WindowDecoding", "generate_with_fallback"]

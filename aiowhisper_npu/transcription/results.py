@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .transcribe_options import TranscriptionOptions
+from .options import TranscriptionOptions
 
 __all__ = ["Word", "Segment", "TranscriptionInfo", "TranscriptionResult"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .tokenizer import TIME_PRECISION, Tokenizer
+from ..decoder.tokenizer import TIME_PRECISION, Tokenizer
 
 __all__ = ["TimedWord", "SegmentDraft", "WindowSplit", "split_by_timestamps", "INPUT_STRIDE"]
 

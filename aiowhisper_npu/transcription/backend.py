@@ -1,6 +1,6 @@
 """The seam between the seek loop and the machinery that encodes and decodes: :class:`WindowDecoder`.
 
-The seek loop (:mod:`.transcribe`) is written against this protocol only, so the same loop runs on the
+The seek loop (:mod:`.seek`) is written against this protocol only, so the same loop runs on the
 runtime (encoder pipeline + batched decoder engine, :mod:`aiowhisper_npu.runtime.recognizer`) and, in the
 tests, on CTranslate2 (which proves the loop itself keeps faster-whisper's semantics exactly).
 """
@@ -12,8 +12,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..models.model import ModelDimensions
-from .options import AlignmentResult, GenerationOptions, GenerationResult
-from .tokenizer import Tokenizer
+from ..decoder.options import AlignmentResult, GenerationOptions, GenerationResult
+from ..decoder.tokenizer import Tokenizer
 
 __all__ = ["Window", "WindowDecoder"]
 

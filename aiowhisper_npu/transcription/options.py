@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .languages import language_code
-from .tokenizer import TASKS, TIME_PRECISION
+from ..decoder.languages import language_code
+from ..decoder.tokenizer import TASKS, TIME_PRECISION
 
 __all__ = ["TranscriptionOptions", "DEFAULT_TEMPERATURES", "parse_clip_timestamps"]
 
