@@ -3,7 +3,7 @@
 The encoder output comes from CTranslate2's own encoder on faster-whisper's log-mel, and both decoders get
 exactly that array. CTranslate2 runs with one intra-op thread: on a shared, loaded machine its two-thread
 OpenMP pool spins and runs an order of magnitude slower, and the thread count does not change its results
-beyond rounding.
+(identical sequences, scores and no-speech probabilities with one and two threads, checked on tiny.en).
 """
 
 from __future__ import annotations
