@@ -39,6 +39,20 @@ def toks(request: pytest.FixtureRequest) -> tuple[Tokenizer, Any, str]:
     return ours, FWTokenizer(ours.hf, ours.multilingual, task="transcribe", language="en"), name
 
 
+def seed_blocks(n: int, size: int = 25) -> list[range]:
+    """Seeds ``0..n-1`` in blocks (one test per block keeps the collection small)."""
+    return [range(b, min(b + size, n)) for b in range(0, n, size)]
+
+
+def each_seed(seeds: range, check: Any, *args: Any) -> None:
+    """``check(*args, seed)`` for every seed; a failure names its seed."""
+    for seed in seeds:
+        try:
+            check(*args, seed)
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}: {exc}") from exc
+
+
 def fw_model(**attrs: Any) -> Any:
     """A bare faster-whisper WhisperModel carrying only what the tested method reads."""
     from faster_whisper import WhisperModel
@@ -47,12 +61,18 @@ def fw_model(**attrs: Any) -> Any:
 
     model = object.__new__(WhisperModel)
     model.__dict__.update(time_precision=0.02, input_stride=2, frames_per_second=100, tokens_per_second=50,
-                          max_length=448, logger=get_logger(), feature_extractor=FeatureExtractor(), **attrs)
+                          max_length=448, logger=get_logger(), **attrs)
+    if "feature_extractor" not in attrs:
+        model.feature_extractor = FeatureExtractor() if "model" in attrs else None
     return model
 
 
-@pytest.mark.parametrize("seed", range(300))
-def test_split_by_timestamps(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
+@pytest.mark.parametrize("seeds", seed_blocks(300), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_split_by_timestamps(toks: tuple[Tokenizer, Any, str], seeds: range) -> None:
+    each_seed(seeds, _split_by_timestamps, toks)
+
+
+def _split_by_timestamps(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
     ours, theirs, _ = toks
     rng = np.random.default_rng(seed)
     fake = ScriptedWhisper(ours, seed)
@@ -81,8 +101,12 @@ def test_split_by_timestamps_patterns(toks: tuple[Tokenizer, Any, str], pattern:
         assert (got.seek, got.single_timestamp_ending) == (want_seek, want_single)
 
 
-@pytest.mark.parametrize("seed", range(200))
-def test_prompt(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
+@pytest.mark.parametrize("seeds", seed_blocks(200), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_prompt(toks: tuple[Tokenizer, Any, str], seeds: range) -> None:
+    each_seed(seeds, _prompt, toks)
+
+
+def _prompt(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
     ours, theirs, _ = toks
     rng = np.random.default_rng(seed)
     previous = [int(t) for t in rng.integers(0, 50000, size=int(rng.choice([0, 5, 300])))]
@@ -103,8 +127,12 @@ def test_suppress_tokens(toks: tuple[Tokenizer, Any, str]) -> None:
         assert resolve_suppress_tokens(ours, given) == tuple(want or ())
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_generate_with_fallback(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
+@pytest.mark.parametrize("seeds", seed_blocks(60), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_generate_with_fallback(toks: tuple[Tokenizer, Any, str], seeds: range) -> None:
+    each_seed(seeds, _generate_with_fallback, toks)
+
+
+def _generate_with_fallback(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
     from faster_whisper.transcribe import TranscriptionOptions as FWOptions, get_suppressed_tokens
 
     ours, theirs, name = toks
@@ -142,8 +170,12 @@ class _OpenWindow:
         return self.output
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_detect_language(seed: int) -> None:
+@pytest.mark.parametrize("seeds", seed_blocks(40), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_detect_language(seeds: range) -> None:
+    each_seed(seeds, _detect_language)
+
+
+def _detect_language(seed: int) -> None:
     rng = np.random.default_rng(seed)
     tok = Tokenizer.for_model(resolve_model_dir("base"), VOCAB["base"])
     frames = int(rng.integers(1, 4 * 3000))
@@ -204,8 +236,12 @@ def _aligned(ours: Tokenizer, theirs: Any, rng: np.random.Generator, seed: int,
     return text, num_frames, AlignmentResult(path, probs), want
 
 
-@pytest.mark.parametrize("seed", range(150))
-def test_words_from_alignment(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
+@pytest.mark.parametrize("seeds", seed_blocks(150), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_words_from_alignment(toks: tuple[Tokenizer, Any, str], seeds: range) -> None:
+    each_seed(seeds, _words_from_alignment, toks)
+
+
+def _words_from_alignment(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
     ours, theirs, name = toks
     rng = np.random.default_rng(seed)
     language = str(rng.choice(["en", "zh", "ja", "de"])) if name == "base" else "en"
@@ -217,8 +253,12 @@ def test_words_from_alignment(toks: tuple[Tokenizer, Any, str], seed: int) -> No
     assert [dataclasses.asdict(w) for w in got] == want
 
 
-@pytest.mark.parametrize("seed", range(300))
-def test_add_word_timestamps(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
+@pytest.mark.parametrize("seeds", seed_blocks(300), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_add_word_timestamps(toks: tuple[Tokenizer, Any, str], seeds: range) -> None:
+    each_seed(seeds, _add_word_timestamps, toks)
+
+
+def _add_word_timestamps(toks: tuple[Tokenizer, Any, str], seed: int) -> None:
     ours, theirs, _ = toks
     rng = np.random.default_rng(seed)
     text, num_frames, _, aligned = _aligned(ours, theirs, rng, seed, "en")
@@ -247,8 +287,12 @@ def test_add_word_timestamps(toks: tuple[Tokenizer, Any, str], seed: int) -> Non
             {k: w[k] for k in ("word", "start", "end", "probability")} for w in s["words"]]
 
 
-@pytest.mark.parametrize("seed", range(100))
-def test_merge_punctuations(seed: int) -> None:
+@pytest.mark.parametrize("seeds", seed_blocks(100), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_merge_punctuations(seeds: range) -> None:
+    each_seed(seeds, _merge_punctuations)
+
+
+def _merge_punctuations(seed: int) -> None:
     from faster_whisper.transcribe import merge_punctuations as fw_merge
 
     rng = np.random.default_rng(seed)
