@@ -202,7 +202,7 @@ def test_beam_search_after_a_prefix_lets_only_the_best_candidate_end() -> None:
 def test_kv_cache_reorder_matches_fancy_indexing() -> None:
     rng = np.random.default_rng(3)
     layers, heads, hd = 2, 3, 4
-    cross = CrossCache(np.zeros((layers, heads, hd, 5), np.float32), np.zeros((layers, heads, 5, hd), np.float32))
+    cross = CrossCache(np.zeros((layers, heads, 5, hd), np.float32), np.zeros((layers, heads, hd, 5), np.float32))
     cache = KVCache(cross, layers, heads, hd, max_positions=100)
     for layer in range(layers):
         cache.set_prefix(layer, rng.random((heads, 2, hd), np.float32), rng.random((heads, 2, hd), np.float32))

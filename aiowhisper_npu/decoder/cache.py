@@ -10,7 +10,8 @@ sequence group.
   grows in chunks and is permuted when a beam search reorders its beams (only the suffix is copied).
 
 Shapes, with ``L`` layers, ``H`` heads, ``hd`` = head size, ``T`` encoder positions, ``P`` prompt tokens,
-``B`` rows and ``S`` generated positions: cross ``k_t`` ``(L, H, hd, T)`` and ``v`` ``(L, H, T, hd)``;
+``B`` rows and ``S`` generated positions: cross ``k`` ``(L, H, T, hd)`` and ``v_t`` ``(L, H, hd, T)`` (both
+products of a step are then few-row products with row-major operands);
 prefix ``k_t`` ``(L, H, hd, P)`` and ``v`` ``(L, H, P, hd)``; suffix ``k`` and ``v`` ``(L, B, H, capacity, hd)``.
 No asyncio and no threads here: a cache belongs to whoever runs the decoder over it.
 """
@@ -30,16 +31,16 @@ _GROW = 32  # suffix positions added at a time
 class CrossCache:
     """Cross-attention keys and values of one encoded window, for every decoder layer."""
 
-    k_t: np.ndarray  # (L, H, hd, T) float32
-    v: np.ndarray  # (L, H, T, hd) float32
+    k: np.ndarray  # (L, H, T, hd) float32
+    v_t: np.ndarray  # (L, H, hd, T) float32
 
     @property
     def positions(self) -> int:
-        return int(self.v.shape[2])
+        return int(self.k.shape[2])
 
     @property
     def nbytes(self) -> int:
-        return int(self.k_t.nbytes + self.v.nbytes)
+        return int(self.k.nbytes + self.v_t.nbytes)
 
 
 class KVCache:

@@ -134,13 +134,13 @@ def cross_cache(dec: PreparedDecoder, audio: np.ndarray) -> CrossCache:
     """Every layer's cross-attention keys and values of one window's encoder output ``(T, d_audio)``."""
     d, h = dec.dims.n_text_state, dec.dims.n_text_head
     hd, t = d // h, audio.shape[0]
-    k_t = np.empty((len(dec.layers), h, hd, t), np.float32)
-    v = np.empty((len(dec.layers), h, t, hd), np.float32)
+    k = np.empty((len(dec.layers), h, t, hd), np.float32)
+    v_t = np.empty((len(dec.layers), h, hd, t), np.float32)
     for i, layer in enumerate(dec.layers):
         kv = linear(audio, layer.kv_w, layer.kv_b)
-        k_t[i] = kv[:, :d].reshape(t, h, hd).transpose(1, 2, 0)
-        v[i] = kv[:, d:].reshape(t, h, hd).transpose(1, 0, 2)
-    return CrossCache(k_t, v)
+        k[i] = kv[:, :d].reshape(t, h, hd).transpose(1, 0, 2)
+        v_t[i] = kv[:, d:].reshape(t, h, hd).transpose(1, 2, 0)
+    return CrossCache(k, v_t)
 
 
 @dataclass(eq=False)
@@ -222,16 +222,28 @@ def _self_attention(p: Pass, layer: int, qkv: np.ndarray, out: np.ndarray, slot:
 
 
 def _cross_attention(p: Pass, layer: int, q_rows: np.ndarray, out: np.ndarray, want: list[int],
-                     res: PassOutput) -> None:
-    """Cross-attention of one group's query rows ``(rows, d)`` over its window."""
+                     res: PassOutput, few: bool) -> None:
+    """Cross-attention of one group's query rows ``(rows, d)`` over its window: per head two few-row products
+    for a step's rows, batched BLAS products for a prefill's."""
     cross = p.cache.cross
     h, hd = p.cache.heads, p.cache.head_dim
     rows = q_rows.shape[0]
+    k, v_t = cross.k[layer], cross.v_t[layer]  # (h, T, hd), (h, hd, T)
+    if few and _gemv is not None and _use_gemv:
+        s = np.empty((h, rows, k.shape[1]), np.float32)
+        for i in range(h):
+            _gemv.matmul_nt(q_rows[:, i * hd : (i + 1) * hd], k[i], s[i])
+        for head in want:
+            res._heads.append(s[head].copy())
+        _softmax_(s)
+        for i in range(h):
+            _gemv.matmul_nt(s[i], v_t[i], out[:, i * hd : (i + 1) * hd])
+        return
     q = q_rows.reshape(rows, h, hd).transpose(1, 0, 2)  # (h, rows, hd)
-    s = np.matmul(q, cross.k_t[layer])  # (h, rows, T)
+    s = np.matmul(q, k.transpose(0, 2, 1))  # (h, rows, T)
     for head in want:
         res._heads.append(s[head].copy())
-    o = np.matmul(_softmax_(s), cross.v[layer])  # (h, rows, hd)
+    o = np.matmul(_softmax_(s), v_t.transpose(0, 2, 1))  # (h, rows, hd)
     out[...] = o.transpose(1, 0, 2).reshape(rows, h * hd)
 
 
@@ -319,9 +331,9 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass], parallel: Parallel | N
             _self_attention(p, i, qkv[r0:r1], attn[r0:r1], slot)
         ek.add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments, parallel), None)  # x += attn W_o + b_o
         q = _linear_rows(_layer_norm(x, h_norm), layer.q_w, layer.q_b, segments, parallel)
-        for p, (r0, r1), res in zip(passes, spans, results):
+        for p, (r0, r1), res, slot in zip(passes, spans, results, slots):
             want = [head for (lay, head) in sorted(p.cross_heads) if lay == i]
-            _cross_attention(p, i, q[r0:r1], attn[r0:r1], want, res)
+            _cross_attention(p, i, q[r0:r1], attn[r0:r1], want, res, slot >= 0)
         ek.add_norm_(x, layer.cross_out_b, _linear_rows(attn, layer.cross_out_w, None, segments, parallel), None)
         hidden = _linear_rows(_layer_norm(x, h_norm), layer.fc1_w, None, segments, parallel)
         ek.bias_gelu_(hidden, layer.fc1_b, np.empty(3 * hidden.size, np.float32))
