@@ -16,6 +16,6 @@ setup(
     ext_modules=[
         Extension(f"aiowhisper_npu.native.{name}", [f"aiowhisper_npu/native/{name}.c"], depends=HEADERS,
                   extra_compile_args=FLAGS, optional=True)
-        for name in ("_fastmath", "_gemm", "_attention")
+        for name in ("_fastmath", "_gemm", "_attention", "_gemv")
     ]
 )

@@ -23,10 +23,15 @@ from .pipeline.pool import BufferPool, PoolStats
 from .pipeline.stats import PipelineStats, StageEvent
 from .runtime.runtime import EncoderOutput, Runtime
 from .runtime.sync import SyncRuntime
+from .runtime.transcriber import TranscriptionStream
+from .transcription.results import Segment, TranscriptionInfo, TranscriptionResult, Word
+from .decoder.tokenizer import Tokenizer
+from .transcription.options import TranscriptionOptions
 
 __all__ = [
     "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",
     "load_model", "ModelDimensions", "WhisperModel", "Runtime", "SyncRuntime", "EncoderOutput", "PipelineStats",
     "StageEvent", "BufferPool", "PoolStats", "AiowhisperError", "AudioError", "ModelError",
-    "BackendUnavailable", "DeviceError", "ManifestError",
+    "BackendUnavailable", "DeviceError", "ManifestError", "TranscriptionOptions", "TranscriptionResult",
+    "TranscriptionInfo", "TranscriptionStream", "Segment", "Word", "Tokenizer",
 ]

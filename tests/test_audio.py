@@ -291,7 +291,13 @@ def test_numpy_resampler_agrees_with_soxr(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_bundled_clips() -> None:
     texts = json.loads((DATA / "clips.json").read_text())
-    assert set(texts) == {p.name for p in DATA.glob("*.wav")}
+    speech = json.loads((DATA / "speech.json").read_text())  # real speech and other languages
+    assert not set(texts) & set(speech)
+    assert set(texts) | set(speech) == {p.name for p in DATA.glob("*.wav")}
+    for name, about in speech.items():
+        x = load_audio(DATA / name)
+        assert 0.05 < np.abs(x).max() <= 1.0 and 2 <= x.size / 16000 <= 12, name
+        assert set(about) == {"language", "text"} and about["text"]
     for name in texts:
         x = load_audio(DATA / name)
         assert x.dtype == np.float32 and x.ndim == 1 and 0.05 < np.abs(x).max() <= 1.0

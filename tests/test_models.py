@@ -17,14 +17,17 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from aiowhisper_npu.models import loading, registry
-from aiowhisper_npu.models.ct2_format import Ct2File, load_ct2_encoder, read_ct2_variables
+from aiowhisper_npu.models.ct2_format import Ct2File, read_ct2_variables
+from aiowhisper_npu.models.ct2_whisper import load_ct2_encoder
 from aiowhisper_npu.errors import ModelError
 from aiowhisper_npu.models.loading import clear_model_cache, load_model
-from aiowhisper_npu.models.model import EncoderWeights, WhisperModel
+from aiowhisper_npu.models.model import DecoderWeights, EncoderWeights, WhisperModel
 
 TINY = "tiny.en"
 
@@ -126,8 +129,9 @@ def raw_float16(path: Path, name: str) -> np.ndarray:
 
 def copy_model(src: Path, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("model.bin", "config.json"):
-        shutil.copyfile(src / name, dst / name)
+    for name in ("model.bin", "config.json", "vocabulary.txt", "tokenizer.json"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
     return dst
 
 
@@ -487,8 +491,19 @@ def test_ctranslate2_written_int8_model(tmp_path: Path) -> None:
         holder = model_spec.index_spec(spec, name.rsplit("/", 1)[0])
         setattr(holder, name.rsplit("/", 1)[1], arr.copy())  # quantization works in place
     rng = np.random.default_rng(0)
-    model_spec.visit_spec(spec.decoder, lambda s, n, val: val is None and setattr(
-        s, n.rsplit("/", 1)[-1], rng.standard_normal((2, 2)).astype(np.float32)))
+    shapes = {"embeddings/weight": (2, 8), "projection/weight": (2, 8), "self_attention/linear_0/weight": (24, 8),
+              "attention/linear_1/weight": (16, 8), "ffn/linear_0/weight": (32, 8), "ffn/linear_1/weight": (8, 32)}
+
+    def fill(s: Any, n: str, val: Any) -> None:  # a small decoder of consistent shapes (d=8, vocab 2)
+        bias = n.endswith("/bias") and not n.startswith("projection")  # Whisper's linear layers have biases
+        if val is None or (bias and isinstance(val, str)):
+            key = n.split("/", 1)[-1] if n.startswith("layer_") else n
+            shape = shapes.get(key.replace("/bias", "/weight"), (8, 8))
+            shape = (shape[0],) if bias else shape if n.endswith("weight") else (8,)
+            setattr(s, n.rsplit("/", 1)[-1], rng.standard_normal(shape).astype(np.float32))
+
+    model_spec.visit_spec(spec.decoder, fill)
+    spec.decoder.position_encodings.encodings = rng.standard_normal((4, 8)).astype(np.float32)
     spec.register_vocabulary(["a", "b"])
     spec.validate()
     spec.optimize(quantization="int8")
@@ -524,11 +539,34 @@ def hf_tensors(w: EncoderWeights, prefix: str = "model.encoder.") -> dict[str, n
     return {k: np.ascontiguousarray(a) for k, a in t.items()}
 
 
+def hf_decoder_tensors(w: DecoderWeights, prefix: str = "model.decoder.") -> dict[str, np.ndarray]:
+    """The decoder under Hugging Face names: Q/K/V and the cross-attention's K/V split, no key biases."""
+    t = {f"{prefix}embed_tokens.weight": w.token_embedding, f"{prefix}embed_positions.weight": w.positional_embedding,
+         f"{prefix}layer_norm.weight": w.ln_w, f"{prefix}layer_norm.bias": w.ln_b}
+    for i, b in enumerate(w.blocks):
+        p = f"{prefix}layers.{i}."
+        for att, parts, ws, bs in (("self_attn", "qkv", b.qkv_w, b.qkv_b), ("encoder_attn", "kv", b.cross_kv_w, b.cross_kv_b)):
+            for x, wx, bx in zip(parts, np.split(ws, len(parts)), np.split(bs, len(parts))):
+                t[f"{p}{att}.{x}_proj.weight"] = wx
+                if x != "k":
+                    t[f"{p}{att}.{x}_proj.bias"] = bx
+        t.update({f"{p}self_attn.out_proj.weight": b.out_w, f"{p}self_attn.out_proj.bias": b.out_b,
+                  f"{p}self_attn_layer_norm.weight": b.attn_ln_w, f"{p}self_attn_layer_norm.bias": b.attn_ln_b,
+                  f"{p}encoder_attn.q_proj.weight": b.cross_q_w, f"{p}encoder_attn.q_proj.bias": b.cross_q_b,
+                  f"{p}encoder_attn.out_proj.weight": b.cross_out_w, f"{p}encoder_attn.out_proj.bias": b.cross_out_b,
+                  f"{p}encoder_attn_layer_norm.weight": b.cross_ln_w, f"{p}encoder_attn_layer_norm.bias": b.cross_ln_b,
+                  f"{p}final_layer_norm.weight": b.mlp_ln_w, f"{p}final_layer_norm.bias": b.mlp_ln_b,
+                  f"{p}fc1.weight": b.fc1_w, f"{p}fc1.bias": b.fc1_b, f"{p}fc2.weight": b.fc2_w, f"{p}fc2.bias": b.fc2_b})
+    return {k: np.ascontiguousarray(a) for k, a in t.items()}
+
+
 def hf_config(m: WhisperModel) -> str:
     d = m.dims
     return json.dumps({"model_type": "whisper", "d_model": d.n_audio_state, "encoder_layers": d.n_audio_layer,
                        "encoder_attention_heads": d.n_audio_head, "num_mel_bins": d.n_mels,
-                       "max_source_positions": d.n_audio_ctx})
+                       "max_source_positions": d.n_audio_ctx, "decoder_layers": d.n_text_layer,
+                       "decoder_attention_heads": d.n_text_head, "vocab_size": d.n_vocab,
+                       "max_target_positions": d.n_text_ctx})
 
 
 def assert_same_weights(a: EncoderWeights, b: EncoderWeights) -> None:
@@ -541,14 +579,35 @@ def assert_same_weights(a: EncoderWeights, b: EncoderWeights) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_hf_directory_from_tiny_weights(tmp_path: Path, dtype: type) -> None:
+    """Encoder and decoder from HF names; alignment heads from generation_config.json."""
     from safetensors.numpy import save_file
 
     tiny = load_model(TINY)
-    save_file({k: a.astype(dtype) for k, a in hf_tensors(tiny.weights).items()}, str(tmp_path / "model.safetensors"))
+    assert tiny.decoder is not None
+    tensors = {**hf_tensors(tiny.weights), **hf_decoder_tensors(tiny.decoder)}
+    save_file({k: a.astype(dtype) for k, a in tensors.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(hf_config(tiny))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"alignment_heads": [[3, 1], [2, 4]]}))
+    m = load_model(tmp_path)
+    assert m.format == "huggingface" and m.dims == tiny.dims and m.alignment_heads == ((3, 1), (2, 4))
+    assert_same_weights(m.weights, tiny.weights)
+    assert m.decoder is not None
+    for name in ("token_embedding", "positional_embedding", "ln_w", "ln_b"):
+        assert np.array_equal(getattr(m.decoder, name), getattr(tiny.decoder, name)), name
+    for ba, bb in zip(m.decoder.blocks, tiny.decoder.blocks, strict=True):
+        for name in ba.__dataclass_fields__:
+            assert np.array_equal(getattr(ba, name), getattr(bb, name)), name
+
+
+def test_hf_encoder_only_directory(tmp_path: Path) -> None:
+    """Without decoder tensors the model still loads for encoding; the text sizes are 0 and decoder is None."""
+    from safetensors.numpy import save_file
+
+    tiny = load_model(TINY)
+    save_file(hf_tensors(tiny.weights), str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(hf_config(tiny))
     m = load_model(tmp_path)
-    assert m.format == "huggingface" and m.dims == tiny.dims
-    assert_same_weights(m.weights, tiny.weights)
+    assert m.decoder is None and m.dims.n_text_layer == 0 and m.dims.n_audio_state == tiny.dims.n_audio_state
 
 
 def write_safetensors_bf16(path: Path, tensors: dict[str, np.ndarray]) -> None:

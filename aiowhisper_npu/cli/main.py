@@ -1,4 +1,4 @@
-"""The ``aiowhisper-npu`` command line: ``encode``, ``stream``, ``bench`` and ``info``."""
+"""The ``aiowhisper-npu`` command line: ``transcribe``, ``encode``, ``stream``, ``bench`` and ``info``."""
 
 from __future__ import annotations
 
@@ -84,6 +84,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from .transcribe import run_transcribe_command
+
+    return run_transcribe_command(args, _make_runtime, run_async)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .info import collect_info, format_info
 
@@ -99,7 +105,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    bench_dir = Path(__file__).resolve().parents[2] / "bench"
     sys.path.insert(0, str(bench_dir))
     try:
         import latency  # type: ignore[import-not-found]
@@ -109,9 +115,17 @@ def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .transcribe import add_arguments as transcribe_arguments
+
     parser = argparse.ArgumentParser(prog="aiowhisper-npu",
-                                     description="Whisper encoder runtime: pipelined tiles on NPU (XRT) or CPU.")
+                                     description="Whisper speech recognition: the encoder as pipelined tiles on an "
+                                                 "NPU (XRT) or the CPU, the decoder batched on the host.")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("transcribe", help="transcribe (or translate) an audio file",
+                       description="Transcribe an audio file with faster-whisper's defaults (beam 5, temperature "
+                                   "fallback); print segments as they are decoded; write txt/srt/vtt/json.")
+    transcribe_arguments(p)
+    _runtime_args(p)
     p = sub.add_parser("encode", help="encode an audio file into encoder hidden states",
                        description="Encode an audio file; prints the output shape, time taken and realtime "
                                    "factor, and optionally saves hidden states as .npy.")
@@ -147,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     args = parser.parse_args(argv)
     try:
+        if args.command == "transcribe":
+            return _cmd_transcribe(args)
         if args.command == "encode":
             return _cmd_encode(args)
         if args.command == "stream":

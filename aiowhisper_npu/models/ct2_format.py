@@ -17,8 +17,9 @@ Quantized int8 (and int16) variables come with a float ``<name>_scale`` variable
 weight (the first axis, the other axes flattened) or a single per-layer scale. They are dequantized the way
 CTranslate2's CPU ``Dequantize`` op does it: ``float32(q) * (1.0f / scale)`` computed in float32.
 
-The file is memory-mapped; only the variables asked for are copied out, so the decoder (most of the file)
-is never read. Every inconsistency raises :class:`~aiowhisper_npu.errors.ModelError`.
+The file is memory-mapped; only the variables asked for are copied out. Every inconsistency raises
+:class:`~aiowhisper_npu.errors.ModelError`. Which variables make up a Whisper model is
+:mod:`aiowhisper_npu.models.ct2_whisper`'s business.
 """
 
 from __future__ import annotations
@@ -35,14 +36,12 @@ from types import TracebackType
 import numpy as np
 
 from ..errors import ModelError
-from .model import BlockWeights, EncoderWeights
 
 __all__ = [
     "CT2_DTYPES",
     "Ct2Variable",
     "Ct2File",
     "read_ct2_variables",
-    "load_ct2_encoder",
     "MAX_BINARY_VERSION",
 ]
 
@@ -314,82 +313,3 @@ def read_ct2_variables(
 def _is_consumed_scale(f: Ct2File, name: str) -> bool:
     base = name[: -len("_scale")]
     return name.endswith("_scale") and base in f and f.variable(base).dtype_id in _QUANTIZED_IDS
-
-
-# --- Whisper encoder mapping -------------------------------------------------------------------------------
-
-_ENC = "encoder"
-
-
-def _weight(f: Ct2File, name: str, rank: int) -> np.ndarray:
-    """A float32 weight of the given rank, or a ModelError naming what is wrong."""
-    if name not in f:
-        raise ModelError(f"{f.path}: variable {name!r} is missing: not a Whisper CTranslate2 model, or corrupt")
-    arr = f.array(name)
-    if arr.dtype != np.float32:
-        raise ModelError(f"{f.path}: variable {name!r} has dtype {f.variable(name).dtype_name}, expected a float")
-    if arr.ndim != rank:
-        raise ModelError(f"{f.path}: variable {name!r} has shape {arr.shape}, expected rank {rank}")
-    return arr
-
-
-def _block(f: Ct2File, i: int) -> BlockWeights:
-    p = f"{_ENC}/layer_{i}"
-    att, ffn = f"{p}/self_attention", f"{p}/ffn"
-    return BlockWeights(
-        attn_ln_w=_weight(f, f"{att}/layer_norm/gamma", 1),
-        attn_ln_b=_weight(f, f"{att}/layer_norm/beta", 1),
-        qkv_w=_weight(f, f"{att}/linear_0/weight", 2),
-        qkv_b=_weight(f, f"{att}/linear_0/bias", 1),
-        out_w=_weight(f, f"{att}/linear_1/weight", 2),
-        out_b=_weight(f, f"{att}/linear_1/bias", 1),
-        mlp_ln_w=_weight(f, f"{ffn}/layer_norm/gamma", 1),
-        mlp_ln_b=_weight(f, f"{ffn}/layer_norm/beta", 1),
-        fc1_w=_weight(f, f"{ffn}/linear_0/weight", 2),
-        fc1_b=_weight(f, f"{ffn}/linear_0/bias", 1),
-        fc2_w=_weight(f, f"{ffn}/linear_1/weight", 2),
-        fc2_b=_weight(f, f"{ffn}/linear_1/bias", 1),
-    )
-
-
-def _num_layers(f: Ct2File) -> int:
-    n = 0
-    while f"{_ENC}/layer_{n}/self_attention/linear_0/weight" in f:
-        n += 1
-    if n == 0:
-        raise ModelError(f"{f.path}: no encoder layers ({_ENC}/layer_0/...) found: not a Whisper model, or corrupt")
-    return n
-
-
-def _num_heads(f: Ct2File) -> int | None:
-    name = f"{_ENC}/num_heads"
-    if name not in f:
-        return None
-    value = f.array(name)
-    if value.size != 1 or value.dtype.kind not in "iu" or int(value.reshape(-1)[0]) <= 0:
-        raise ModelError(f"{f.path}: {name!r} should be a positive integer scalar, got {value!r}")
-    return int(value.reshape(-1)[0])
-
-
-def load_ct2_encoder(model_dir: str | os.PathLike[str]) -> tuple[EncoderWeights, int | None]:
-    """Read the Whisper audio encoder from a CTranslate2 model directory (its ``model.bin``).
-
-    Returns the float32 weights and the number of attention heads (``encoder/num_heads``), or ``None``
-    when the file does not record it (older conversions). Decoder variables are never read.
-    Shapes are checked for rank here; full consistency is :meth:`EncoderWeights.validate`'s job.
-    """
-    path = Path(model_dir) / "model.bin"
-    with Ct2File(path) as f:
-        if f.spec_name not in ("", "WhisperSpec"):
-            raise ModelError(f"{path}: holds a {f.spec_name!r} model, not a Whisper model (WhisperSpec)")
-        weights = EncoderWeights(
-            conv1_w=_weight(f, f"{_ENC}/conv1/weight", 3),
-            conv1_b=_weight(f, f"{_ENC}/conv1/bias", 1),
-            conv2_w=_weight(f, f"{_ENC}/conv2/weight", 3),
-            conv2_b=_weight(f, f"{_ENC}/conv2/bias", 1),
-            positional_embedding=_weight(f, f"{_ENC}/position_encodings/encodings", 2),
-            blocks=tuple(_block(f, i) for i in range(_num_layers(f))),
-            ln_post_w=_weight(f, f"{_ENC}/layer_norm/gamma", 1),
-            ln_post_b=_weight(f, f"{_ENC}/layer_norm/beta", 1),
-        )
-        return weights, _num_heads(f)

@@ -1,14 +1,16 @@
-"""Read the Whisper audio encoder from a Hugging Face directory (``config.json`` + ``model.safetensors``).
+"""Read Whisper from a Hugging Face directory (``config.json`` + ``model.safetensors``).
 
 Tensors are read with the optional ``safetensors`` package (``pip install 'aiowhisper-npu[hf]'``), one at
-a time through ``safe_open``, so decoder tensors are never loaded. numpy has no bfloat16, so BF16 tensors
+a time through ``safe_open``. numpy has no bfloat16, so BF16 tensors
 are read as raw bit patterns straight from the file (located through the documented safetensors header:
 ``uint64`` little-endian header length, JSON header with ``dtype``/``shape``/``data_offsets``) and widened
 to float32 exactly. float16/float64 tensors are converted to float32 too.
 
-Both checkpoint flavours are accepted: ``WhisperForConditionalGeneration`` (``model.encoder.*``) and the
-bare ``WhisperModel`` (``encoder.*``). The separate Q/K/V projections are stacked into ``qkv_w``; Whisper's
-key projection has no bias, so the key third of ``qkv_b`` is zero unless the file stores one.
+Both checkpoint flavours are accepted: ``WhisperForConditionalGeneration`` (``model.encoder.*``,
+``model.decoder.*``) and the bare ``WhisperModel`` (``encoder.*``, ``decoder.*``). The separate Q/K/V
+projections are stacked (``qkv_w``; the cross-attention's K/V into ``cross_kv_w``); Whisper's key projections
+have no bias, so those parts of the stacked biases are zero unless the file stores one. ``proj_out`` is
+tied to the token embedding and not read.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from .model import BlockWeights, EncoderWeights
+from .model import BlockWeights, DecoderBlockWeights, DecoderWeights, EncoderWeights
 
-__all__ = ["load_hf_encoder", "read_hf_config"]
+__all__ = ["load_hf_encoder", "load_hf_whisper", "read_hf_config"]
 
 _INSTALL_HINT = "pip install 'aiowhisper-npu[hf]'"
 _FLOAT_DTYPES = {"F16", "F32", "F64", "BF16"}
@@ -116,19 +118,26 @@ class _SafetensorsReader:
         return bits.view(np.float32).reshape(shape)
 
 
+def _stacked(r: _SafetensorsReader, att: str, parts: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``parts`` (e.g. ``"qkv"``) projections of ``att`` stacked on the output axis; a missing key bias is 0."""
+    ws = [r.get(f"{att}.{x}_proj.weight", 2) for x in parts]
+    bs = [r.get(f"{att}.{x}_proj.bias", 1) if x != "k" or r.has(f"{att}.k_proj.bias") else None for x in parts]
+    ref = next(b for b in bs if b is not None)
+    bs = [b if b is not None else np.zeros_like(ref) for b in bs]
+    if len({w.shape for w in ws}) != 1 or len({b.shape for b in bs}) != 1:
+        raise ModelError(f"{r.path}: {where} has {'/'.join(parts)} projections of different shapes: corrupt checkpoint")
+    return np.concatenate(ws, axis=0), np.concatenate(bs)
+
+
 def _block(r: _SafetensorsReader, prefix: str, i: int) -> BlockWeights:
     p = f"{prefix}layers.{i}"
     att = f"{p}.self_attn"
-    q_b, v_b = r.get(f"{att}.q_proj.bias", 1), r.get(f"{att}.v_proj.bias", 1)
-    k_b = r.get(f"{att}.k_proj.bias", 1) if r.has(f"{att}.k_proj.bias") else np.zeros_like(q_b)
-    qkv = [r.get(f"{att}.{x}_proj.weight", 2) for x in "qkv"]
-    if len({w.shape for w in qkv}) != 1 or len({b.shape for b in (q_b, k_b, v_b)}) != 1:
-        raise ModelError(f"{r.path}: layer {i} has q/k/v projections of different shapes: corrupt checkpoint")
+    qkv_w, qkv_b = _stacked(r, att, "qkv", f"layer {i}")
     return BlockWeights(
         attn_ln_w=r.get(f"{p}.self_attn_layer_norm.weight", 1),
         attn_ln_b=r.get(f"{p}.self_attn_layer_norm.bias", 1),
-        qkv_w=np.concatenate(qkv, axis=0),
-        qkv_b=np.concatenate([q_b, k_b, v_b]),
+        qkv_w=qkv_w,
+        qkv_b=qkv_b,
         out_w=r.get(f"{att}.out_proj.weight", 2),
         out_b=r.get(f"{att}.out_proj.bias", 1),
         mlp_ln_w=r.get(f"{p}.final_layer_norm.weight", 1),
@@ -170,6 +179,52 @@ def _read_encoder(r: _SafetensorsReader) -> EncoderWeights:
     )
 
 
+def _decoder_block(r: _SafetensorsReader, prefix: str, i: int) -> DecoderBlockWeights:
+    p = f"{prefix}layers.{i}"
+    qkv_w, qkv_b = _stacked(r, f"{p}.self_attn", "qkv", f"decoder layer {i}")
+    kv_w, kv_b = _stacked(r, f"{p}.encoder_attn", "kv", f"decoder layer {i} cross-attention")
+    return DecoderBlockWeights(
+        attn_ln_w=r.get(f"{p}.self_attn_layer_norm.weight", 1),
+        attn_ln_b=r.get(f"{p}.self_attn_layer_norm.bias", 1),
+        qkv_w=qkv_w,
+        qkv_b=qkv_b,
+        out_w=r.get(f"{p}.self_attn.out_proj.weight", 2),
+        out_b=r.get(f"{p}.self_attn.out_proj.bias", 1),
+        cross_ln_w=r.get(f"{p}.encoder_attn_layer_norm.weight", 1),
+        cross_ln_b=r.get(f"{p}.encoder_attn_layer_norm.bias", 1),
+        cross_q_w=r.get(f"{p}.encoder_attn.q_proj.weight", 2),
+        cross_q_b=r.get(f"{p}.encoder_attn.q_proj.bias", 1),
+        cross_kv_w=kv_w,
+        cross_kv_b=kv_b,
+        cross_out_w=r.get(f"{p}.encoder_attn.out_proj.weight", 2),
+        cross_out_b=r.get(f"{p}.encoder_attn.out_proj.bias", 1),
+        mlp_ln_w=r.get(f"{p}.final_layer_norm.weight", 1),
+        mlp_ln_b=r.get(f"{p}.final_layer_norm.bias", 1),
+        fc1_w=r.get(f"{p}.fc1.weight", 2),
+        fc1_b=r.get(f"{p}.fc1.bias", 1),
+        fc2_w=r.get(f"{p}.fc2.weight", 2),
+        fc2_b=r.get(f"{p}.fc2.bias", 1),
+    )
+
+
+def _read_decoder(r: _SafetensorsReader) -> DecoderWeights | None:
+    pre = next((p for p in ("model.decoder.", "decoder.") if r.has(f"{p}embed_tokens.weight")), None)
+    if pre is None:
+        return None  # an encoder-only checkpoint
+    n = 0
+    while r.has(f"{pre}layers.{n}.fc1.weight"):
+        n += 1
+    if n == 0:
+        raise ModelError(f"{r.path}: decoder embeddings but no decoder layers ({pre}layers.0.*): corrupt checkpoint")
+    return DecoderWeights(
+        token_embedding=r.get(f"{pre}embed_tokens.weight", 2),
+        positional_embedding=r.get(f"{pre}embed_positions.weight", 2),
+        blocks=tuple(_decoder_block(r, pre, i) for i in range(n)),
+        ln_w=r.get(f"{pre}layer_norm.weight", 1),
+        ln_b=r.get(f"{pre}layer_norm.bias", 1),
+    )
+
+
 def _check_config(weights: EncoderWeights, config: dict[str, Any], path: Path) -> None:
     """Cross-check the sizes that config.json states against the weights."""
     d, n_mels, _ = weights.conv1_w.shape
@@ -186,6 +241,27 @@ def _check_config(weights: EncoderWeights, config: dict[str, Any], path: Path) -
 
 def load_hf_encoder(model_dir: str | os.PathLike[str]) -> tuple[EncoderWeights, int | None]:
     """Read the Whisper encoder from a Hugging Face directory; returns the weights and ``encoder_attention_heads``."""
+    enc, heads, _, _ = _load(model_dir, decoder=False)
+    return enc, heads
+
+
+def load_hf_whisper(model_dir: str | os.PathLike[str]
+                    ) -> tuple[EncoderWeights, int | None, DecoderWeights | None, int | None]:
+    """Read the encoder and the decoder: ``(encoder, encoder heads, decoder or None, decoder heads)``."""
+    return _load(model_dir, decoder=True)
+
+
+def _check_decoder_config(dec: DecoderWeights, config: dict[str, Any], path: Path) -> None:
+    n_vocab, d = dec.token_embedding.shape
+    for key, actual in (("vocab_size", n_vocab), ("decoder_layers", len(dec.blocks)),
+                        ("max_target_positions", dec.positional_embedding.shape[0])):
+        stated = _config_int(config, key, path)
+        if stated is not None and stated != actual:
+            raise ModelError(f"{path}: config says {key}={stated} but the weights have {actual}")
+
+
+def _load(model_dir: str | os.PathLike[str], decoder: bool
+          ) -> tuple[EncoderWeights, int | None, DecoderWeights | None, int | None]:
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     config = read_hf_config(model_dir)
@@ -198,8 +274,13 @@ def load_hf_encoder(model_dir: str | os.PathLike[str]) -> tuple[EncoderWeights, 
         raise ModelError(f"{path} is missing: a Hugging Face Whisper directory needs model.safetensors")
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            weights = _read_encoder(_SafetensorsReader(path, handle))
+            reader = _SafetensorsReader(path, handle)
+            weights = _read_encoder(reader)
+            dec = _read_decoder(reader) if decoder else None
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read {path}: {exc}") from exc
     _check_config(weights, config, config_path)
-    return weights, _config_int(config, "encoder_attention_heads", config_path)
+    if dec is not None:
+        _check_decoder_config(dec, config, config_path)
+    return (weights, _config_int(config, "encoder_attention_heads", config_path), dec,
+            _config_int(config, "decoder_attention_heads", config_path))

@@ -16,17 +16,19 @@ are shared between callers and therefore marked read-only. :func:`clear_model_ca
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .ct2_format import load_ct2_encoder
 from ..errors import ModelError
-from .hf_format import load_hf_encoder
-from .model import EncoderWeights, WhisperModel
+from .ct2_whisper import load_ct2_whisper
+from .hf_format import load_hf_whisper
+from .model import DecoderWeights, EncoderWeights, ModelDimensions, WhisperModel, default_alignment_heads
 from .registry import KNOWN_MODELS, resolve_model_dir
 
 __all__ = ["load_model", "clear_model_cache", "detect_format"]
@@ -87,7 +89,7 @@ def _cache_key(name: str, model_dir: Path, fmt: str) -> _CacheKey:
     return tuple(key)
 
 
-def _freeze(weights: EncoderWeights) -> None:
+def _freeze(weights: EncoderWeights | DecoderWeights) -> None:
     """Mark every array read-only: cached models are shared by all callers."""
     for holder in (weights, *weights.blocks):
         for f in fields(holder):
@@ -96,18 +98,57 @@ def _freeze(weights: EncoderWeights) -> None:
                 value.flags.writeable = False
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when it does not exist."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelError(f"{path} should hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _alignment_heads(model_dir: Path, fmt: str, dims: ModelDimensions) -> tuple[tuple[int, int], ...]:
+    """The (layer, head) pairs named by ``config.json`` (CTranslate2) or ``generation_config.json`` (HF)."""
+    path = model_dir / ("config.json" if fmt == CT2 else "generation_config.json")
+    heads = _json_object(path).get("alignment_heads")
+    if heads is None:
+        return default_alignment_heads(dims)
+    try:
+        pairs = tuple((int(layer), int(head)) for layer, head in heads)
+    except (TypeError, ValueError):
+        raise ModelError(f"{path}: 'alignment_heads' should be a list of [layer, head] pairs, got {heads!r}") from None
+    bad = [p for p in pairs if not (0 <= p[0] < dims.n_text_layer and 0 <= p[1] < dims.n_text_head)]
+    if bad:
+        raise ModelError(f"{path}: alignment heads {bad} are outside the decoder's {dims.n_text_layer} layers x "
+                         f"{dims.n_text_head} heads")
+    return pairs
+
+
 def _load_uncached(name: str, model_dir: Path, fmt: str) -> WhisperModel:
-    weights, n_head = load_ct2_encoder(model_dir) if fmt == CT2 else load_hf_encoder(model_dir)
+    weights, n_head, decoder, n_text_head = (load_ct2_whisper if fmt == CT2 else load_hf_whisper)(model_dir)
     dims = weights.dims(n_head)
     if min(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state) == 0:
         raise ModelError(f"{model_dir}: the encoder has an empty dimension ({dims}): the model is corrupt")
     weights.validate(dims)
     _freeze(weights)
-    return WhisperModel(name=name, path=model_dir, dims=dims, weights=weights, format=fmt)
+    heads: tuple[tuple[int, int], ...] = ()
+    if decoder is not None:
+        dims = decoder.dims(dims, n_text_head)
+        if min(dims.n_vocab, dims.n_text_ctx, dims.n_text_state) == 0:
+            raise ModelError(f"{model_dir}: the decoder has an empty dimension ({dims}): the model is corrupt")
+        decoder.validate(dims)
+        _freeze(decoder)
+        heads = _alignment_heads(model_dir, fmt, dims)
+    return WhisperModel(name=name, path=model_dir, dims=dims, weights=weights, format=fmt, decoder=decoder,
+                        alignment_heads=heads)
 
 
 def load_model(name_or_path: str | os.PathLike[str] | WhisperModel) -> WhisperModel:
-    """Load (or fetch from the in-process cache) the Whisper encoder named or located by ``name_or_path``.
+    """Load (or fetch from the in-process cache) the Whisper model named or located by ``name_or_path``.
 
     Raises :class:`ModelError` for unknown names, missing paths, directories without a model, missing
     packages, checksum mismatches, truncated/corrupt files and non-finite weights.

@@ -33,7 +33,11 @@ from ..pipeline.pool import BufferPool
 from ..pipeline.stats import PipelineStats, StatsRecorder
 from ..pipeline.tiles import slot_nbytes
 from ..streaming.stream import AudioStream
+from ..decoder.engine import EngineStats
+from ..transcription.results import TranscriptionResult
+from ..transcription.options import TranscriptionOptions
 from .host import WRONG_LOOP_HINT, ServiceHost
+from .transcriber import TranscriptionService, TranscriptionStream, make_options
 
 if TYPE_CHECKING:
     from .sync import SyncRuntime
@@ -109,6 +113,7 @@ class Runtime:
         self._pipeline: Pipeline | None = None
         self._pool: BufferPool | None = None
         self._plans: dict[int | None, EncoderPlan] = {}
+        self._transcription: TranscriptionService | None = None
         self.model: WhisperModel | None = model if isinstance(model, WhisperModel) else None
         self.device: Device | None = None
 
@@ -158,6 +163,9 @@ class Runtime:
         await tg.start(pipeline.serve)
         self._pool = pool
         self._pipeline = pipeline
+        service = TranscriptionService(model, self._encode_window)
+        stack.push_async_callback(service.aclose)  # stopped before the pipeline: no decoding is left waiting
+        self._transcription = service
 
     async def __aexit__(self, *exc: object) -> None:
         # Nothing of the runtime's is entered in the caller's task, so the body's exception (or
@@ -255,6 +263,43 @@ class Runtime:
         rec = recorder or StatsRecorder()
         await pipeline.run(jobs, rec)
         return out, rec.snapshot()
+
+    # -- transcription --------------------------------------------------------------------------------
+    async def _encode_window(self, mel: np.ndarray) -> np.ndarray:
+        out, _ = await self.encode_mels(mel[None])
+        return out[0]
+
+    def _service(self, what: str) -> TranscriptionService:
+        self._require_open(what)
+        assert self._transcription is not None
+        return self._transcription
+
+    async def transcribe(self, audio: AudioInput, *, options: TranscriptionOptions | None = None,
+                         **overrides: Any) -> TranscriptionResult:
+        """Transcribe (or translate) speech: what :meth:`encode` takes, a float array or an audio file.
+
+        Options are faster-whisper's ``WhisperModel.transcribe`` options, with its names and defaults
+        (``language=None``, ``task="transcribe"``, ``beam_size=5``, ``best_of=5``,
+        ``temperature=(0.0, 0.2, ..., 1.0)``, ``word_timestamps=False``, ``initial_prompt``, ...; see
+        :class:`~aiowhisper_npu.TranscriptionOptions`), as keywords or as one ``options=`` object.
+        Windows are encoded by the tile pipeline and decoded by the shared decoder engine, batched with
+        every other call on this runtime. Cancelling the call releases its windows and caches.
+
+        Returns a :class:`~aiowhisper_npu.TranscriptionResult`: ``.text``, ``.language``,
+        ``.language_probability``, ``.duration``, ``.segments`` and ``.info``.
+        """
+        return await self._service("transcribe").transcribe(audio, make_options(options, overrides))
+
+    def transcribe_iter(self, audio: AudioInput, *, options: TranscriptionOptions | None = None,
+                        **overrides: Any) -> TranscriptionStream:
+        """Like :meth:`transcribe`, but yields the segments as each window is decoded
+        (``async for segment in rt.transcribe_iter(audio)``); ``.info`` is set with the first segment."""
+        return TranscriptionStream(self._service("transcribe_iter"), audio, make_options(options, overrides))
+
+    def decoder_stats(self) -> EngineStats:
+        """The decoder engine's counters (all zero before the first transcription)."""
+        engine = self._service("decoder_stats").engine
+        return engine.stats() if engine is not None else EngineStats(0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0)
 
     def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> AudioStream:
         """Encode an async stream of audio chunks as it arrives (see :mod:`aiowhisper_npu.streaming.stream`)."""

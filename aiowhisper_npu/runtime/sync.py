@@ -130,6 +130,8 @@ class SyncRuntime:
     encode = blocking(Runtime.encode)
     encode_mels = blocking(Runtime.encode_mels)
     stream = blocking_iter(Runtime.stream)
+    transcribe = blocking(Runtime.transcribe)
+    transcribe_iter = blocking_iter(Runtime.transcribe_iter)
 
     def __init__(self, model: Any = "tiny.en", *, event_loop: str = "asyncio",
                  event_loop_options: dict[str, Any] | None = None, **options: Any):

@@ -1,0 +1,58 @@
+"""The seam between the seek loop and the machinery that encodes and decodes: :class:`WindowDecoder`.
+
+The seek loop (:mod:`.seek`) is written against this protocol only, so the same loop runs on the
+runtime (encoder pipeline + batched decoder engine, :mod:`aiowhisper_npu.runtime.recognizer`) and, in the
+tests, on CTranslate2 (which proves the loop itself keeps faster-whisper's semantics exactly).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..models.model import ModelDimensions
+from ..decoder.options import AlignmentResult, GenerationOptions, GenerationResult
+from ..decoder.tokenizer import Tokenizer
+
+__all__ = ["Window", "WindowDecoder"]
+
+
+class Window(Protocol):
+    """One encoded 30 s window (opaque); the decoder's per-window state (cross-attention keys and values)."""
+
+    def close(self) -> None:
+        """Free the window's memory. Idempotent; the window cannot be used afterwards."""
+        ...
+
+
+class WindowDecoder(Protocol):
+    """Encode log-mel windows and run the text decoder against them."""
+
+    @property
+    def dims(self) -> ModelDimensions: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (task ``"transcribe"``, language unset on multilingual models)."""
+        ...
+
+    async def encode(self, mel: np.ndarray) -> Window:
+        """Encode one window: ``mel`` is ``(n_mels, 3000)`` float32, already padded or trimmed."""
+        ...
+
+    async def generate(self, window: Window, prompt: Sequence[int], options: GenerationOptions) -> GenerationResult:
+        """Decode from ``prompt`` (which holds ``<|startoftranscript|>``) against ``window``."""
+        ...
+
+    async def detect_language(self, window: Window) -> list[tuple[str, float]]:
+        """Every language code of the vocabulary with its probability at ``<|startoftranscript|>``, most
+        probable first (multilingual models only)."""
+        ...
+
+    async def align(self, window: Window, start_sequence: Sequence[int], text_tokens: Sequence[Sequence[int]],
+                    num_frames: int, median_filter_width: int = 7) -> list[AlignmentResult]:
+        """Word-timing alignments of ``text_tokens`` (one per text), as CTranslate2's ``Whisper.align``:
+        the alignment heads' cross-attention over the first ``num_frames // 2`` positions, softmax,
+        normalised per head, median-filtered, averaged, and the DTW path through it."""
+        ...
