@@ -2,7 +2,8 @@
 
 ``aiowhisper_npu.native._fastmath`` fuses the CPU kernels' element-wise passes (exp, bias + exact-erf GELU, layer norm);
 ``aiowhisper_npu.native._gemm`` multiplies activations by weights packed once at load time and
-``aiowhisper_npu.native._attention`` runs attention heads in one kernel each (both AVX-512). All are optional: if one
+``aiowhisper_npu.native._attention`` runs attention heads in one kernel each (both AVX-512); ``aiowhisper_npu.native._gemv`` multiplies a few decoder
+rows by (out, in) weights (AVX2 + FMA, portable fallback). All are optional: if one
 cannot be compiled, installation goes on and the kernels use their numpy forms (tests/test_runtime.py checks
 that they built on x86-64 Linux).
 """
