@@ -49,26 +49,28 @@ def _norm(f: Ct2File, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return _weight(f, f"{prefix}/layer_norm/gamma", 1), _weight(f, f"{prefix}/layer_norm/beta", 1)
 
 
-def _encoder_block(f: Ct2File, i: int) -> BlockWeights:
-    att, ffn = f"{_ENC}/layer_{i}/self_attention", f"{_ENC}/layer_{i}/ffn"
+def _block_parts(f: Ct2File, prefix: str) -> dict[str, np.ndarray]:
+    """The self-attention and MLP weights every block has (``BlockWeights``' fields)."""
+    att, ffn = f"{prefix}/self_attention", f"{prefix}/ffn"
     (attn_ln_w, attn_ln_b), (mlp_ln_w, mlp_ln_b) = _norm(f, att), _norm(f, ffn)
     (qkv_w, qkv_b), (out_w, out_b) = _linear(f, f"{att}/linear_0"), _linear(f, f"{att}/linear_1")
     (fc1_w, fc1_b), (fc2_w, fc2_b) = _linear(f, f"{ffn}/linear_0"), _linear(f, f"{ffn}/linear_1")
-    return BlockWeights(attn_ln_w, attn_ln_b, qkv_w, qkv_b, out_w, out_b, mlp_ln_w, mlp_ln_b, fc1_w, fc1_b,
-                        fc2_w, fc2_b)
+    return dict(attn_ln_w=attn_ln_w, attn_ln_b=attn_ln_b, qkv_w=qkv_w, qkv_b=qkv_b, out_w=out_w, out_b=out_b,
+                mlp_ln_w=mlp_ln_w, mlp_ln_b=mlp_ln_b, fc1_w=fc1_w, fc1_b=fc1_b, fc2_w=fc2_w, fc2_b=fc2_b)
+
+
+def _encoder_block(f: Ct2File, i: int) -> BlockWeights:
+    return BlockWeights(**_block_parts(f, f"{_ENC}/layer_{i}"))
 
 
 def _decoder_block(f: Ct2File, i: int) -> DecoderBlockWeights:
     p = f"{_DEC}/layer_{i}"
-    att, cross, ffn = f"{p}/self_attention", f"{p}/attention", f"{p}/ffn"
-    (attn_ln_w, attn_ln_b), (cross_ln_w, cross_ln_b), (mlp_ln_w, mlp_ln_b) = (
-        _norm(f, att), _norm(f, cross), _norm(f, ffn))
-    (qkv_w, qkv_b), (out_w, out_b) = _linear(f, f"{att}/linear_0"), _linear(f, f"{att}/linear_1")
-    (q_w, q_b), (kv_w, kv_b) = _linear(f, f"{cross}/linear_0"), _linear(f, f"{cross}/linear_1")
-    cross_out_w, cross_out_b = _linear(f, f"{cross}/linear_2")
-    (fc1_w, fc1_b), (fc2_w, fc2_b) = _linear(f, f"{ffn}/linear_0"), _linear(f, f"{ffn}/linear_1")
-    return DecoderBlockWeights(attn_ln_w, attn_ln_b, qkv_w, qkv_b, out_w, out_b, cross_ln_w, cross_ln_b, q_w, q_b,
-                               kv_w, kv_b, cross_out_w, cross_out_b, mlp_ln_w, mlp_ln_b, fc1_w, fc1_b, fc2_w, fc2_b)
+    cross = f"{p}/attention"
+    (cross_ln_w, cross_ln_b), (q_w, q_b) = _norm(f, cross), _linear(f, f"{cross}/linear_0")
+    (kv_w, kv_b), (cross_out_w, cross_out_b) = _linear(f, f"{cross}/linear_1"), _linear(f, f"{cross}/linear_2")
+    return DecoderBlockWeights(**_block_parts(f, p), cross_ln_w=cross_ln_w, cross_ln_b=cross_ln_b, cross_q_w=q_w,
+                               cross_q_b=q_b, cross_kv_w=kv_w, cross_kv_b=kv_b, cross_out_w=cross_out_w,
+                               cross_out_b=cross_out_b)
 
 
 def _num_layers(f: Ct2File, prefix: str, probe: str) -> int:

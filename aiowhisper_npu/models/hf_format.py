@@ -129,11 +129,11 @@ def _stacked(r: _SafetensorsReader, att: str, parts: str, where: str) -> tuple[n
     return np.concatenate(ws, axis=0), np.concatenate(bs)
 
 
-def _block(r: _SafetensorsReader, prefix: str, i: int) -> BlockWeights:
-    p = f"{prefix}layers.{i}"
+def _block_parts(r: _SafetensorsReader, p: str, what: str) -> dict[str, np.ndarray]:
+    """The self-attention and MLP weights every block has (``BlockWeights``' fields), under ``p``."""
     att = f"{p}.self_attn"
-    qkv_w, qkv_b = _stacked(r, att, "qkv", f"layer {i}")
-    return BlockWeights(
+    qkv_w, qkv_b = _stacked(r, att, "qkv", what)
+    return dict(
         attn_ln_w=r.get(f"{p}.self_attn_layer_norm.weight", 1),
         attn_ln_b=r.get(f"{p}.self_attn_layer_norm.bias", 1),
         qkv_w=qkv_w,
@@ -147,6 +147,10 @@ def _block(r: _SafetensorsReader, prefix: str, i: int) -> BlockWeights:
         fc2_w=r.get(f"{p}.fc2.weight", 2),
         fc2_b=r.get(f"{p}.fc2.bias", 1),
     )
+
+
+def _block(r: _SafetensorsReader, prefix: str, i: int) -> BlockWeights:
+    return BlockWeights(**_block_parts(r, f"{prefix}layers.{i}", f"layer {i}"))
 
 
 def _encoder_prefix(r: _SafetensorsReader) -> str:
@@ -181,15 +185,9 @@ def _read_encoder(r: _SafetensorsReader) -> EncoderWeights:
 
 def _decoder_block(r: _SafetensorsReader, prefix: str, i: int) -> DecoderBlockWeights:
     p = f"{prefix}layers.{i}"
-    qkv_w, qkv_b = _stacked(r, f"{p}.self_attn", "qkv", f"decoder layer {i}")
     kv_w, kv_b = _stacked(r, f"{p}.encoder_attn", "kv", f"decoder layer {i} cross-attention")
     return DecoderBlockWeights(
-        attn_ln_w=r.get(f"{p}.self_attn_layer_norm.weight", 1),
-        attn_ln_b=r.get(f"{p}.self_attn_layer_norm.bias", 1),
-        qkv_w=qkv_w,
-        qkv_b=qkv_b,
-        out_w=r.get(f"{p}.self_attn.out_proj.weight", 2),
-        out_b=r.get(f"{p}.self_attn.out_proj.bias", 1),
+        **_block_parts(r, p, f"decoder layer {i}"),
         cross_ln_w=r.get(f"{p}.encoder_attn_layer_norm.weight", 1),
         cross_ln_b=r.get(f"{p}.encoder_attn_layer_norm.bias", 1),
         cross_q_w=r.get(f"{p}.encoder_attn.q_proj.weight", 2),
@@ -198,12 +196,6 @@ def _decoder_block(r: _SafetensorsReader, prefix: str, i: int) -> DecoderBlockWe
         cross_kv_b=kv_b,
         cross_out_w=r.get(f"{p}.encoder_attn.out_proj.weight", 2),
         cross_out_b=r.get(f"{p}.encoder_attn.out_proj.bias", 1),
-        mlp_ln_w=r.get(f"{p}.final_layer_norm.weight", 1),
-        mlp_ln_b=r.get(f"{p}.final_layer_norm.bias", 1),
-        fc1_w=r.get(f"{p}.fc1.weight", 2),
-        fc1_b=r.get(f"{p}.fc1.bias", 1),
-        fc2_w=r.get(f"{p}.fc2.weight", 2),
-        fc2_b=r.get(f"{p}.fc2.bias", 1),
     )
 
 

@@ -125,18 +125,13 @@ class EncoderWeights:
 
 
 @dataclass(frozen=True, eq=False)
-class DecoderBlockWeights:
+class DecoderBlockWeights(BlockWeights):
     """One decoder block: causal self-attention, cross-attention over the encoder output, then the MLP.
 
-    ``qkv_w`` stacks Q, K and V of the self-attention; ``kv_w`` stacks K and V of the cross-attention (Whisper's
-    key projections have no bias: those parts of the biases are zero)."""
+    The self-attention and MLP weights are :class:`BlockWeights`' (``qkv_w`` stacks Q, K and V); ``cross_kv_w``
+    stacks K and V of the cross-attention (Whisper's key projections have no bias: those parts of the biases
+    are zero)."""
 
-    attn_ln_w: np.ndarray  # (d,)
-    attn_ln_b: np.ndarray  # (d,)
-    qkv_w: np.ndarray  # (3d, d)
-    qkv_b: np.ndarray  # (3d,)
-    out_w: np.ndarray  # (d, d)
-    out_b: np.ndarray  # (d,)
     cross_ln_w: np.ndarray  # (d,)
     cross_ln_b: np.ndarray  # (d,)
     cross_q_w: np.ndarray  # (d, d)
@@ -145,12 +140,6 @@ class DecoderBlockWeights:
     cross_kv_b: np.ndarray  # (2d,)
     cross_out_w: np.ndarray  # (d, d)
     cross_out_b: np.ndarray  # (d,)
-    mlp_ln_w: np.ndarray  # (d,)
-    mlp_ln_b: np.ndarray  # (d,)
-    fc1_w: np.ndarray  # (4d, d)
-    fc1_b: np.ndarray  # (4d,)
-    fc2_w: np.ndarray  # (d, 4d)
-    fc2_b: np.ndarray  # (d,)
 
 
 @dataclass(frozen=True, eq=False)
