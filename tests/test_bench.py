@@ -221,3 +221,30 @@ def test_c_kernel_microbenchmark_runs_and_agrees(capsys: pytest.CaptureFixture[s
     assert "| 64 queries | 64 × 1500 × 64 × 6 |" in out
     rel = float(out.split("relative L2 ")[1].split(";")[0])
     assert rel < 1e-5
+
+
+def test_transcribe_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/transcribe.py end to end on a short clip (no peers, greedy): a table, the split, the concurrency
+    run with the same text from every call, and a JSON that renders again."""
+    import transcribe as bench_transcribe
+
+    out = tmp_path / "t.json"
+    assert bench_transcribe.main(["--audio", str(Path(__file__).parent / "data" / "jfk.wav"), "--repeats", "1",
+                                  "--peers", "", "--concurrent", "2", "--beam-size", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    ours = res["results"]["ours"]
+    assert "fellow Americans" in ours["text"] and ours["tokens"] > 10
+    assert 0 < ours["encoder_s"] < ours["wall_s"] and 0 < ours["decoder_s"] < ours["wall_s"]
+    assert res["concurrency"]["calls"] == 2 and res["concurrency"]["same_text"] is True
+    assert "| ours |" in capsys.readouterr().out
+    assert "| ours |" in bench_transcribe.render(res)
+
+
+def test_gemv_rows_benchmark_measures_the_kernel() -> None:
+    pytest.importorskip("aiowhisper_npu.native._gemv")
+    import gemv_rows
+
+    w = np.random.default_rng(0).standard_normal((512, 64), dtype=np.float32)
+    rows = gemv_rows.measure(w, (1, 3), repeats=2)
+    assert [r["rows"] for r in rows] == [1, 3]
+    assert all(r["kernel_ms"] >= 0 and r["blas_ms"] >= 0 for r in rows)
