@@ -254,3 +254,52 @@ async def test_a_long_stream_keeps_work_and_memory_per_update_bounded(tiny: aw.W
         assert rt.buffer_pool.stats().in_use == 0
         offline = (await rt.transcribe(audio)).text
         assert wer(updates[-1].committed, offline) <= 0.15, (updates[-1].committed, offline)
+
+
+# ---------------------------------------------------------------------------------------------- surfaces
+
+
+def test_cli_stream_shows_captions(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from aiowhisper_npu.cli.main import main
+
+    assert main(["stream", str(DATA / "jfk.wav"), "--chunk-ms", "500", "--json", "--loop", "asyncio"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    updates, summary = lines[:-1], lines[-1]
+    assert all(u["type"] == "caption" for u in updates) and summary["type"] == "summary"
+    assert updates[-1]["final"] and not any(u["final"] for u in updates[:-1])
+    assert summary["updates"] == len(updates) and summary["text"] == updates[-1]["committed"]
+    assert "country" in summary["text"]
+    for a, b in zip(updates, updates[1:]):
+        assert b["committed"] == a["committed"] + b["new"]
+    assert main(["stream", str(DATA / "door.wav"), "--realtime", "--chunk-ms", "500", "--loop", "asyncio"]) == 0
+    out = capsys.readouterr().out
+    assert "door" in out and "[final]" in out and "word commit latency p50" in out
+
+
+def test_example_live_captions_runs() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, str(root / "examples" / "live_captions.py"), "--no-realtime"],
+                         capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "welcome" in res.stdout.lower() and "word commit latency" not in res.stdout
+
+
+def test_sync_facade_transcribe_stream() -> None:
+    jfk = load_audio(DATA / "jfk.wav")
+
+    def chunks():  # a plain generator: pulled in a worker thread
+        for i in range(0, jfk.size, 8000):
+            yield jfk[i : i + 8000]
+
+    with aw.Runtime.sync("tiny.en") as rt:
+        updates = list(rt.transcribe_stream(chunks()))
+    check_updates(updates)
+    assert "country" in updates[-1].committed
