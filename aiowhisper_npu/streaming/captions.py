@@ -147,6 +147,7 @@ class CaptionStream(AudioStream):
         self._backlog_samples = 0
         self._decoder: CaptionDecoder | None = None
         self._tokenizer: Tokenizer | None = None
+        self._detected: Tokenizer | None = None  # the newest language detection, until the first commit
         self._finished = False
         self._committed = ""
         self._prompt_text = ""  # committed text before the buffer (its tail)
@@ -294,7 +295,7 @@ class CaptionStream(AudioStream):
             self.live_windows += 1
             try:
                 if tokenizer.multilingual and self._language is None:
-                    tokenizer = await self._detect(decoder, tokenizer, hidden[0])
+                    tokenizer = self._detected = await self._detect(decoder, tokenizer, hidden[0])
                 hyp = await decode_buffer(decoder, tokenizer, hidden[0], n, offset_s, self._prompt_text,
                                           self._settings)
             finally:
@@ -328,8 +329,8 @@ class CaptionStream(AudioStream):
     def _commit(self, words: list[TimedWord]) -> str:
         if not words:
             return ""
-        if self._tokenizer is not None and self._tokenizer.multilingual and self._language is None:
-            self._language = self._tokenizer.language  # settled by the first commit
+        if self._language is None and self._detected is not None:  # the language is settled by the first commit
+            self._tokenizer, self._language = self._detected, self._detected.language
         new = "".join(w.text for w in words)
         if not self._committed:
             new = new.lstrip()
