@@ -17,14 +17,15 @@ everything that arrived meanwhile: stale update points are coalesced, never queu
    ``k * 256`` positions that hold it plus ``bucket_margin_s`` of padding
    (:func:`~aiowhisper_npu.streaming.stream.context_positions`), else the full 1500; a bucketed decoding
    that loops (its text compresses too well) is done again on the full context;
-3. decodes it, prompted with the committed text before the buffer, into timed words
+3. decodes it, prompted with the last 200 characters of committed text before the buffer, into timed words
    (:func:`~aiowhisper_npu.streaming.hypothesis.decode_buffer`; the decoder engine batches the steps of every
    stream and transcription on the runtime);
 4. commits the longest prefix on which the last ``agreement`` hypotheses agree
    (:class:`~aiowhisper_npu.streaming.agreement.LocalAgreement`);
-5. cuts the buffer at the end of the last committed Whisper segment once it is longer than ``trim_s``; a
-   silent buffer (no-speech probability, see :mod:`.hypothesis`) is cut to its last ``silence_keep_s``; a
-   buffer that would exceed ``max_buffer_s`` (speech without any agreement, or a consumer far behind) first
+5. cuts the buffer at the end of the last committed Whisper segment (or sentence) once it is longer than
+   ``trim_s``, after its last committed word once it is longer than ``word_trim_s``; a silent buffer
+   (no-speech probability, see :mod:`.hypothesis`) is cut to its last ``silence_keep_s``; a buffer that
+   would exceed ``max_buffer_s`` (speech without any agreement, or a consumer far behind) first
    commits the tentative words that start before the cut. So each update encodes at most one window and
    decodes at most ``max_buffer_s`` of audio, however long the stream runs.
 
