@@ -24,6 +24,7 @@ from .pipeline.stats import PipelineStats, StageEvent
 from .runtime.runtime import EncoderOutput, Runtime
 from .runtime.sync import SyncRuntime
 from .runtime.transcriber import TranscriptionStream
+from .streaming.captions import CaptionSegment, CaptionStream, CaptionUpdate
 from .transcription.results import Segment, TranscriptionInfo, TranscriptionResult, Word
 from .decoder.tokenizer import Tokenizer
 from .transcription.options import TranscriptionOptions
@@ -33,5 +34,6 @@ __all__ = [
     "load_model", "ModelDimensions", "WhisperModel", "Runtime", "SyncRuntime", "EncoderOutput", "PipelineStats",
     "StageEvent", "BufferPool", "PoolStats", "AiowhisperError", "AudioError", "ModelError",
     "BackendUnavailable", "DeviceError", "ManifestError", "TranscriptionOptions", "TranscriptionResult",
-    "TranscriptionInfo", "TranscriptionStream", "Segment", "Word", "Tokenizer",
+    "TranscriptionInfo", "TranscriptionStream", "Segment", "Word", "Tokenizer", "CaptionStream", "CaptionUpdate",
+    "CaptionSegment",
 ]

@@ -97,7 +97,11 @@ class Recognizer:
         return self._tokenizer
 
     async def encode(self, mel: np.ndarray) -> EncodedWindow:
-        hidden = await self._encode_mels(mel)
+        return await self.encode_hidden(await self._encode_mels(mel))
+
+    async def encode_hidden(self, hidden: np.ndarray) -> EncodedWindow:
+        """A window from encoder output ``(positions, d_audio)`` that is already computed (any number of
+        positions: a bucketed encode of a short buffer works too)."""
         cross = await anyio.to_thread.run_sync(cross_cache, self._decoder, hidden)
         return EncodedWindow(cross)
 

@@ -32,6 +32,7 @@ from ..pipeline.pipeline import Pipeline
 from ..pipeline.pool import BufferPool
 from ..pipeline.stats import PipelineStats, StatsRecorder
 from ..pipeline.tiles import slot_nbytes
+from ..streaming.captions import CaptionStream
 from ..streaming.stream import AudioStream
 from ..decoder.engine import EngineStats
 from ..transcription.results import TranscriptionResult
@@ -304,4 +305,10 @@ class Runtime:
     def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> AudioStream:
         """Encode an async stream of audio chunks as it arrives (see :mod:`aiowhisper_npu.streaming.stream`)."""
         return AudioStream(self, chunks, **options)
+
+    def transcribe_stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> CaptionStream:
+        """Live captions of an async stream of audio chunks: committed and tentative text as it arrives, used
+        like :meth:`stream` (see :mod:`aiowhisper_npu.streaming.captions` for the options)."""
+        service = self._service("transcribe_stream")
+        return CaptionStream(self, chunks, decoder=service.recognizer, **options)
 

@@ -1,0 +1,382 @@
+"""Live captions: ``async for u in rt.transcribe_stream(chunks)`` -- committed and tentative text as audio arrives.
+
+::
+
+    async with aw.Runtime("tiny.en") as rt:
+        async with rt.transcribe_stream(mic_chunks()) as s:      # or: async for u in rt.transcribe_stream(...)
+            async for u in s:
+                u.committed, u.new, u.tentative, u.segments, u.final, u.audio_s, u.latency_s
+
+**The loop** (the policy of ufal/whisper_streaming). The stream keeps an audio *buffer* that starts where the
+committed text was last cut. Every ``update_every_s`` of new audio (or, when compute falls behind, at once with
+everything that arrived meanwhile: stale update points are coalesced, never queued), it
+
+1. appends the new audio to the buffer and its incremental log-mel
+   (:class:`~aiowhisper_npu.audio.mel_stream.IncrementalLogMel`, one 30 s window that holds the buffer);
+2. encodes the buffer through the runtime's tile pipeline, with ``context="bucketed"`` only the first
+   ``k * 256`` positions that hold it plus ``bucket_margin_s`` of padding
+   (:func:`~aiowhisper_npu.streaming.stream.context_positions`), else the full 1500;
+3. decodes it, prompted with the committed text before the buffer, into timed words
+   (:func:`~aiowhisper_npu.streaming.hypothesis.decode_buffer`; the decoder engine batches the steps of every
+   stream and transcription on the runtime);
+4. commits the longest prefix on which the last ``agreement`` hypotheses agree
+   (:class:`~aiowhisper_npu.streaming.agreement.LocalAgreement`);
+5. cuts the buffer at the end of the last committed Whisper segment once it is longer than ``trim_s``; a
+   silent buffer (no-speech probability, see :mod:`.hypothesis`) is cut to its last ``silence_keep_s``; a
+   buffer that would exceed ``max_buffer_s`` (speech without any agreement, or a consumer far behind) first
+   commits the tentative words that start before the cut. So each update encodes at most one window and
+   decodes at most ``max_buffer_s`` of audio, however long the stream runs.
+
+At the end of the audio the last update (``final=True``) commits the whole tentative tail.
+
+**Everything else is :class:`~aiowhisper_npu.streaming.stream.AudioStream`'s**, which this class extends: the
+bounded chunk reader with backpressure (``max_queued_s``), validation (a bad chunk raises
+:class:`~aiowhisper_npu.errors.AudioError` in this stream only), streaming resampling (``sample_rate=``), one
+consumer at a time, and the cleanup: leaving ``async with``, ``aclose()``, an error or a cancellation stops
+the reader and drops the buffer; an encode or a decoding cancelled midway returns its tiles and releases its
+decoder caches before the cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterable, Awaitable, Callable, Iterable
+
+import anyio
+import numpy as np
+
+from ..audio.io import N_SAMPLES, SAMPLE_RATE
+from ..audio.mel_stream import IncrementalLogMel
+from ..decoder.tokenizer import Tokenizer
+from ..transcription.fallback import resolve_suppress_tokens
+from .agreement import LocalAgreement, TimedWord
+from .hypothesis import CaptionDecoder, DecodeSettings, Hypothesis, decode_buffer
+from .stream import AudioStream, MelEncoder, StreamLag, context_positions
+
+__all__ = ["CaptionSegment", "CaptionUpdate", "CaptionStream"]
+
+_now = time.perf_counter
+_SENTENCE_ENDS = (".", "?", "!", "。", "？", "！")  # a committed word ending so closes a segment too
+_PROMPT_CHARS = 800  # committed text kept for the prompt (the prompt itself keeps its last 223 tokens)
+
+
+@dataclass(frozen=True)
+class CaptionSegment:
+    """A committed Whisper segment, in stream seconds. The last one may still grow until it is closed."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class CaptionUpdate:
+    """One update of a caption stream.
+
+    ``committed`` only ever grows: ``u.committed == previous.committed + u.new``. ``tentative`` is the newest
+    hypothesis' unconfirmed tail. ``segments`` cover the committed text, in order. ``final`` is set on the
+    last update, where everything is committed. ``audio_s`` is the stream time the update has heard up to;
+    ``latency_s`` runs from the arrival of its newest audio to the update being ready.
+    """
+
+    committed: str
+    new: str
+    tentative: str
+    segments: tuple[CaptionSegment, ...]
+    final: bool
+    audio_s: float
+    latency_s: float
+    new_words: tuple[TimedWord, ...]  # the words committed by this update
+    buffer_s: float  # audio the update decoded (the buffer after adding the new audio)
+    n_ctx: int  # encoder positions computed for it
+    compute_s: float  # log-mel + encode + decode wall time of this update
+    no_speech_prob: float
+    skipped: int  # update points coalesced into this one
+    lag: StreamLag
+
+
+class CaptionStream(AudioStream):
+    """An async iterator of :class:`CaptionUpdate` and an async context manager (``rt.transcribe_stream``).
+
+    Args:
+        rt: an open runtime (its encoder, see :class:`~aiowhisper_npu.streaming.stream.MelEncoder`).
+        chunks: as for ``rt.stream()``: an async iterable (or a list) of 1-D float arrays at ``sample_rate``.
+        decoder: returns the runtime's decoder side (built on first use).
+        language: a language code for multilingual models (``None``: detected until something is committed).
+        task: ``"transcribe"`` or ``"translate"`` (multilingual models).
+        update_every_s: new audio between updates.
+        agreement: ``n`` of LocalAgreement-n.
+        context, bucket_margin_s: the encoder context of the buffer (``"bucketed"`` or ``"full"``).
+        trim_s, silence_keep_s, max_buffer_s: buffer bounds (see the module docstring).
+        beam_size, no_speech_threshold, log_prob_threshold, no_speech_strict: decoding (:class:`DecodeSettings`).
+        sample_rate, max_queued_s, max_queued_chunks: as for ``rt.stream()``.
+    """
+
+    def __init__(self, rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], *,
+                 decoder: Callable[[], Awaitable[CaptionDecoder]], language: str | None = None,
+                 task: str = "transcribe", update_every_s: float = 0.5, agreement: int = 2,
+                 context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 5.0,
+                 silence_keep_s: float = 2.0, max_buffer_s: float = 25.0, beam_size: int = 1,
+                 no_speech_threshold: float = 0.6, log_prob_threshold: float = -1.0, no_speech_strict: float = 0.9,
+                 sample_rate: int = SAMPLE_RATE, max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
+        if not (isinstance(update_every_s, (int, float)) and 0 < update_every_s < math.inf):
+            raise ValueError(f"update_every_s must be a positive number of seconds, got {update_every_s!r}")
+        if task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
+        if not 0 < silence_keep_s <= trim_s < max_buffer_s <= N_SAMPLES / SAMPLE_RATE:
+            raise ValueError("need 0 < silence_keep_s <= trim_s < max_buffer_s <= 30, got "
+                             f"{silence_keep_s!r}, {trim_s!r}, {max_buffer_s!r}")
+        super().__init__(rt, chunks, update_every_s=update_every_s, context=context,
+                         bucket_margin_s=bucket_margin_s, sample_rate=sample_rate, max_queued_s=max_queued_s,
+                         max_queued_chunks=max_queued_chunks)
+        self._agreement = LocalAgreement(agreement)  # validates n
+        self._mel = None  # the encoder stream's 30 s windows are not used: the buffer has its own log-mel
+        self._get_decoder = decoder
+        self._language, self._task = language, task
+        self._settings = DecodeSettings(beam_size=beam_size, no_speech_threshold=no_speech_threshold,
+                                        log_prob_threshold=log_prob_threshold, no_speech_strict=no_speech_strict)
+        self._trim = round(trim_s * SAMPLE_RATE)
+        self._keep_silence = round(silence_keep_s * SAMPLE_RATE)
+        self._max_buffer = round(max_buffer_s * SAMPLE_RATE)
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start = 0  # stream sample of the buffer's first sample
+        self._lm: IncrementalLogMel | None = IncrementalLogMel(rt.dims.n_mels)
+        self._backlog_samples = 0
+        self._decoder: CaptionDecoder | None = None
+        self._tokenizer: Tokenizer | None = None
+        self._finished = False
+        self._committed = ""
+        self._prompt_text = ""  # committed text before the buffer (its tail)
+        self._in_buffer: list[TimedWord] = []  # committed words not yet cut from the buffer
+        self._closed_segments: tuple[CaptionSegment, ...] = ()
+        self._open_words: list[TimedWord] = []
+        self._boundary_s = 0.0  # end of the last committed Whisper segment
+        self.live_windows = 0  # decoder windows (cross-attention caches) alive right now
+        self.max_buffer_samples_seen = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def _close_now(self) -> None:
+        super()._close_now()
+        self._lm = None
+        self._buffer = np.zeros(0, np.float32)
+        self._backlog_samples = 0
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples in the audio buffer right now (what the next update decodes, before new audio)."""
+        return int(self._buffer.size)
+
+    @property
+    def committed(self) -> str:
+        """All committed text so far."""
+        return self._committed
+
+    # -- iteration --------------------------------------------------------------------------------------
+    async def _next(self) -> CaptionUpdate:  # type: ignore[override]
+        if self._finished:
+            raise StopAsyncIteration
+        while True:
+            await self._gather(block=False)  # everything queued: update points passed over are coalesced
+            if self._closed:
+                raise StopAsyncIteration
+            if self._ended is not False and self._backlog_samples <= self._max_step():
+                if isinstance(self._ended, BaseException):
+                    if self._backlog_samples:
+                        return await self._update(final=False)
+                    raise self._ended
+                if not self._reader.completed:
+                    raise RuntimeError("the stream's reader was cancelled (was the runtime closed?)")
+                self._finished = True
+                return await self._update(final=True)
+            if self._step is not None and self._backlog_samples >= self._step:
+                return await self._update(final=False)
+            await self._gather(block=True)
+
+    def _max_step(self) -> int:
+        return self._max_buffer // 2  # audio taken into the buffer by one update at most
+
+    async def _gather(self, block: bool) -> None:
+        if self._ended is not False:
+            return
+        batch = await self._reader.take(block)
+        self._backlog.extend(batch.chunks)
+        self._backlog_samples += sum(c.samples.size for c in batch.chunks)
+        if batch.failure is not None:
+            self._ended = batch.failure
+        elif batch.eof:
+            self._ended = True
+
+    def _take_backlog(self) -> np.ndarray:
+        """Up to :meth:`_max_step` samples from the backlog (the rest stays queued)."""
+        room, pieces, n = self._max_step(), [], 0
+        while self._backlog and n < room:
+            chunk = self._backlog.popleft()
+            k = min(chunk.samples.size, room - n)
+            if k < chunk.samples.size:
+                self._backlog.appendleft(type(chunk)(chunk.samples[k:], chunk.t_arrival))
+            pieces.append(chunk.samples[:k])
+            n += k
+            self._newest_t = chunk.t_arrival
+        self._backlog_samples -= n
+        self._reader.consume(n)
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+    async def _update(self, final: bool) -> CaptionUpdate:
+        t0 = _now()
+        decoder = await self._ensure_decoder()
+        fresh = self._take_backlog()
+        points = fresh.size // self._step if self._step else 0
+        if self._buffer.size + fresh.size > self._max_buffer:
+            self._commit(self._agreement.commit_before(
+                (self._buffer_start + self._buffer.size + fresh.size - self._max_buffer) / SAMPLE_RATE))
+            await self._cut(max(self._buffer.size + fresh.size - self._max_buffer,
+                                self._samples_before(self._agreement.committed_end)))
+        if fresh.size:
+            self._buffer = np.concatenate([self._buffer, fresh])
+            lm = self._lm
+            assert lm is not None
+            await _maybe_thread(lm.push, fresh)
+        n = int(self._buffer.size)
+        self.max_buffer_samples_seen = max(self.max_buffer_samples_seen, n)
+        offset_s = self._buffer_start / SAMPLE_RATE
+        hyp, n_ctx = Hypothesis((), 0.0, 0.0, True, False, 0), 0
+        if n:
+            hyp, n_ctx = await self._hypothesis(decoder, n, offset_s)
+        new_words = self._agreement.insert(list(hyp.words))
+        if final:
+            new_words += self._agreement.commit_all()
+        new = self._commit(new_words)
+        if not final:
+            await self._trim_after(hyp)
+        t1 = _now()
+        compute_s = t1 - t0 + self._unbilled_s
+        self._unbilled_s = 0.0
+        end = self._buffer_start + self._buffer.size
+        self._compute_s += compute_s
+        self._recent.append((compute_s, max(0, end - self._updated)))
+        self._updated = end
+        self._updates += 1
+        self._n_finals += final
+        skipped = max(0, points - 1)
+        self._skipped += skipped
+        if final:
+            self._close_segment()
+        segments = self._closed_segments + ((self._open_segment(),) if self._open_words else ())
+        tentative = "" if final else "".join(w.text for w in self._agreement.tentative)
+        if not self._committed:
+            tentative = tentative.lstrip()
+        return CaptionUpdate(
+            committed=self._committed, new=new, tentative=tentative, segments=segments, final=final,
+            audio_s=end / SAMPLE_RATE, latency_s=t1 - self._newest_t if n else 0.0, new_words=tuple(new_words),
+            buffer_s=n / SAMPLE_RATE, n_ctx=n_ctx, compute_s=compute_s, no_speech_prob=hyp.no_speech_prob,
+            skipped=skipped, lag=self.lag)
+
+    async def _hypothesis(self, decoder: CaptionDecoder, n: int, offset_s: float) -> tuple[Hypothesis, int]:
+        lm = self._lm
+        assert lm is not None
+        t0 = _now()
+        mel = await anyio.to_thread.run_sync(lm.snapshot)
+        self._unbilled_s += _now() - t0
+        full = self._n_audio_ctx
+        n_ctx = context_positions(n, full, margin_positions=self._margin) if self.context == "bucketed" else full
+        hidden, _ = await self._rt.encode_mels(mel[None], None if n_ctx >= full else n_ctx)
+        tokenizer = self._tokenizer
+        assert tokenizer is not None
+        self.live_windows += 1
+        try:
+            if tokenizer.multilingual and self._language is None:
+                tokenizer = await self._detect(decoder, tokenizer, hidden[0])
+            hyp = await decode_buffer(decoder, tokenizer, hidden[0], n, offset_s, self._prompt_text, self._settings)
+        finally:
+            self.live_windows -= 1
+        return hyp, n_ctx
+
+    async def _detect(self, decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: np.ndarray) -> Tokenizer:
+        window = await decoder.encode_hidden(hidden)
+        try:
+            probs = await decoder.detect_language(window)
+        finally:
+            window.close()
+        return tokenizer.with_language(probs[0][0])
+
+    async def _ensure_decoder(self) -> CaptionDecoder:
+        if self._decoder is None:
+            decoder = await self._get_decoder()
+            base = decoder.tokenizer
+            tokenizer = base.with_task(self._task if base.multilingual else "transcribe")
+            if base.multilingual and self._language is not None:
+                tokenizer = tokenizer.with_language(self._language)
+            self._tokenizer = tokenizer
+            self._settings = DecodeSettings(**{**self._settings.__dict__,
+                                               "suppress_tokens": resolve_suppress_tokens(tokenizer, (-1,))})
+            self._decoder = decoder
+        return self._decoder
+
+    # -- committing and cutting ---------------------------------------------------------------------------
+    def _commit(self, words: list[TimedWord]) -> str:
+        if not words:
+            return ""
+        if self._tokenizer is not None and self._tokenizer.multilingual and self._language is None:
+            self._language = self._tokenizer.language  # settled by the first commit
+        new = "".join(w.text for w in words)
+        if not self._committed:
+            new = new.lstrip()
+        self._committed += new
+        self._in_buffer.extend(words)
+        for w in words:
+            self._open_words.append(w)
+            if w.segment_end or w.text.rstrip().endswith(_SENTENCE_ENDS):
+                self._close_segment()
+                self._boundary_s = max(self._boundary_s, w.end)
+        return new
+
+    def _close_segment(self) -> None:
+        if self._open_words:
+            self._closed_segments += (self._open_segment(),)
+            self._open_words = []
+
+    def _open_segment(self) -> CaptionSegment:
+        words = self._open_words
+        return CaptionSegment(words[0].start, words[-1].end, "".join(w.text for w in words).strip())
+
+    def _samples_before(self, t: float) -> int:
+        """Buffer samples before stream second ``t`` (clamped to the buffer)."""
+        return min(self._buffer.size, max(0, round(t * SAMPLE_RATE) - self._buffer_start))
+
+    async def _trim_after(self, hyp: Hypothesis) -> None:
+        n = self._buffer.size
+        if hyp.silent and not self._agreement.tentative and n > self._keep_silence:
+            await self._cut(max(n - self._keep_silence, self._samples_before(self._agreement.committed_end)))
+        elif n > self._trim and self._boundary_s * SAMPLE_RATE > self._buffer_start:
+            await self._cut(self._samples_before(self._boundary_s))
+
+    async def _cut(self, k: int) -> None:
+        """Drop the buffer's first ``k`` samples; rebuild its log-mel from the rest."""
+        k = min(int(k), self._buffer.size)
+        if k <= 0:
+            return
+        self._buffer = self._buffer[k:].copy()
+        self._buffer_start += k
+        cut_s = self._buffer_start / SAMPLE_RATE
+        i = 0
+        while i < len(self._in_buffer) and self._in_buffer[i].end <= cut_s + 0.05:
+            i += 1
+        gone, self._in_buffer = self._in_buffer[:i], self._in_buffer[i:]
+        self._prompt_text = (self._prompt_text + "".join(w.text for w in gone))[-_PROMPT_CHARS:]
+        lm = IncrementalLogMel(self._rt.dims.n_mels)
+        t0 = _now()
+        await _maybe_thread(lm.push, self._buffer)
+        self._unbilled_s += _now() - t0
+        self._lm = lm
+
+
+async def _maybe_thread(fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
+    return await anyio.to_thread.run_sync(fn, x) if x.size > 3200 else fn(x)
+
+
+def transcribe_stream(rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any],
+                      decoder: Callable[[], Awaitable[CaptionDecoder]], **options: Any) -> CaptionStream:
+    """``rt.transcribe_stream(chunks, **options)``: a :class:`CaptionStream`."""
+    return CaptionStream(rt, chunks, decoder=decoder, **options)
