@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=int, default=5, help="beam size of HTTP transcriptions (1: greedy)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests and streams get to finish on SIGTERM")
+    p.add_argument("--stream-idle-timeout", type=float, default=30.0,
+                   help="close a WebSocket stream that sends nothing for this many seconds (1008)")
     p.add_argument("--depth", type=int, default=4, help="pipeline depth: most tiles in flight")
     p.add_argument("--lanes", type=int, default=None, help="parallel kernel workers (default: 2 on cpu, 1 else)")
     p.add_argument("--manifest", default=None, help="kernel manifest for the xrt/sim backends")
@@ -47,7 +49,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
         config = ServerConfig.from_env(
             args.api_key, model=args.model, backend=args.backend, host=args.host, port=args.port,
             max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, max_streams=args.max_streams,
-            beam_size=args.beam_size, shutdown_timeout_s=args.shutdown_timeout, runtime_options=runtime_options)
+            beam_size=args.beam_size, shutdown_timeout_s=args.shutdown_timeout,
+            stream_idle_timeout_s=args.stream_idle_timeout, runtime_options=runtime_options)
     except ValueError as exc:
         raise AiowhisperError(str(exc)) from exc
     serve(config, loop=args.loop, log_level=args.log_level)
