@@ -233,6 +233,24 @@ def test_full_queue_is_503_with_retry_after(server: ServerProcess, client: opena
         assert client.audio.transcriptions.create(model="whisper-1", file=f).text == reference["door.wav"].text
 
 
+def test_a_client_that_disconnects_cancels_its_transcription(server: ServerProcess) -> None:
+    host, port = server.url.split("//")[1].split(":")
+    audio = (DATA / "long_40s.wav").read_bytes()
+    body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="long.wav"\r\n\r\n' + audio
+            + b"\r\n--b--\r\n")
+    before = _health(server)["requests_abandoned"]
+    s = socket.create_connection((host, int(port)))
+    try:
+        s.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                  + body)
+        assert wait_until(lambda: _health(server)["transcribing"] == 1)
+    finally:
+        s.close()  # gone before the answer: the server stops the work (a finished request is not "abandoned")
+    assert wait_until(lambda: _health(server)["requests_abandoned"] == before + 1, 120), _health(server)
+    assert _health(server)["requests_in_progress"] == _health(server)["transcribing"] == 0
+
+
 def test_eight_concurrent_requests_get_the_same_text(client: openai.OpenAI, reference: dict) -> None:
     audio = (DATA / "weather.wav").read_bytes()
 

@@ -42,6 +42,8 @@ class ServerState:
         self.admission = Admission(config.max_queue)
         self.streams: set[StreamSession] = set()
         self.streams_served = 0
+        self.transcribing = 0  # HTTP requests past their upload, in rt.transcribe
+        self.requests_abandoned = 0  # transcriptions cancelled because their client disconnected
         self.draining = False
         self._streams_gone: anyio.Event | None = None
 

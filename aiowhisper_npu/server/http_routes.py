@@ -46,8 +46,10 @@ async def health(request: Request) -> JSONResponse:
     ok = state.runtime is not None and not state.draining
     body = {"status": "ok" if ok else ("shutting_down" if state.draining else "starting"),
             "model": state.model_id, "backend": state.config.backend,
-            "requests_in_progress": state.admission.active, "max_queue": state.admission.limit,
-            "requests_rejected": state.admission.rejected, "streams": len(state.streams),
+            "requests_in_progress": state.admission.active, "transcribing": state.transcribing,
+            "max_queue": state.admission.limit,
+            "requests_rejected": state.admission.rejected, "requests_abandoned": state.requests_abandoned,
+            "streams": len(state.streams),
             "max_streams": state.config.max_streams, "streams_served": state.streams_served}
     return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -173,13 +175,16 @@ async def _serve(request: Request, task: str) -> Response:
         try:
             req = parse_form(form, task, state)
             path = await _save_upload(req.upload)
+            state.transcribing += 1
             try:
                 result = await _transcribe_unless_gone(request, rt, path, req.options(state.config.beam_size))
             finally:
+                state.transcribing -= 1
                 await anyio.to_thread.run_sync(path.unlink)
         finally:
             await form.close()
     if result is None:
+        state.requests_abandoned += 1
         return Response(status_code=499)
     return render_response(result, req.response_format, task=task, words=req.words)
 
