@@ -208,6 +208,12 @@ def test_upload_over_the_limit_is_413(server: ServerProcess, client: openai.Open
     status, body = _request(server, "POST", "/v1/audio/transcriptions", chunked(), chunked=True,
                             headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=b"})
     assert status == 413 and body["error"]["code"] == "file_too_large"
+
+    host, port = server.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as s:  # declared too large: no body is read
+        s.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(big)}\r\n\r\n".encode())
+        assert s.recv(65536).startswith(b"HTTP/1.1 413 ")
     assert wait_until(lambda: _health(server)["requests_in_progress"] == 0)
 
 

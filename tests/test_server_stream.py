@@ -168,6 +168,11 @@ def test_stream_limit_gets_1013_and_frees_up(server: ServerProcess) -> None:
     run(scenario())
 
 
+def test_oversized_frame_is_closed_with_1009(server: ServerProcess) -> None:
+    messages, code = run(_session(server.ws_url + f"/v1/stream?api_key={KEY}", [b"\x00" * (2 << 20)]))
+    assert code == 1009, messages
+
+
 def test_idle_client_is_closed(server: ServerProcess) -> None:
     messages, code = run(_session(server.ws_url + f"/v1/stream?api_key={KEY}", [np.zeros(800, "<i2").tobytes()]))
     assert code == 1008 and messages[-1]["type"] == "error" and "no frame" in messages[-1]["message"], messages

@@ -217,6 +217,10 @@ class StreamSession:
                     except FrameError as exc:
                         self._fail(CLOSE_INVALID, str(exc))
                         return
+                    except Exception as exc:  # a bug: the client learns of it, the server goes on
+                        log.exception("stream receiver failed", exc_info=exc)
+                        self._fail(CLOSE_INTERNAL, f"internal error: {type(exc).__name__}")
+                        return
 
     async def _transcribe(self, recv_audio: Any) -> None:
         try:
