@@ -27,7 +27,7 @@ __all__ = ["ServerState", "create_app", "server_state"]
 log = logging.getLogger("aiowhisper_npu.server")
 
 
-class StreamSession(Protocol):
+class Drainable(Protocol):
     """What the drain needs of an open WebSocket stream."""
 
     def request_stop(self) -> None: ...
@@ -40,7 +40,7 @@ class ServerState:
         self.config = config
         self.runtime: Runtime | None = None
         self.admission = Admission(config.max_queue)
-        self.streams: set[StreamSession] = set()
+        self.streams: set[Drainable] = set()
         self.streams_served = 0
         self.transcribing = 0  # HTTP requests past their upload, in rt.transcribe
         self.requests_abandoned = 0  # transcriptions cancelled because their client disconnected
@@ -60,11 +60,11 @@ class ServerState:
             raise APIError(503, "The server is starting", code="starting", headers={"Retry-After": "1"})
         return self.runtime
 
-    def add_stream(self, session: StreamSession) -> None:
+    def add_stream(self, session: Drainable) -> None:
         self.streams.add(session)
         self.streams_served += 1
 
-    def remove_stream(self, session: StreamSession) -> None:
+    def remove_stream(self, session: Drainable) -> None:
         self.streams.discard(session)
         if not self.streams and self._streams_gone is not None:
             self._streams_gone.set()
