@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import wave
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -207,25 +208,89 @@ def wer(hyp: str, ref: str) -> float:
     return d[len(h)] / max(1, len(r))
 
 
-async def ws_level(url: str, pcm: np.ndarray, n: int, chunk_s: float, ref: dict[str, Any]) -> dict[str, Any]:
+async def one_inprocess_stream(rt: aw.Runtime, audio: np.ndarray, chunk_s: float, start: float) -> dict[str, Any]:
+    """The same stream as :func:`one_stream`, straight on ``rt.transcribe_stream`` (no server, no socket)."""
+    step = int(chunk_s * 16000)
+    commits: list[tuple[str, float]] = []
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    t0 = time.perf_counter()
+
+    async def source() -> Any:
+        for k, i in enumerate(range(0, audio.size, step)):
+            await asyncio.sleep(max(0.0, t0 + (k + 1) * chunk_s - time.perf_counter()))
+            yield audio[i:i + step]
+
+    final = ""
+    async with rt.transcribe_stream(source()) as captions:
+        async for u in captions:
+            now = time.perf_counter()
+            commits += [(w, now) for w in norm_words(u.new)]
+            if u.final:
+                final = u.committed
+    return {"t0": t0, "commits": commits, "final": final, "close": None}
+
+
+async def inprocess_level(rt: aw.Runtime, audio: np.ndarray, n: int, chunk_s: float,
+                          ref: dict[str, Any]) -> dict[str, Any]:
     base = time.perf_counter() + 0.2
-    streams = await asyncio.gather(*(one_stream(url, pcm, chunk_s, base + i * chunk_s / n) for i in range(n)))
+    streams = await asyncio.gather(*(one_inprocess_stream(rt, audio, chunk_s, base + i * chunk_s / n)
+                                     for i in range(n)))
+    return summarise(n, streams, ref)
+
+
+async def ws_part(args: argparse.Namespace, url: str, pcm: np.ndarray, audio: np.ndarray,
+                  ref: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Stream levels through the server; for N in ``--inprocess``, the same level in-process right after
+    (paired, so machine load affects both alike; the server idles meanwhile)."""
+    ws_rows: list[dict[str, Any]] = []
+    inproc_rows: list[dict[str, Any]] = []
+    async with AsyncExitStack() as stack:
+        rt = None
+        if args.inprocess:
+            rt = await stack.enter_async_context(aw.Runtime(args.model))
+            await rt.transcribe(np.zeros(8000, np.float32), beam_size=1)  # warm, as the server is
+        for n in args.streams:
+            row = await ws_level(url, pcm, n, args.chunk_s, ref)
+            ws_rows.append(row)
+            print(f"ws    N={n}: word commit p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, "
+                  f"max {row['max_s']:.2f} s, matched {row['words_matched']}/{row['words_expected']}, "
+                  f"WER {row['wer_vs_offline']:.3f}, closes {row['closes']}", flush=True)
+            if rt is not None and n in args.inprocess:
+                ip = await inprocess_level(rt, audio, n, args.chunk_s, ref)
+                inproc_rows.append(ip)
+                print(f"in-process N={n}: word commit p50 {ip['p50_s']:.2f} s, p95 {ip['p95_s']:.2f} s, "
+                      f"max {ip['max_s']:.2f} s, WER {ip['wer_vs_offline']:.3f}", flush=True)
+            if row["p95_s"] > args.stop_factor * args.goal_p95:  # collapsed: larger N only gets worse
+                break
+    return ws_rows, inproc_rows
+
+
+def summarise(n: int, streams: Sequence[dict[str, Any]], ref: dict[str, Any]) -> dict[str, Any]:
     lat = [x for s in streams for x in commit_latencies(s, ref["words"])]
     return {"streams": n, "words_matched": len(lat), "words_expected": n * len(ref["words"]),
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "max_s": max(lat) if lat else float("nan"),
             "wer_vs_offline": float(np.mean([wer(s["final"], ref["text"]) for s in streams])),
-            "closes": sorted({s["close"] for s in streams})}
+            "closes": sorted({s["close"] for s in streams if s["close"] is not None})}
+
+
+async def ws_level(url: str, pcm: np.ndarray, n: int, chunk_s: float, ref: dict[str, Any]) -> dict[str, Any]:
+    base = time.perf_counter() + 0.2
+    streams = await asyncio.gather(*(one_stream(url, pcm, chunk_s, base + i * chunk_s / n) for i in range(n)))
+    return summarise(n, streams, ref)
 
 
 # -- the run -----------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny.en")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="HTTP client counts")
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 2, 4, 8], help="HTTP client counts")
     p.add_argument("--http-requests", type=int, default=2, help="requests per HTTP client and level")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6], help="WebSocket stream counts")
     p.add_argument("--chunk-s", type=float, default=0.5)
     p.add_argument("--goal-p95", type=float, default=3.3)
+    p.add_argument("--stop-factor", type=float, default=2.0, help="stop adding streams past this x the goal")
+    p.add_argument("--inprocess", type=int, nargs="*", default=[1, 4],
+                   help="stream counts to repeat in-process on rt.transcribe_stream, for the server's overhead")
     p.add_argument("--soak-s", type=float, default=180.0)
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
@@ -268,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert addr is not None
         url = f"ws://{addr[0]}:{addr[1]}/v1/stream"
         rss = {"after_warmup_mb": server.rss_mb()}
+        load_start = os.getloadavg()
         status, body = post_transcription(addr, wav, {"model": "whisper-1", "response_format": "verbose_json",
                                                       "timestamp_granularities[]": "word"})
         assert status == 200, body
@@ -281,15 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"http  N={n}: {row['requests_per_s']:.3f} req/s, p50 {row['p50_s']:.2f} s, "
                   f"p95 {row['p95_s']:.2f} s, failed {row['failed']}, distinct texts {row['distinct_texts']}",
                   flush=True)
-        ws_rows = []
-        for n in args.streams:
-            row = asyncio.run(ws_level(url, pcm, n, args.chunk_s, ref))
-            ws_rows.append(row)
-            print(f"ws    N={n}: word commit p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, "
-                  f"max {row['max_s']:.2f} s, matched {row['words_matched']}/{row['words_expected']}, "
-                  f"WER {row['wer_vs_offline']:.3f}, closes {row['closes']}", flush=True)
-            if row["p95_s"] > args.goal_p95:
-                break
+        ws_rows, inproc = asyncio.run(ws_part(args, url, pcm, audio, ref))
         rss["after_load_mb"] = server.rss_mb()
         soaked = soak(addr, url, wav, pcm, args.chunk_s, args.soak_s) if args.soak_s > 0 else 0
         rss["after_soak_mb"] = server.rss_mb()
@@ -298,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.stop()
     within = [r["streams"] for r in ws_rows if r["p95_s"] <= args.goal_p95]
     result = {"model": args.model, "machine": platform.machine(), "cpus": os.cpu_count(),
-              "loadavg_at_end": os.getloadavg(), "http": http_rows, "ws": ws_rows, "rss": rss,
+              "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "http": http_rows, "ws": ws_rows, "inprocess": inproc, "rss": rss,
               "soak_s": args.soak_s, "soak_items": soaked, "max_streams_within_goal": max(within, default=0),
               "goal_p95_s": args.goal_p95, "chunk_s": args.chunk_s}
     md = to_markdown(result)
@@ -311,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def to_markdown(r: dict[str, Any]) -> str:
-    lines = [f"# server_load: {r['model']}, {r['cpus']} CPUs, load average at end {r['loadavg_at_end'][0]:.2f}", "",
+    lines = [f"# server_load: {r['model']}, {r['cpus']} CPUs, load average (1 min) {r['loadavg_at_start'][0]:.2f} "
+             f"at the start, {r['loadavg_at_end'][0]:.2f} at the end", "",
              "HTTP, 30 s of speech per request:", "", "| clients | requests | req/s | p50 s | p95 s | failed |",
              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {h['clients']} | {h['requests']} | {h['requests_per_s']:.3f} | {h['p50_s']:.2f} | {h['p95_s']:.2f} "
@@ -320,6 +379,11 @@ def to_markdown(r: dict[str, Any]) -> str:
               "| streams | p50 s | p95 s | max s | words matched | WER vs offline |", "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {w['streams']} | {w['p50_s']:.2f} | {w['p95_s']:.2f} | {w['max_s']:.2f} | "
               f"{w['words_matched']}/{w['words_expected']} | {w['wer_vs_offline']:.3f} |" for w in r["ws"]]
+    if r["inprocess"]:
+        lines += ["", "The same streams in-process on `rt.transcribe_stream` (no server), run right after each server level:", "",
+                  "| streams | p50 s | p95 s | max s | words matched | WER vs offline |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {w['streams']} | {w['p50_s']:.2f} | {w['p95_s']:.2f} | {w['max_s']:.2f} | "
+                  f"{w['words_matched']}/{w['words_expected']} | {w['wer_vs_offline']:.3f} |" for w in r["inprocess"]]
     rss = r["rss"]
     lines += ["", f"Largest N with p95 <= {r['goal_p95_s']} s: **{r['max_streams_within_goal']}**", "",
               f"RSS: {rss['after_warmup_mb']:.0f} MB after warm-up, {rss['after_load_mb']:.0f} MB after the runs "

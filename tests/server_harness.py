@@ -27,7 +27,8 @@ class ServerProcess:
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None, model: str = "tiny.en"):
         self.args = ["--model", model, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", *args]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if k != "AIOWHISPER_API_KEY"}  # keys: only as asked
+        self.env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.lines: list[str] = []

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import wave
 from pathlib import Path
@@ -57,7 +58,7 @@ def _speech_wav(path: Path) -> float:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with ServerProcess(["--api-key", KEY]) as srv:
+    with ServerProcess([], env={"AIOWHISPER_API_KEY": KEY}) as srv:  # the key from the environment
         yield srv
 
 
@@ -136,6 +137,9 @@ def _words(text: str) -> list[str]:
 
 
 def test_page_captions_the_fake_microphone(server: ServerProcess, tmp_path: Path) -> None:
+    with pytest.raises(urllib.error.HTTPError) as info:  # the key from AIOWHISPER_API_KEY is enforced
+        urllib.request.urlopen(server.url + "/v1/models", timeout=30)
+    assert info.value.code == 401
     wav = tmp_path / "speech.wav"
     seconds = _speech_wav(wav)
     browser = Browser(f"{server.url}/?autostart=1&api_key={KEY}", wav, tmp_path / "profile")
