@@ -510,7 +510,7 @@ async def test_sample_rate_resamples_like_the_whole_file(tiny: aw.WhisperModel, 
 def test_cli_stream_json(clip_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from aiowhisper_npu.cli.main import main
 
-    assert main(["stream", str(clip_paths["door.wav"]), "--realtime", "--chunk-ms", "500", "--json",
+    assert main(["stream", str(clip_paths["door.wav"]), "--encoder", "--realtime", "--chunk-ms", "500", "--json",
                  "--loop", "asyncio"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     updates, summary = lines[:-1], lines[-1]
@@ -523,7 +523,7 @@ def test_cli_stream_json(clip_paths: dict[str, Path], capsys: pytest.CaptureFixt
 def test_cli_stream_text(clip_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from aiowhisper_npu.cli.main import main
 
-    assert main(["stream", str(clip_paths["door.wav"]), "--chunk-ms", "250", "--context", "bucketed",
+    assert main(["stream", str(clip_paths["door.wav"]), "--encoder", "--chunk-ms", "250", "--context", "bucketed",
                  "--update-every-s", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "FINAL" in out and "latency" in out and "1 final" in out

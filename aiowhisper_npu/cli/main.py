@@ -99,8 +99,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
+    if args.chunk_ms <= 0:
+        raise SystemExit("error: --chunk-ms must be positive")
+    if args.update_every_s is not None and not args.update_every_s > 0:
+        raise SystemExit("error: --update-every-s must be positive")
+    if not args.encoder:
+        from .captions import run_captions_command
+
+        return run_captions_command(args, _make_runtime, run_async)
     from .stream import run_stream_command
 
+    args.update_every_s = 1.0 if args.update_every_s is None else args.update_every_s
+    args.context = args.context or "full"
     return run_stream_command(args, _make_runtime, run_async)
 
 
@@ -138,14 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="audio file (wav; other formats with the 'audio' extra)")
     p.add_argument("-o", "--output", default=None, help="save hidden states (n_windows, 1500, d) to this .npy")
     _runtime_args(p)
-    p = sub.add_parser("stream", help="stream an audio file through the encoder, printing updates",
-                       description="Feed a file in chunks (optionally at real-time pace) to Runtime.stream "
-                                   "and print each update with its latency.")
+    p = sub.add_parser("stream", help="live captions of an audio file fed in chunks (--encoder: encoder updates)",
+                       description="Feed a file in chunks (optionally at real-time pace) to Runtime.transcribe_stream "
+                                   "and show live captions (committed text plain, tentative text dimmed) and a "
+                                   "latency summary; with --encoder, to Runtime.stream, printing each encoder "
+                                   "update with its latency.")
     p.add_argument("file", help="audio file")
     p.add_argument("--realtime", action="store_true", help="feed chunks at real-time pace")
     p.add_argument("--chunk-ms", type=int, default=1000, help="chunk length in milliseconds")
-    p.add_argument("--update-every-s", type=float, default=1.0, help="seconds of new audio between updates")
-    p.add_argument("--context", default="full", choices=("full", "bucketed"), help="encoder context")
+    p.add_argument("--update-every-s", type=float, default=None,
+                   help="seconds of new audio between updates (default: the chunk length for captions, 1.0 "
+                        "with --encoder)")
+    p.add_argument("--context", default=None, choices=("full", "bucketed"),
+                   help="encoder context (default: bucketed for captions, full with --encoder)")
+    p.add_argument("--encoder", action="store_true", help="the encoder-only view: print encoder updates")
     _runtime_args(p)
     p = sub.add_parser("serve", help="serve the OpenAI-compatible API, the live-caption WebSocket and its page",
                        description="Serve POST /v1/audio/transcriptions (OpenAI's API), the WebSocket /v1/stream "

@@ -132,6 +132,7 @@ class SyncRuntime:
     stream = blocking_iter(Runtime.stream)
     transcribe = blocking(Runtime.transcribe)
     transcribe_iter = blocking_iter(Runtime.transcribe_iter)
+    transcribe_stream = blocking_iter(Runtime.transcribe_stream)
 
     def __init__(self, model: Any = "tiny.en", *, event_loop: str = "asyncio",
                  event_loop_options: dict[str, Any] | None = None, **options: Any):

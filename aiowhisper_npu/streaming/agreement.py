@@ -3,9 +3,10 @@
 The policy of ufal/whisper_streaming (Macháček et al., 2023), generalised from 2 to ``n`` hypotheses:
 
 1. Each new hypothesis (the words of the buffer, with stream times) is cut to its part after what is already
-   committed: words that start before the last committed word's end (less 0.1 s of slack) are dropped, and
-   then the longest run (up to 5 words) of its head that repeats the committed tail word for word, when it
-   starts within 1 s of that end (the buffer still holds audio of committed words that were not trimmed).
+   committed (the buffer still holds audio of committed words that were not trimmed): after the place where
+   it repeats the newest committed words (an anchor of at least two of the last five, near the committed end)
+   or, without an anchor, after the words that start before the last committed word's end (less 0.1 s of
+   slack) and the longest run (up to 5 words) of its head that repeats the committed tail word for word.
 2. The longest prefix on which the last ``n`` such tails agree, word for word (compared case-, space- and
    punctuation-insensitively), is committed, with the newest hypothesis' spelling and times.
 3. Committed words are removed from the front of the remembered tails; the newest tail minus its committed
@@ -17,6 +18,7 @@ Committed words never change. :meth:`LocalAgreement.commit_all` commits the newe
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
 from collections import deque
 from dataclasses import dataclass
@@ -108,6 +110,9 @@ class LocalAgreement:
         return list(words)
 
     def _new_part(self, words: Sequence[TimedWord]) -> list[TimedWord]:
+        anchored = self._after_anchor(words)
+        if anchored is not None:
+            return anchored
         tail = [w for w in words if w.start > self.committed_end - _SLACK_S]
         if tail and self._recent and abs(tail[0].start - self.committed_end) < _OVERLAP_WINDOW_S:
             recent = [normalize_word(w.text) for w in self._recent]
@@ -115,3 +120,21 @@ class LocalAgreement:
                 if recent[-i:] == [normalize_word(w.text) for w in tail[:i]]:
                     return tail[i:]
         return tail
+
+    def _after_anchor(self, words: Sequence[TimedWord]) -> list[TimedWord] | None:
+        """The words after where the hypothesis repeats the newest committed words (at least two of them, or
+        one that also lies before the committed end), searched among the words that start before the
+        committed end + 1 s; ``None`` when there is no such anchor. Word times near a pause are loose (a
+        word's end may stretch over the silence after it), text is not."""
+        if not self._recent:
+            return None
+        recent = [normalize_word(w.text) for w in self._recent]
+        near = [normalize_word(w.text) for w in words if w.start < self.committed_end + _OVERLAP_WINDOW_S]
+        cut = None
+        matcher = difflib.SequenceMatcher(None, recent, near, autojunk=False)
+        for block in matcher.get_matching_blocks():
+            if block.size and block.a + block.size == len(recent):
+                j = block.b + block.size
+                if block.size >= 2 or words[j - 1].start < self.committed_end:
+                    cut = j
+        return None if cut is None else list(words[cut:])

@@ -15,7 +15,8 @@ everything that arrived meanwhile: stale update points are coalesced, never queu
    (:class:`~aiowhisper_npu.audio.mel_stream.IncrementalLogMel`, one 30 s window that holds the buffer);
 2. encodes the buffer through the runtime's tile pipeline, with ``context="bucketed"`` only the first
    ``k * 256`` positions that hold it plus ``bucket_margin_s`` of padding
-   (:func:`~aiowhisper_npu.streaming.stream.context_positions`), else the full 1500;
+   (:func:`~aiowhisper_npu.streaming.stream.context_positions`), else the full 1500; a bucketed decoding
+   that loops (its text compresses too well) is done again on the full context;
 3. decodes it, prompted with the committed text before the buffer, into timed words
    (:func:`~aiowhisper_npu.streaming.hypothesis.decode_buffer`; the decoder engine batches the steps of every
    stream and transcription on the runtime);
@@ -146,6 +147,7 @@ class CaptionStream(AudioStream):
         self._backlog_samples = 0
         self._decoder: CaptionDecoder | None = None
         self._tokenizer: Tokenizer | None = None
+        self._detected: Tokenizer | None = None  # the newest language detection, until the first commit
         self._finished = False
         self._committed = ""
         self._prompt_text = ""  # committed text before the buffer (its tail)
@@ -228,9 +230,12 @@ class CaptionStream(AudioStream):
         decoder = await self._ensure_decoder()
         fresh = self._take_backlog()
         points = fresh.size // self._step if self._step else 0
+        forced: list[TimedWord] = []
+        forced_text = ""
         if self._buffer.size + fresh.size > self._max_buffer:
-            self._commit(self._agreement.commit_before(
-                (self._buffer_start + self._buffer.size + fresh.size - self._max_buffer) / SAMPLE_RATE))
+            forced = self._agreement.commit_before(
+                (self._buffer_start + self._buffer.size + fresh.size - self._max_buffer) / SAMPLE_RATE)
+            forced_text = self._commit(forced)
             await self._cut(max(self._buffer.size + fresh.size - self._max_buffer,
                                 self._samples_before(self._agreement.committed_end)))
         if fresh.size:
@@ -248,6 +253,8 @@ class CaptionStream(AudioStream):
         if final:
             new_words += self._agreement.commit_all()
         new = self._commit(new_words)
+        if forced:
+            new, new_words = forced_text + new, forced + new_words
         if not final:
             await self._trim_after(hyp)
         t1 = _now()
@@ -281,17 +288,21 @@ class CaptionStream(AudioStream):
         self._unbilled_s += _now() - t0
         full = self._n_audio_ctx
         n_ctx = context_positions(n, full, margin_positions=self._margin) if self.context == "bucketed" else full
-        hidden, _ = await self._rt.encode_mels(mel[None], None if n_ctx >= full else n_ctx)
-        tokenizer = self._tokenizer
-        assert tokenizer is not None
-        self.live_windows += 1
-        try:
-            if tokenizer.multilingual and self._language is None:
-                tokenizer = await self._detect(decoder, tokenizer, hidden[0])
-            hyp = await decode_buffer(decoder, tokenizer, hidden[0], n, offset_s, self._prompt_text, self._settings)
-        finally:
-            self.live_windows -= 1
-        return hyp, n_ctx
+        while True:
+            hidden, _ = await self._rt.encode_mels(mel[None], None if n_ctx >= full else n_ctx)
+            tokenizer = self._tokenizer
+            assert tokenizer is not None
+            self.live_windows += 1
+            try:
+                if tokenizer.multilingual and self._language is None:
+                    tokenizer = self._detected = await self._detect(decoder, tokenizer, hidden[0])
+                hyp = await decode_buffer(decoder, tokenizer, hidden[0], n, offset_s, self._prompt_text,
+                                          self._settings)
+            finally:
+                self.live_windows -= 1
+            if not hyp.unreliable or n_ctx >= full:
+                return hyp, n_ctx
+            n_ctx = full  # a loop on a bucketed context (whisper.cpp's audio_ctx failure): decode the full one
 
     async def _detect(self, decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: np.ndarray) -> Tokenizer:
         window = await decoder.encode_hidden(hidden)
@@ -318,8 +329,8 @@ class CaptionStream(AudioStream):
     def _commit(self, words: list[TimedWord]) -> str:
         if not words:
             return ""
-        if self._tokenizer is not None and self._tokenizer.multilingual and self._language is None:
-            self._language = self._tokenizer.language  # settled by the first commit
+        if self._language is None and self._detected is not None:  # the language is settled by the first commit
+            self._tokenizer, self._language = self._detected, self._detected.language
         new = "".join(w.text for w in words)
         if not self._committed:
             new = new.lstrip()
@@ -351,6 +362,8 @@ class CaptionStream(AudioStream):
             await self._cut(max(n - self._keep_silence, self._samples_before(self._agreement.committed_end)))
         elif n > self._trim and self._boundary_s * SAMPLE_RATE > self._buffer_start:
             await self._cut(self._samples_before(self._boundary_s))
+        elif n > 3 * self._trim and self._in_buffer:  # a long sentence: cut after its committed words
+            await self._cut(self._samples_before(self._in_buffer[-1].end))
 
     async def _cut(self, k: int) -> None:
         """Drop the buffer's first ``k`` samples; rebuild its log-mel from the rest."""

@@ -11,7 +11,8 @@ added when the text runs to the buffer's end); the text aligned for word times
 A buffer is **silent** (no words) when the no-speech probability exceeds ``no_speech_threshold`` and the
 average log probability is below ``log_prob_threshold`` (faster-whisper's rule for skipping a window), or the
 no-speech probability alone exceeds ``no_speech_strict``; its text is **unreliable** (no words either) when it
-compresses too well (a repetition loop). The window's cross-attention cache is released before returning,
+compresses too well (a repetition loop). A decoding generates at most ``tokens_base + tokens_per_s * seconds``
+tokens (fast speech is ~4 words, ~6 tokens with timestamps, a second), so a loop costs a bounded time. The window's cross-attention cache is released before returning,
 also on errors and cancellation.
 """
 
@@ -66,6 +67,8 @@ class DecodeSettings:
     log_prob_threshold: float = -1.0
     no_speech_strict: float = 0.9
     compression_ratio_threshold: float = 2.4
+    tokens_base: int = 16  # new tokens at most: tokens_base + tokens_per_s * buffer seconds (bounds a loop)
+    tokens_per_s: float = 8.0
     suppress_tokens: tuple[int, ...] = ()
     prepend_punctuations: str = "\"'“¿([{-"
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
@@ -91,7 +94,9 @@ async def decode_buffer(decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: n
     try:
         previous = tokenizer.encode(" " + previous_text.strip()) if previous_text.strip() else []
         prompt = build_prompt(tokenizer, previous, without_timestamps=False)
-        options = GenerationOptions(beam_size=settings.beam_size, max_length=MAX_LENGTH,
+        new_tokens = settings.tokens_base + round(settings.tokens_per_s * n_samples / 16000)
+        max_length = min(MAX_LENGTH, max(2 * new_tokens, len(prompt) + new_tokens))
+        options = GenerationOptions(beam_size=settings.beam_size, max_length=max_length,
                                     suppress_tokens=settings.suppress_tokens, return_no_speech_prob=True)
         result = await decoder.generate(window, prompt, options)
         tokens = list(result.sequences_ids[0]) if result.sequences_ids else []
