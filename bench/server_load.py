@@ -297,10 +297,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def soak(addr: tuple[str, int], url: str, wav: bytes, pcm: np.ndarray, chunk_s: float, seconds: float) -> int:
-    """Mixed load for ``seconds``: two HTTP clients in a loop, two streams back to back. Returns requests."""
-    stop = time.perf_counter() + seconds
+def soak(server: Server, url: str, wav: bytes, pcm: np.ndarray, chunk_s: float, seconds: float,
+         samples: list[tuple[float, float]]) -> int:
+    """Mixed load for ``seconds``: two HTTP clients in a loop, two streams back to back; the server's RSS is
+    sampled every 15 s into ``samples`` as (seconds, MB). Returns the requests and streams completed."""
+    addr = server.addr
+    assert addr is not None
+    t_start = time.perf_counter()
+    stop = t_start + seconds
     done = [0]
+
+    def sample() -> None:
+        while time.perf_counter() < stop:
+            samples.append((round(time.perf_counter() - t_start, 1), round(server.rss_mb(), 1)))
+            time.sleep(15)
 
     def http_client() -> None:
         while time.perf_counter() < stop:
@@ -313,7 +323,7 @@ def soak(addr: tuple[str, int], url: str, wav: bytes, pcm: np.ndarray, chunk_s: 
             await asyncio.gather(one_stream(url, pcm, chunk_s, base), one_stream(url, pcm, chunk_s, base + 0.25))
             done[0] += 2
 
-    threads = [threading.Thread(target=http_client) for _ in range(2)]
+    threads = [threading.Thread(target=http_client) for _ in range(2)] + [threading.Thread(target=sample)]
     for t in threads:
         t.start()
     asyncio.run(streams())
@@ -349,15 +359,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
         ws_rows, inproc = asyncio.run(ws_part(args, url, pcm, audio, ref))
         rss["after_load_mb"] = server.rss_mb()
-        soaked = soak(addr, url, wav, pcm, args.chunk_s, args.soak_s) if args.soak_s > 0 else 0
+        rss_series: list[tuple[float, float]] = []
+        soaked = soak(server, url, wav, pcm, args.chunk_s, args.soak_s, rss_series) if args.soak_s > 0 else 0
         rss["after_soak_mb"] = server.rss_mb()
+        print(f"rss during the soak (s, MB): {rss_series}", flush=True)
         print(f"rss: {rss} (soak: {soaked} requests/streams in {args.soak_s:.0f} s)", flush=True)
     finally:
         server.stop()
     within = [r["streams"] for r in ws_rows if r["p95_s"] <= args.goal_p95]
     result = {"model": args.model, "machine": platform.machine(), "cpus": os.cpu_count(),
               "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "http": http_rows, "ws": ws_rows, "inprocess": inproc, "rss": rss,
-              "soak_s": args.soak_s, "soak_items": soaked, "max_streams_within_goal": max(within, default=0),
+              "soak_s": args.soak_s, "soak_items": soaked, "soak_rss_mb": rss_series, "max_streams_within_goal": max(within, default=0),
               "goal_p95_s": args.goal_p95, "chunk_s": args.chunk_s}
     md = to_markdown(result)
     print(md)
@@ -388,7 +400,8 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Largest N with p95 <= {r['goal_p95_s']} s: **{r['max_streams_within_goal']}**", "",
               f"RSS: {rss['after_warmup_mb']:.0f} MB after warm-up, {rss['after_load_mb']:.0f} MB after the runs "
               f"above, {rss['after_soak_mb']:.0f} MB after a {r['soak_s']:.0f} s soak ({r['soak_items']} requests "
-              "and streams)", ""]
+              "and streams)", "", "RSS during the soak (s: MB): "
+              + ", ".join(f"{t:.0f}: {m:.0f}" for t, m in r["soak_rss_mb"]), ""]
     return "\n".join(lines)
 
 
