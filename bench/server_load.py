@@ -158,6 +158,19 @@ def http_level(addr: tuple[str, int], wav: bytes, n: int, per_client: int) -> di
             "distinct_texts": len(texts)}
 
 
+def http_inprocess(model: str, audio: np.ndarray, repeats: int) -> dict[str, Any]:
+    """``rt.transcribe`` of the same audio in this process, one at a time: the N=1 level without the server."""
+    latencies = []
+    with aw.Runtime.sync(model) as rt:
+        rt.transcribe(np.zeros(8000, np.float32), beam_size=1)  # warm, as the server is
+        for _ in range(repeats):
+            t = time.perf_counter()
+            rt.transcribe(audio)
+            latencies.append(time.perf_counter() - t)
+    return {"clients": 1, "requests": repeats, "p50_s": pct(latencies, 50), "p95_s": pct(latencies, 95),
+            "requests_per_s": repeats / sum(latencies)}
+
+
 # -- part 2: WebSocket -------------------------------------------------------------------------------------
 async def one_stream(url: str, pcm: np.ndarray, chunk_s: float, start: float) -> dict[str, Any]:
     import websockets
@@ -291,6 +304,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--stop-factor", type=float, default=2.0, help="stop adding streams past this x the goal")
     p.add_argument("--inprocess", type=int, nargs="*", default=[1, 4],
                    help="stream counts to repeat in-process on rt.transcribe_stream, for the server's overhead")
+    p.add_argument("--no-http-inprocess", dest="http_inprocess", action="store_false",
+                   help="skip the in-process rt.transcribe run paired with the 1-client HTTP level")
     p.add_argument("--soak-s", type=float, default=180.0)
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
@@ -350,10 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = json.loads(body)
         ref = {"text": doc["text"],
                "words": [(w, x["end"]) for x in doc["words"] for w in norm_words(x["word"])]}
-        http_rows = []
+        http_rows: list[dict[str, Any]] = []
+        http_inproc: list[dict[str, Any]] = []
         for n in args.clients:
             row = http_level(addr, wav, n, args.http_requests)
             http_rows.append(row)
+            if n == 1 and args.http_inprocess:
+                ip = http_inprocess(args.model, audio, max(2, args.http_requests))
+                print(f"http  in-process N=1: {ip['requests_per_s']:.3f} req/s, p50 {ip['p50_s']:.2f} s", flush=True)
+                http_inproc.append(ip)
             print(f"http  N={n}: {row['requests_per_s']:.3f} req/s, p50 {row['p50_s']:.2f} s, "
                   f"p95 {row['p95_s']:.2f} s, failed {row['failed']}, distinct texts {row['distinct_texts']}",
                   flush=True)
@@ -368,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.stop()
     within = [r["streams"] for r in ws_rows if r["p95_s"] <= args.goal_p95]
     result = {"model": args.model, "machine": platform.machine(), "cpus": os.cpu_count(),
-              "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "http": http_rows, "ws": ws_rows, "inprocess": inproc, "rss": rss,
+              "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "http": http_rows, "http_inprocess": http_inproc, "ws": ws_rows, "inprocess": inproc, "rss": rss,
               "soak_s": args.soak_s, "soak_items": soaked, "soak_rss_mb": rss_series, "max_streams_within_goal": max(within, default=0),
               "goal_p95_s": args.goal_p95, "chunk_s": args.chunk_s}
     md = to_markdown(result)
@@ -387,6 +407,8 @@ def to_markdown(r: dict[str, Any]) -> str:
              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {h['clients']} | {h['requests']} | {h['requests_per_s']:.3f} | {h['p50_s']:.2f} | {h['p95_s']:.2f} "
               f"| {len(h['failed'])} |" for h in r["http"]]
+    lines += [f"| in-process `rt.transcribe`, 1 at a time | {h['requests']} | {h['requests_per_s']:.3f} | "
+              f"{h['p50_s']:.2f} | {h['p95_s']:.2f} | |" for h in r.get("http_inprocess", [])]
     lines += ["", f"WebSocket, real-time streams, {r['chunk_s']} s chunks, word commit latency:", "",
               "| streams | p50 s | p95 s | max s | words matched | WER vs offline |", "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {w['streams']} | {w['p50_s']:.2f} | {w['p95_s']:.2f} | {w['max_s']:.2f} | "

@@ -3,15 +3,17 @@ graceful SIGTERM/SIGINT shutdown.
 
 On the signal, :class:`GracefulServer` first stops accepting connections and drains the WebSocket streams
 (each gets its final message and a close with 1001, see :mod:`.websocket`), then uvicorn's own shutdown lets
-in-flight HTTP requests finish (up to ``shutdown_timeout_s``, then they are cancelled), and the lifespan
-closes the runtime. As uvicorn does, the process then ends by the signal it received.
+in-flight HTTP requests finish (streams and requests together within ``shutdown_timeout_s``; what is left
+then is cancelled), and the lifespan closes the runtime. As uvicorn does, the process then ends by the signal it received.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -34,7 +36,10 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:  # no new connections while the streams finish
             server.close()
-        await self._state.drain(self._state.config.shutdown_timeout_s)
+        deadline = self._state.config.shutdown_timeout_s
+        t0 = time.monotonic()
+        await self._state.drain(deadline)  # HTTP requests go on meanwhile; they get what is left of the deadline
+        self.config.timeout_graceful_shutdown = max(1, math.ceil(deadline - (time.monotonic() - t0)))
         await super().shutdown(sockets)
 
 
