@@ -60,7 +60,7 @@ __all__ = ["CaptionSegment", "CaptionUpdate", "CaptionStream"]
 
 _now = time.perf_counter
 _SENTENCE_ENDS = (".", "?", "!", "。", "？", "！")  # a committed word ending so closes a segment too
-_PROMPT_CHARS = 800  # committed text kept for the prompt (the prompt itself keeps its last 223 tokens)
+_PROMPT_CHARS = 200  # committed text in the prompt (whisper_streaming: 200 characters)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class CaptionStream(AudioStream):
         update_every_s: new audio between updates.
         agreement: ``n`` of LocalAgreement-n.
         context, bucket_margin_s: the encoder context of the buffer (``"bucketed"`` or ``"full"``).
-        trim_s, silence_keep_s, max_buffer_s: buffer bounds (see the module docstring).
+        trim_s, word_trim_s, silence_keep_s, max_buffer_s: buffer bounds (see the module docstring).
         beam_size, no_speech_threshold, log_prob_threshold, no_speech_strict: decoding (:class:`DecodeSettings`).
         sample_rate, max_queued_s, max_queued_chunks: as for ``rt.stream()``.
     """
@@ -118,7 +118,7 @@ class CaptionStream(AudioStream):
     def __init__(self, rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], *,
                  decoder: Callable[[], Awaitable[CaptionDecoder]], language: str | None = None,
                  task: str = "transcribe", update_every_s: float = 0.5, agreement: int = 2,
-                 context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 5.0,
+                 context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 5.0, word_trim_s: float = 10.0,
                  silence_keep_s: float = 2.0, max_buffer_s: float = 25.0, beam_size: int = 1,
                  no_speech_threshold: float = 0.6, log_prob_threshold: float = -1.0, no_speech_strict: float = 0.9,
                  sample_rate: int = SAMPLE_RATE, max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
@@ -126,9 +126,10 @@ class CaptionStream(AudioStream):
             raise ValueError(f"update_every_s must be a positive number of seconds, got {update_every_s!r}")
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
-        if not 0 < silence_keep_s <= trim_s < max_buffer_s <= N_SAMPLES / SAMPLE_RATE:
-            raise ValueError("need 0 < silence_keep_s <= trim_s < max_buffer_s <= 30, got "
-                             f"{silence_keep_s!r}, {trim_s!r}, {max_buffer_s!r}")
+        if not (0 < silence_keep_s <= max_buffer_s and 0 < trim_s < max_buffer_s and 0 < word_trim_s < max_buffer_s
+                and max_buffer_s <= N_SAMPLES / SAMPLE_RATE):
+            raise ValueError("need 0 < silence_keep_s, trim_s, word_trim_s < max_buffer_s <= 30, got "
+                             f"{silence_keep_s!r}, {trim_s!r}, {word_trim_s!r}, {max_buffer_s!r}")
         super().__init__(rt, chunks, update_every_s=update_every_s, context=context,
                          bucket_margin_s=bucket_margin_s, sample_rate=sample_rate, max_queued_s=max_queued_s,
                          max_queued_chunks=max_queued_chunks)
@@ -139,6 +140,7 @@ class CaptionStream(AudioStream):
         self._settings = DecodeSettings(beam_size=beam_size, no_speech_threshold=no_speech_threshold,
                                         log_prob_threshold=log_prob_threshold, no_speech_strict=no_speech_strict)
         self._trim = round(trim_s * SAMPLE_RATE)
+        self._word_trim = round(word_trim_s * SAMPLE_RATE)
         self._keep_silence = round(silence_keep_s * SAMPLE_RATE)
         self._max_buffer = round(max_buffer_s * SAMPLE_RATE)
         self._buffer = np.zeros(0, np.float32)
@@ -362,7 +364,7 @@ class CaptionStream(AudioStream):
             await self._cut(max(n - self._keep_silence, self._samples_before(self._agreement.committed_end)))
         elif n > self._trim and self._boundary_s * SAMPLE_RATE > self._buffer_start:
             await self._cut(self._samples_before(self._boundary_s))
-        elif n > 3 * self._trim and self._in_buffer:  # a long sentence: cut after its committed words
+        elif n > self._word_trim and self._in_buffer:  # a long sentence: cut after its committed words
             await self._cut(self._samples_before(self._in_buffer[-1].end))
 
     async def _cut(self, k: int) -> None:
