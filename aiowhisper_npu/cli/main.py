@@ -1,4 +1,4 @@
-"""The ``aiowhisper-npu`` command line: ``transcribe``, ``encode``, ``stream``, ``bench`` and ``info``."""
+"""The ``aiowhisper-npu`` command line: ``transcribe``, ``encode``, ``stream``, ``serve``, ``bench`` and ``info``."""
 
 from __future__ import annotations
 
@@ -114,6 +114,12 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     return run_stream_command(args, _make_runtime, run_async)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run_serve_command
+
+    return run_serve_command(args)
+
+
 def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
     bench_dir = Path(__file__).resolve().parents[2] / "bench"
     sys.path.insert(0, str(bench_dir))
@@ -157,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder context (default: bucketed for captions, full with --encoder)")
     p.add_argument("--encoder", action="store_true", help="the encoder-only view: print encoder updates")
     _runtime_args(p)
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible API, the live-caption WebSocket and its page",
+                       description="Serve POST /v1/audio/transcriptions (OpenAI's API), the WebSocket /v1/stream "
+                                   "and a live-caption page at / on one runtime; SIGTERM shuts down gracefully.")
+    from .serve import add_arguments as serve_arguments
+
+    serve_arguments(p)
     p = sub.add_parser("info", help="show backends, pyxrt, model cache, installed models and BLAS",
                        description="Show which backends can run here, whether pyxrt was found and where, the "
                                    "model cache and installed models, and the BLAS library and threads.")
@@ -183,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_encode(args)
         if args.command == "stream":
             return _cmd_stream(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
         return _cmd_info(args)
     except AiowhisperError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

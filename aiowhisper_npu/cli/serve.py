@@ -1,0 +1,57 @@
+"""``aiowhisper-npu serve``: the OpenAI-compatible API, the WebSocket stream and the page
+(:mod:`aiowhisper_npu.server`; needs the ``server`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import AiowhisperError
+
+__all__ = ["add_arguments", "run_serve_command"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny.en", help="model name (tiny.en, base) or model directory")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "sim", "xrt"), help="device backend")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: an ephemeral port, printed when ready)")
+    p.add_argument("--api-key", default=None,
+                   help="key clients must send as 'Authorization: Bearer KEY' (default: $AIOWHISPER_API_KEY)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload in MiB (413 above)")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="HTTP transcriptions in the server at once; more get 503 + Retry-After")
+    p.add_argument("--max-streams", type=int, default=8, help="WebSocket streams at once; more are closed (1013)")
+    p.add_argument("--beam-size", type=int, default=5, help="beam size of HTTP transcriptions (1: greedy)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests and streams get to finish on SIGTERM")
+    p.add_argument("--stream-idle-timeout", type=float, default=30.0,
+                   help="close a WebSocket stream that sends nothing for this many seconds (1008)")
+    p.add_argument("--depth", type=int, default=4, help="pipeline depth: most tiles in flight")
+    p.add_argument("--lanes", type=int, default=None, help="parallel kernel workers (default: 2 on cpu, 1 else)")
+    p.add_argument("--manifest", default=None, help="kernel manifest for the xrt/sim backends")
+    p.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
+                   help="event loop (auto: uvloop when installed)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    try:
+        from ..server import ServerConfig, serve
+    except ImportError as exc:
+        raise AiowhisperError(f"the server needs the 'server' extra: pip install 'aiowhisper-npu[server]' "
+                              f"({exc})") from exc
+    runtime_options: dict[str, Any] = {"pipeline_depth": args.depth, "lanes": args.lanes}
+    if args.manifest:
+        runtime_options["manifest"] = args.manifest
+    try:
+        config = ServerConfig.from_env(
+            args.api_key, model=args.model, backend=args.backend, host=args.host, port=args.port,
+            max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, max_streams=args.max_streams,
+            beam_size=args.beam_size, shutdown_timeout_s=args.shutdown_timeout,
+            stream_idle_timeout_s=args.stream_idle_timeout, runtime_options=runtime_options)
+    except ValueError as exc:
+        raise AiowhisperError(str(exc)) from exc
+    serve(config, loop=args.loop, log_level=args.log_level)
+    return 0
