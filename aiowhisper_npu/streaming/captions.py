@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, cast
 
 import anyio
 import numpy as np
@@ -179,6 +179,9 @@ class CaptionStream(AudioStream):
         return self._committed
 
     # -- iteration --------------------------------------------------------------------------------------
+    async def __anext__(self) -> CaptionUpdate:  # type: ignore[override]
+        return cast(CaptionUpdate, await super().__anext__())
+
     async def _next(self) -> CaptionUpdate:  # type: ignore[override]
         if self._finished:
             raise StopAsyncIteration

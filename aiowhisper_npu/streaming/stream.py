@@ -79,7 +79,7 @@ import time
 from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Protocol, TypeVar
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Protocol, Self, TypeVar
 
 import anyio
 import numpy as np
@@ -238,7 +238,7 @@ class AudioStream:
         self._updates = self._n_finals = self._skipped = 0
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    async def __aenter__(self) -> AudioStream:
+    async def __aenter__(self) -> Self:
         if self._mode is not None:
             raise RuntimeError("this stream was already started; use 'async with rt.stream(...)' before iterating")
         self._mode = "scoped"
@@ -285,7 +285,7 @@ class AudioStream:
             self._backlog.clear()
 
     # -- iteration --------------------------------------------------------------------------------------
-    def __aiter__(self) -> AudioStream:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamUpdate:
