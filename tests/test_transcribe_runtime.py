@@ -196,6 +196,30 @@ async def test_cancelling_a_call_releases_everything(tiny: aw.WhisperModel) -> N
         assert (await rt.transcribe(DATA / "door.wav")).segments == reference.segments
 
 
+def _decoder_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("aiowhisper-decoder")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", [*LOOPS, pytest.param(("trio", {}), id="trio")])
+async def test_closing_the_runtime_joins_the_decoder_threads(tiny: aw.WhisperModel) -> None:
+    """The decoder engine's threads end with the runtime: after a failed call, after a call cancelled while
+    the engine was being built (its first use), and after a completed one. (The runtime's host closes its
+    services inside a cancelled scope: an unshielded wait there left the engine running.)"""
+    assert _decoder_threads() == []
+    async with aw.Runtime(tiny) as rt:
+        with pytest.raises(aw.AudioError):
+            await rt.transcribe(np.array([0.1, np.nan], np.float32))
+        assert len(_decoder_threads()) == 2  # the engine and its second thread
+    assert _decoder_threads() == []
+    async with aw.Runtime(tiny) as rt:
+        with anyio.move_on_after(0.01):  # during the first call's engine build
+            await rt.transcribe(DATA / "door.wav")
+        assert "door" in (await rt.transcribe(DATA / "door.wav")).text.lower()
+        assert len(_decoder_threads()) == 2  # one engine: the cancelled build's, not a second one
+    assert _decoder_threads() == []
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", LOOPS[:1])
 async def test_bad_audio_fails_only_its_call(tiny: aw.WhisperModel) -> None:

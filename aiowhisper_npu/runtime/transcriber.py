@@ -69,7 +69,7 @@ class TranscriptionService:
         async with self._lock:
             if self._closed:
                 raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
-            if self._recognizer is None:
+            if self._recognizer is None:  # a cancellation waits for the build and arrives after it is kept
                 self._recognizer = await anyio.to_thread.run_sync(self._build)
         return self._recognizer
 
@@ -85,13 +85,15 @@ class TranscriptionService:
         return Recognizer(self._encode_window, decoder, engine, tokenizer, m.alignment_heads)
 
     async def aclose(self) -> None:
-        """Stop the engine (cancelling its tasks) and join its threads. Idempotent."""
-        async with self._lock:
-            self._closed = True
-            engine, self._engine = self._engine, None
-            self._recognizer = None
-        if engine is not None:
-            with anyio.CancelScope(shield=True):
+        """Stop the engine (cancelling its tasks) and join its threads. Idempotent. Shielded as a whole: the
+        runtime's host calls it while its own scope is being cancelled, where an unshielded wait for the lock
+        would be cancelled before the engine is stopped (and its threads would outlive the runtime)."""
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                self._closed = True
+                engine, self._engine = self._engine, None
+                self._recognizer = None
+            if engine is not None:
                 await anyio.to_thread.run_sync(engine.stop)
 
     async def start(self, audio: Any, options: TranscriptionOptions) -> Transcription:
