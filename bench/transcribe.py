@@ -122,13 +122,18 @@ async def _concurrency(rt: aw.Runtime, audio: np.ndarray, n: int, beam_size: int
     async def one() -> None:
         texts.append((await rt.transcribe(audio, beam_size=beam_size)).text)
 
+    eng0 = rt.decoder_stats()
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(n):
             tg.start_soon(one)
     concurrent = time.perf_counter() - t0
+    eng1 = rt.decoder_stats()
+    iterations = max(1, eng1.iterations - eng0.iterations)
     return {"calls": n, "sequential_s": sequential, "concurrent_s": concurrent,
-            "throughput_ratio": sequential / concurrent, "same_text": len(set(texts)) == 1}
+            "throughput_ratio": sequential / concurrent, "same_text": len(set(texts)) == 1,
+            "passes_per_iteration": (eng1.passes - eng0.passes) / iterations,
+            "rows_per_iteration": (eng1.rows - eng0.rows) / iterations}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,7 +191,9 @@ def render(res: dict[str, Any]) -> str:
     if res["concurrency"]:
         c = res["concurrency"]
         lines.append(f"- {c['calls']} concurrent calls: {c['concurrent_s']:.2f} s vs {c['sequential_s']:.2f} s one "
-                     f"after another: **{c['throughput_ratio']:.2f}x** throughput (same text: {c['same_text']})")
+                     f"after another: **{c['throughput_ratio']:.2f}x** throughput (same text: {c['same_text']}); "
+                     f"the decoder engine ran {c.get('passes_per_iteration', float('nan')):.1f} calls' passes "
+                     f"({c.get('rows_per_iteration', float('nan')):.1f} rows) per iteration")
     lines.append(f"- ours: {ours['text'][:120]}...")
     return "\n".join(lines)
 

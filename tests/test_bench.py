@@ -236,6 +236,7 @@ def test_transcribe_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "fellow Americans" in ours["text"] and ours["tokens"] > 10
     assert 0 < ours["encoder_s"] < ours["wall_s"] and 0 < ours["decoder_s"] < ours["wall_s"]
     assert res["concurrency"]["calls"] == 2 and res["concurrency"]["same_text"] is True
+    assert 1.0 <= res["concurrency"]["passes_per_iteration"] <= 2.0
     assert "| ours |" in capsys.readouterr().out
     assert "| ours |" in bench_transcribe.render(res)
 
