@@ -134,8 +134,13 @@ def test_event_loop_stays_responsive_during_sim_encode(model: aw.WhisperModel, a
     naive = anyio.run(_ticker_p99, model, audio, True, TIMING_ONLY)
     print(f"ticker p99 lateness: polling {good * 1e3:.2f} ms (timing-only {good_timing * 1e3:.2f} ms), "
           f"naive run.wait() {naive * 1e3:.2f} ms")
-    assert good <= 5e-3 and good_timing <= 5e-3
-    assert naive > 5e-3  # the test can fail: a GIL-holding wait freezes the loop for a whole kernel
+    # Bounds relative to the modelled kernel (20 ms): a polling wait must never freeze the loop for as long as
+    # half a kernel (measured idle: 2.6-4.7 ms; the numerics variant adds the simulator's own GIL-holding host
+    # work), while the naive wait freezes it for at least most of one (measured 39-43 ms).
+    kernel_s = SLOW.op_time_s["qkv"]
+    assert good <= kernel_s / 2 and good_timing <= kernel_s / 2
+    assert naive > 0.75 * kernel_s  # the test can fail: a GIL-holding wait freezes the loop for a whole kernel
+    assert naive > 3 * good_timing
 
 
 # -- (c) makespan against the model's own bound ---------------------------------------------------------------
