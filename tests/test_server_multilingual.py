@@ -1,7 +1,10 @@
 """``/v1/audio/translations`` and language detection on a multilingual model (base), with the openai client.
 
-Decoding falls back to sampling when greedy output fails its thresholds (OpenAI's ``temperature=0``), and
-base on these synthetic clips does, so the checks are on the language of the output, not its exact words.
+Decoding falls back to sampling when its output fails the thresholds (OpenAI's ``temperature=0``), and base on
+these synthetic clips does, so the checks are on the language of the output, not its exact words. The server runs
+faster-whisper's default beam (5): with greedy decoding, which sampled fallback wins depends on the last bits of
+the encoder's numerics (the AVX-512 and AVX2 kernels picked different ones, one of them German), while beam 5 gives
+faster-whisper's own text here (checked by hand: "Asmet is today the morning and the evening with his eyes.").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ ENGLISH = {"the", "and", "i", "you", "is", "will", "with", "it", "to", "of", "in
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[openai.OpenAI]:
-    with ServerProcess(["--beam-size", "1"], model="base") as srv:
+    with ServerProcess(["--beam-size", "5"], model="base") as srv:
         yield openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
