@@ -9,7 +9,7 @@ numerics, which a real NPU would not cost) does not scale with replicas here. So
   modeled device time of one request (``SimNPU.modeled_busy_s``, the sum of its modeled run spans, measured
   in-process on the same clip and options), beside the level's wall time;
 - the **CPU seconds per request** of the replica processes and of Serve's HTTP proxy (``/proc/PID/stat``),
-  and, in-process, how much of a request's CPU the sim's numerics are (encode with numerics on minus off).
+  and, in-process, a request's host work without the sim's numerics (see :func:`calibrate`).
 
 From those: one host's ceiling is ``min(1 / NPU s per request, host cores / host CPU s per request)``; the
 proxy's ceiling is ``proxy cores / proxy CPU s per request``; N hosts give ``N x`` the host ceiling until the
@@ -51,37 +51,41 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 
 def calibrate(audio: np.ndarray, beam_size: int, repeats: int) -> dict[str, float]:
-    """Per request, in this process: modeled NPU seconds, CPU seconds, and the sim numerics' share of them."""
+    """Per request, in this process (medians of ``repeats``): the modeled NPU seconds (``SimNPU.modeled_busy_s``),
+    the decoder engine's busy seconds (``decoder_stats().busy_s``: its thread's forward passes and task
+    logic), the CPU seconds of the whole request (with the sim's numerics, which a real NPU does not cost),
+    and the host CPU of encoding without them (log-mel, tiling, buffer syncs: ``SimConfig(numerics=False)``).
+    The host work of one request on a real NPU host = decoder busy + encoder host CPU."""
     from aiowhisper_npu.sim import SimConfig
 
     def cpu() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
-    out: dict[str, float] = {}
-    for numerics in (True, False):
-        with aw.Runtime.sync("tiny.en", backend="sim", sim_config=SimConfig(numerics=numerics)) as rt:
-            inner = rt.runtime
-            dev = inner.device.xrt.sim_device(getattr(inner.device, "device_index", 0))
-            rt.transcribe(audio, beam_size=beam_size)  # warm: builds the decoder
-            busy, cpus, enc = [], [], []
-            for _ in range(repeats):
-                b0, c0 = dev.modeled_busy_s, cpu()
-                if numerics:
-                    rt.transcribe(audio, beam_size=beam_size)
-                    busy.append(dev.modeled_busy_s - b0)
-                    cpus.append(cpu() - c0)
-                    c0 = cpu()
-                rt.encode(audio)
-                enc.append(cpu() - c0)
-            if numerics:
-                out["npu_s"] = float(np.median(busy))
-                out["cpu_s"] = float(np.median(cpus))
-                out["encode_cpu_s_numerics"] = float(np.median(enc))
-            else:
-                out["encode_cpu_s_no_numerics"] = float(np.median(enc))
-    out["sim_numerics_cpu_s"] = max(0.0, out["encode_cpu_s_numerics"] - out["encode_cpu_s_no_numerics"])
-    out["host_cpu_s"] = max(0.0, out["cpu_s"] - out["sim_numerics_cpu_s"])  # what a real NPU host's CPU does
+    def median(xs: list[float]) -> float:
+        return float(np.median(xs))
+
+    with aw.Runtime.sync("tiny.en", backend="sim") as rt:
+        inner = rt.runtime
+        dev = inner.device.xrt.sim_device(getattr(inner.device, "device_index", 0))
+        rt.transcribe(audio, beam_size=beam_size)  # warm: builds the decoder
+        busy, dec, cpus = [], [], []
+        for _ in range(repeats):
+            b0, d0, c0 = dev.modeled_busy_s, rt.call(lambda r: r.decoder_stats().busy_s), cpu()
+            rt.transcribe(audio, beam_size=beam_size)
+            busy.append(dev.modeled_busy_s - b0)
+            dec.append(rt.call(lambda r: r.decoder_stats().busy_s) - d0)
+            cpus.append(cpu() - c0)
+    with aw.Runtime.sync("tiny.en", backend="sim", sim_config=SimConfig(numerics=False)) as rt:
+        rt.encode(audio)
+        enc = []
+        for _ in range(repeats):
+            c0 = cpu()
+            rt.encode(audio)
+            enc.append(cpu() - c0)
+    out = {"npu_s": median(busy), "decoder_busy_s": median(dec), "cpu_s_with_sim_numerics": median(cpus),
+           "encoder_host_cpu_s": median(enc)}
+    out["host_cpu_s"] = out["decoder_busy_s"] + out["encoder_host_cpu_s"]
     return out
 
 
@@ -144,18 +148,21 @@ def level(port: int, wav: bytes, beam_size: int, clients: int, per_client: int, 
 
 
 def paper(cal: dict[str, float], proxy_cpu_s: float, host_cores: int, proxy_cores: int) -> dict[str, Any]:
-    npu_cap = 1.0 / cal["npu_s"]
-    cpu_cap = host_cores / cal["host_cpu_s"] if cal["host_cpu_s"] > 0 else float("inf")
-    host_cap = min(npu_cap, cpu_cap)
+    """One host's ceiling and N hosts', from per-request costs. A replica's decoder is one engine thread
+    (requests share it in batches), so its ceiling is ``1 / decoder busy`` at this concurrency-1 cost (a
+    lower bound: batching raises it); the encoder's host work spreads over the other cores; the NPU's ceiling
+    is ``1 / modeled NPU s``; one proxy process routes ``proxy cores / proxy CPU s`` requests a second."""
+    ceilings = {"NPU": 1.0 / cal["npu_s"], "decoder CPU": 1.0 / cal["decoder_busy_s"],
+                "encoder host CPU": max(1, host_cores - 1) / cal["encoder_host_cpu_s"]}
+    bound_by = min(ceilings, key=lambda k: ceilings[k])
+    host_cap = ceilings[bound_by]
     router_cap = proxy_cores / proxy_cpu_s if proxy_cpu_s > 0 else float("inf")
-    first = "router" if router_cap < host_cap else ("NPU" if npu_cap <= cpu_cap else "decoder CPU")
     return {"host_cores": host_cores, "proxy_cores": proxy_cores,
-            "npu_ceiling_req_per_s": npu_cap, "host_cpu_ceiling_req_per_s": cpu_cap,
-            "host_ceiling_req_per_s": host_cap, "host_bound_by": "NPU" if npu_cap <= cpu_cap else "decoder CPU",
-            "router_ceiling_req_per_s": router_cap,
-            "hosts_until_router_bound": router_cap / host_cap,
-            "n_hosts_req_per_s": {n: min(n * host_cap, router_cap) for n in (1, 2, 4, 8, 16, 32)},
-            "first_bottleneck": first}
+            "ceilings_req_per_s": ceilings, "host_ceiling_req_per_s": host_cap, "host_bound_by": bound_by,
+            "npu_utilisation_at_host_ceiling_pct": 100.0 * host_cap * cal["npu_s"],
+            "router_ceiling_req_per_s": router_cap, "hosts_until_router_bound": router_cap / host_cap,
+            "n_hosts_req_per_s": {n: min(n * host_cap, router_cap) for n in (1, 2, 4, 8, 16, 32, 64)},
+            "first_bottleneck": "router" if router_cap < host_cap else bound_by}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -236,15 +243,20 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {n} | {lv['req_per_s']:.2f} | {lv['p50_s']:.2f} | {lv['p95_s']:.2f} | "
                      f"{lv['replica_cpu_s_per_request']:.2f} | {lv['proxy_cpu_s_per_request']:.3f} | {reps} |")
     lines += ["", f"2 replicas / 1 replica throughput on this machine: {r['speedup_2_over_1']:.2f}x.", "",
-              "Per request, in-process: modeled NPU {npu:.3f} s; CPU {cpu:.2f} s, of which the sim's numerics "
-              "{num:.2f} s (a real NPU does not cost them), leaving {host:.2f} s of host work (log-mel, decoder)."
-              .format(npu=cal["npu_s"], cpu=cal["cpu_s"], num=cal["sim_numerics_cpu_s"], host=cal["host_cpu_s"]),
-              "", f"On paper, an NPU host with {pp['host_cores']} cores: NPU ceiling "
-              f"{pp['npu_ceiling_req_per_s']:.1f} req/s, decoder-CPU ceiling {pp['host_cpu_ceiling_req_per_s']:.1f} "
-              f"req/s: one host gives {pp['host_ceiling_req_per_s']:.1f} req/s, bound by the "
-              f"{pp['host_bound_by']}. One proxy ({pp['proxy_cores']} core) routes at most "
-              f"{pp['router_ceiling_req_per_s']:.0f} req/s, so hosts add linearly up to "
-              f"~{pp['hosts_until_router_bound']:.1f} hosts; first bottleneck: **{pp['first_bottleneck']}**.", "",
+              "Per request, in-process: modeled NPU {npu:.3f} s; host work {host:.3f} s = decoder engine busy "
+              "{dec:.3f} s + encoder host CPU without the sim's numerics {enc:.3f} s (the whole request took "
+              "{cpu:.2f} s of CPU with the numerics, which a real NPU does not cost)."
+              .format(npu=cal["npu_s"], host=cal["host_cpu_s"], dec=cal["decoder_busy_s"],
+                      enc=cal["encoder_host_cpu_s"], cpu=cal["cpu_s_with_sim_numerics"]),
+              "", "On paper, per NPU host ({cores} cores): NPU {npu:.1f} req/s, decoder (one engine thread) {dec:.1f} "
+              "req/s, encoder host work {enc:.1f} req/s: one host gives {host:.1f} req/s, bound by the **{by}** "
+              "(its NPU then {util:.0f} % busy). One proxy ({pc} core) routes at most {router:.0f} req/s, so hosts "
+              "add linearly up to ~{until:.0f} hosts; then the router is the bottleneck."
+              .format(cores=pp["host_cores"], npu=pp["ceilings_req_per_s"]["NPU"],
+                      dec=pp["ceilings_req_per_s"]["decoder CPU"],
+                      enc=pp["ceilings_req_per_s"]["encoder host CPU"], host=pp["host_ceiling_req_per_s"],
+                      by=pp["host_bound_by"], util=pp["npu_utilisation_at_host_ceiling_pct"], pc=pp["proxy_cores"],
+                      router=pp["router_ceiling_req_per_s"], until=pp["hosts_until_router_bound"]), "",
               "| hosts | req/s on paper |", "|---:|---:|"]
     lines += [f"| {n} | {v:.1f} |" for n, v in pp["n_hosts_req_per_s"].items()]
     return "\n".join(lines) + "\n"
