@@ -16,7 +16,8 @@ pytest.importorskip("fastapi", reason="the server needs the server extra (fastap
 from aiowhisper_npu.cli import main  # noqa: E402
 from aiowhisper_npu.server import ServerConfig  # noqa: E402
 from aiowhisper_npu.server.scaleout import (CONTROL_SLACK, ScaleOut, deployment_options,  # noqa: E402
-                                            parse_autoscale, parse_resources, replica_resources)
+                                            missing_resources, parse_autoscale, parse_resources,
+                                            replica_resources)
 
 
 def test_replica_resources_follow_the_backend() -> None:
@@ -40,6 +41,15 @@ def test_deployment_options_bound_each_replica_just_above_the_apps_limits() -> N
     assert "num_replicas" not in scaled and scaled["max_queued_requests"] == 9
     assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 4, "initial_replicas": 1,
                                             "target_ongoing_requests": 3}
+
+
+def test_a_cluster_without_the_replicas_resources_is_refused_not_waited_for() -> None:
+    xrt, sim = ServerConfig(backend="xrt"), ServerConfig(backend="sim")
+    assert missing_resources({"CPU": 8.0, "npu": 2.0}, xrt, ScaleOut()) is None
+    problem = missing_resources({"CPU": 8.0}, xrt, ScaleOut())
+    assert problem is not None and "ray start --resources '{\"npu\": 1}'" in problem
+    assert missing_resources({"CPU": 8.0}, sim, ScaleOut()) is None
+    assert "--ray-cpus" in (missing_resources({"CPU": 0.5}, sim, ScaleOut()) or "")
 
 
 @pytest.mark.parametrize("text", ["3", "a:b", "3:1", "0:0", "-1:2", ""])

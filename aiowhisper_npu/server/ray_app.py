@@ -20,10 +20,11 @@ from fastapi import FastAPI
 from ray import serve
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import AiowhisperError
 from .app import create_app
 from .config import ServerConfig
 from .ray_routing import PROXY_CALLBACK, PROXY_CALLBACK_ENV, ROUTER_CLASS
-from .scaleout import APP_NAME, NODE_HEADER, REPLICA_HEADER, ScaleOut, deployment_options
+from .scaleout import APP_NAME, NODE_HEADER, REPLICA_HEADER, ScaleOut, deployment_options, missing_resources
 
 __all__ = ["ReplicaHeaders", "WhisperServer", "build_application", "start_serve", "deploy", "run_on_ray"]
 
@@ -87,7 +88,10 @@ def start_serve(config: ServerConfig, scale: ScaleOut, *, log_level: str = "info
 def deploy(config: ServerConfig, scale: ScaleOut, *, name: str = APP_NAME, log_level: str = "info") -> str:
     """Start Serve's HTTP proxy on ``config.host:config.port`` (if Serve is not running yet) and deploy the
     server; returns once every replica is up (its runtime open). Needs a connected Ray (``ray.init``).
-    Returns the base URL."""
+    Returns the base URL. :class:`ValueError` when no node has what a replica needs."""
+    problem = missing_resources(ray.cluster_resources(), config, scale)
+    if problem:
+        raise ValueError(problem)
     start_serve(config, scale, log_level=log_level)
     serve.run(build_application(config, scale), name=name, route_prefix="/", blocking=False)
     host = f"[{config.host}]" if ":" in config.host else config.host
@@ -104,11 +108,18 @@ def run_on_ray(config: ServerConfig, scale: ScaleOut, *, log_level: str = "info"
     init: dict[str, Any] = {"address": address, "logging_level": log_level.upper()}
     if address is None:
         init["include_dashboard"] = False
-    ray.init(**init)
+    try:
+        ray.init(**init)
+    except ConnectionError as exc:
+        raise AiowhisperError(f"could not join the Ray cluster at {address}: {exc} (start one with "
+                              "'ray start --head', or leave --ray-address out for a local Ray)") from exc
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        url = deploy(config, scale, log_level=log_level)
+        try:
+            url = deploy(config, scale, log_level=log_level)
+        except ValueError as exc:
+            raise AiowhisperError(str(exc)) from exc
         print(f"aiowhisper-npu serve: ready on {url} ({config.model} on {config.backend}, {scale.describe()} "
               f"on Ray Serve, each taking {deployment_options(config, scale)['max_ongoing_requests']} requests "
               f"at once)", file=sys.stderr, flush=True)

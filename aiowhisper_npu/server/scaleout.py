@@ -20,7 +20,7 @@ from typing import Any
 from .config import ServerConfig
 
 __all__ = ["ScaleOut", "parse_autoscale", "parse_resources", "replica_resources", "max_ongoing_requests",
-           "deployment_options", "APP_NAME", "DEPLOYMENT_NAME", "REPLICA_HEADER", "NODE_HEADER", "CONTROL_SLACK"]
+           "deployment_options", "missing_resources", "APP_NAME", "DEPLOYMENT_NAME", "REPLICA_HEADER", "NODE_HEADER", "CONTROL_SLACK"]
 
 APP_NAME = "aiowhisper"
 DEPLOYMENT_NAME = "WhisperServer"
@@ -122,6 +122,22 @@ def replica_resources(config: ServerConfig, scale: ScaleOut) -> dict[str, Any]:
     if resources:
         options["resources"] = dict(resources)
     return options
+
+
+def missing_resources(cluster: dict[str, float], config: ServerConfig, scale: ScaleOut) -> str | None:
+    """Why no replica could ever be placed on a cluster with these total resources (``ray.cluster_resources()``),
+    or ``None``. Serve would otherwise wait for them forever."""
+    wanted = replica_resources(config, scale)
+    for name, amount in wanted.get("resources", {}).items():
+        if cluster.get(name, 0.0) < amount:
+            hint = f"ray start --resources '{{\"{name}\": 1}}'" if name == "npu" else f"--resources for '{name}'"
+            return (f"no node of the Ray cluster advertises the resource '{name}' a replica needs "
+                    f"({cluster.get(name, 0.0):g} of {amount:g}): start each NPU host with {hint}, or choose the "
+                    f"replica resources with --ray-resources")
+    if cluster.get("CPU", 0.0) < wanted["num_cpus"]:
+        return (f"the Ray cluster has {cluster.get('CPU', 0.0):g} CPUs, a replica needs {wanted['num_cpus']:g} "
+                f"(--ray-cpus)")
+    return None
 
 
 def max_ongoing_requests(config: ServerConfig) -> int:
