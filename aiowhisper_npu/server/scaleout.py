@@ -20,7 +20,8 @@ from typing import Any
 from .config import ServerConfig
 
 __all__ = ["ScaleOut", "parse_autoscale", "parse_resources", "replica_resources", "max_ongoing_requests",
-           "deployment_options", "missing_resources", "APP_NAME", "DEPLOYMENT_NAME", "REPLICA_HEADER", "NODE_HEADER", "CONTROL_SLACK"]
+           "deployment_options", "missing_resources", "APP_NAME", "DEPLOYMENT_NAME", "REPLICA_HEADER",
+           "NODE_HEADER", "CONTROL_SLACK"]
 
 APP_NAME = "aiowhisper"
 DEPLOYMENT_NAME = "WhisperServer"
