@@ -143,6 +143,28 @@ def test_an_answered_request_is_left_alone() -> None:
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"] and sent[0]["status"] == 200
 
 
+@pytest.mark.parametrize("from_replica", [False, True])
+def test_serves_own_503_gets_the_servers_error_shape(from_replica: bool) -> None:
+    guard = _ray_routing().ReplicaLossGuard
+    marker = [(b"x-aiowhisper-replica", b"r1")] if from_replica else []
+
+    async def busy(scope: Any, receive: Any, send: Any) -> None:  # Serve's backpressure answer, or the app's
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"text/plain"), (b"retry-after", b"1"), *marker]})
+        await send({"type": "http.response.body", "body": b"Request dropped due to backpressure", "more_body": True})
+        await send({"type": "http.response.body", "body": b" (queue full)."})
+
+    sent = anyio.run(_drive, guard(busy), {"type": "http"}, [])
+    if from_replica:
+        assert len(sent) == 3 and sent[1]["body"].startswith(b"Request dropped")  # untouched
+        return
+    start, body = sent
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert (b"content-type", b"application/json") in start["headers"]
+    error = json.loads(body["body"])["error"]
+    assert error["code"] == "service_unavailable" and error["message"].endswith("backpressure (queue full).")
+
+
 @pytest.mark.parametrize("closes", [False, True])
 def test_a_stream_whose_replica_ended_is_closed_with_1012(closes: bool) -> None:
     routing = _ray_routing()
