@@ -215,7 +215,7 @@ def test_a_replica_killed_mid_load_fails_its_requests_and_service_recovers(deplo
     victim = sorted(before)[0]
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(d.transcribe, i) for i in range(16, 28)]
-        time.sleep(2.0)  # every replica holds several requests by now (each takes ~1 s of the 2 cores)
+        time.sleep(1.0)  # every replica holds several requests by now (each takes ~1 s of the 2 cores)
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         results = [f.result(timeout=HANG_S) for f in futures]  # a hang fails here
     failed = [r for r in results if r["status"] != 200]
