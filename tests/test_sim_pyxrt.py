@@ -358,6 +358,8 @@ def test_scalar_attention_calibration(tmp_path: Path) -> None:
     assert compute == pytest.approx(2 * 64**3 / 2.5e8)
     for run in runs:  # each run's modeled window is exactly the model's (queued behind nothing)
         assert run.t_end - run.t_start == pytest.approx(column, rel=1e-9)
+    # the device's own busy time (bench/ray_scaleout.py reports it) is the sum of the modeled windows
+    assert rig.xrt.sim_device(0).modeled_busy_s == pytest.approx(len(runs) * column, rel=1e-9)
     modeled = cfg.sync_seconds(12288) + cfg.submit_seconds() + column + cfg.sync_seconds(4096)
     assert 2.10e-3 <= modeled <= 2.37e-3  # the measured 2.23 ms mean had 2.10..2.37 ms spread
     assert best >= modeled  # every modeled part holds the GIL for its duration: never faster than the model

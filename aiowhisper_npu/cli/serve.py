@@ -1,5 +1,6 @@
 """``aiowhisper-npu serve``: the OpenAI-compatible API, the WebSocket stream and the page
-(:mod:`aiowhisper_npu.server`; needs the ``server`` extra)."""
+(:mod:`aiowhisper_npu.server`; needs the ``server`` extra); with ``--ray``, the same app as a Ray Serve
+deployment of one or more replicas (:mod:`aiowhisper_npu.server.ray_app`; the ``ray`` extra)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    ray = p.add_argument_group("scale-out on Ray Serve (the 'ray' extra; README: Scale out)")
+    ray.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment (one runtime per replica)")
+    ray.add_argument("--ray-address", default=None,
+                     help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, "
+                          "else a local Ray started for this command)")
+    count = ray.add_mutually_exclusive_group()
+    count.add_argument("--replicas", type=int, default=None, help="number of replicas (default 1)")
+    count.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                       help="let Serve's autoscaler keep between MIN and MAX replicas")
+    ray.add_argument("--target-ongoing", type=float, default=2.0,
+                     help="autoscaling: target requests in progress per replica (default 2)")
+    ray.add_argument("--ray-cpus", type=float, default=None,
+                     help="CPUs per replica (default: 1 for xrt and sim, one per lane for cpu)")
+    ray.add_argument("--ray-resources", default=None, metavar="JSON",
+                     help="custom resources per replica (default: '{\"npu\": 1}' for xrt, none otherwise)")
+    ray.add_argument("--max-queued", type=int, default=None,
+                     help="requests Serve holds when every replica is full; more get 503 (default: --max-queue)")
+    ray.add_argument("--ray-proxy", default="head", choices=("head", "every-node"),
+                     help="where Serve's HTTP proxy listens: the head node only, or every node")
 
 
 def run_serve_command(args: argparse.Namespace) -> int:
@@ -53,5 +73,31 @@ def run_serve_command(args: argparse.Namespace) -> int:
             stream_idle_timeout_s=args.stream_idle_timeout, runtime_options=runtime_options)
     except ValueError as exc:
         raise AiowhisperError(str(exc)) from exc
+    if args.ray:
+        return _run_on_ray(config, args)
+    if args.ray_address or args.replicas is not None or args.autoscale is not None:
+        raise AiowhisperError("--ray-address, --replicas and --autoscale need --ray")
     serve(config, loop=args.loop, log_level=args.log_level)
+    return 0
+
+
+def _run_on_ray(config: Any, args: argparse.Namespace) -> int:
+    from ..server.scaleout import ScaleOut, parse_autoscale, parse_resources
+
+    try:
+        scale = ScaleOut(address=args.ray_address, replicas=args.replicas or 1,
+                         autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+                         target_ongoing=args.target_ongoing, num_cpus=args.ray_cpus,
+                         resources=parse_resources(args.ray_resources) if args.ray_resources else None,
+                         max_queued=args.max_queued,
+                         proxy_location="HeadOnly" if args.ray_proxy == "head" else "EveryNode")
+    except ValueError as exc:
+        raise AiowhisperError(str(exc)) from exc
+    if config.port == 0:
+        raise AiowhisperError("--port 0 is not supported with --ray: Serve's HTTP proxy needs a fixed port")
+    try:
+        from ..server.ray_app import run_on_ray
+    except ImportError as exc:
+        raise AiowhisperError(f"--ray needs Ray Serve: pip install 'aiowhisper-npu[ray]' ({exc})") from exc
+    run_on_ray(config, scale, log_level=args.log_level)
     return 0

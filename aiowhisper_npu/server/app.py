@@ -91,7 +91,7 @@ def server_state(conn: HTTPConnection) -> ServerState:
     return state
 
 
-def _lifespan(state: ServerState) -> Any:
+def _lifespan(state: ServerState, announce: bool) -> Any:
     config = state.config
 
     @asynccontextmanager
@@ -100,8 +100,9 @@ def _lifespan(state: ServerState) -> Any:
             if config.warmup:  # builds the decoder and its engine now rather than in the first request
                 await rt.transcribe(np.zeros(8000, np.float32), beam_size=1, temperature=0.0)
             state.runtime = rt
-            print(f"aiowhisper-npu serve: ready on http://{_url_host(config.host)}:{config.port} "
-                  f"({state.model_id} on {config.backend})", file=sys.stderr, flush=True)
+            if announce:
+                print(f"aiowhisper-npu serve: ready on http://{_url_host(config.host)}:{config.port} "
+                      f"({state.model_id} on {config.backend})", file=sys.stderr, flush=True)
             try:
                 yield
             finally:
@@ -115,17 +116,19 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def create_app(config: ServerConfig) -> FastAPI:
+def create_app(config: ServerConfig, *, announce: bool = True) -> FastAPI:
     """The FastAPI app of ``config``: HTTP routes, the WebSocket, the page, the limits and error shapes.
 
-    Serve it with uvicorn (``aiowhisper_npu.server.run.serve`` adds the graceful SIGTERM drain); the lifespan
-    opens the runtime, so the app must be run with lifespan events on (uvicorn's default).
+    Serve it with uvicorn (``aiowhisper_npu.server.run.serve`` adds the graceful SIGTERM drain) or as a Ray
+    Serve replica (:mod:`.ray_app`); the lifespan opens the runtime, so the app must be run with lifespan
+    events on (uvicorn's default). ``announce``: print the ``ready on URL`` line once the runtime is open (the
+    replicas of ``serve --ray`` do not: the command prints it once every replica is up).
     """
     from .http_routes import router as http_router
     from .websocket import router as ws_router
 
     state = ServerState(config)
-    app = FastAPI(title="aiowhisper-npu", version=__version__, lifespan=_lifespan(state),
+    app = FastAPI(title="aiowhisper-npu", version=__version__, lifespan=_lifespan(state, announce),
                   description="OpenAI-compatible speech-to-text and a WebSocket live-caption stream.")
     app.state.server = state
     install_error_handlers(app)

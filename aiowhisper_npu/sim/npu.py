@@ -208,6 +208,7 @@ class SimNPU:
         self._next_address = 0x4000_0000
         self._cache = _ReadCache(256 << 20) if config.strict_coherence else None
         self.records: deque[RunRecord] = deque(maxlen=100_000)
+        self.modeled_busy_s = 0.0  # summed modeled run spans (column-seconds), the device's own busy time
         self.views_outliving_free = 0  # map() views still referenced when their BO was freed
         self.bos_live = 0  # allocations not freed yet
 
@@ -335,6 +336,7 @@ class SimNPU:
             span = self.config.watchdog_s * self.config.time_scale if fault == "timeout" else \
                 self.config.run_seconds(compute, dma)
             run.t_end = run.t_start + span
+            self.modeled_busy_s += span
             self._col_free[column] = run.t_end
             self._queues[column].put(run)
             if self._workers[column] is None:
