@@ -18,13 +18,16 @@
  *
  *   available()                  True when compiled in and the CPU has AVX-512 (as _gemm.available()).
  *   scratch_floats(t, hd)        float32 scratch elements heads() needs for t positions and head size hd.
- *   heads(q, k, v, out, n_heads, v_width, bound, scratch) -> list[int]
+ *   heads(q, k, v, out, n_heads, v_width, bound, scratch, round_p=False) -> list[int]
  *                                out[:, h] = softmax(q_h k_h^T) v_h for every head h that can run unshifted;
  *                                returns the heads it left to the caller. q, out: (n, n_heads * hd);
  *                                k: (t, n_heads * hd); v: (t, n_heads * v_width), head h's values in its
  *                                first hd columns (the encoder's Q/K/V tensor has a ones column after
  *                                each head's values); float32, unit inner stride, any row stride; hd a
- *                                multiple of 8.
+ *                                multiple of 8. With round_p (precision="bf16", docs/precision.md) the
+ *                                exponentiated scores are rounded to bf16 (nearest even) before they
+ *                                enter the P V product and the denominators (sums of the rounded values);
+ *                                q, k, v are then expected to hold bf16 values already.
  *
  * Summation order is fixed by the shapes (positions in order, head dims in order), never by threads or
  * tile position: a query row gives the same bits in any tile. The GIL is released while it runs.
@@ -60,10 +63,18 @@ AVX512 static float max_norm2(const float *x, Py_ssize_t ld, Py_ssize_t rows, Py
     return best;
 }
 
+/* x rounded to the nearest bf16 value, ties to even (finite x: exp's results are finite or +inf). */
+AVX512 SIMD_INLINE __m512 round16_bf16(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+
 /* One panel of w <= QW queries; see the header comment. Returns 0 if an output is not finite. */
 AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float *k, Py_ssize_t lk,
                         const float *v, Py_ssize_t lv, Py_ssize_t t, Py_ssize_t hd, float *out, Py_ssize_t lo,
-                        float *scratch) {
+                        float *scratch, int round_p) {
     float *qt = scratch, *pt = qt + hd * QW, *kpad = pt + t * QW, *tile = kpad + PR * hd, *inv_sum = tile + PR * QW;
     __mmask16 mask[4];
     tail_masks(w, mask);
@@ -85,6 +96,7 @@ AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float
         for (Py_ssize_t i = 0; i < rows; i++)
             for (int c = 0; c < 3; c++) {
                 __m512 e = exp16_in_range(acc[i][c]);
+                if (round_p) e = round16_bf16(e);
                 _mm512_storeu_ps(pt + (j0 + i) * QW + 16 * c, e);
                 sum[c] = _mm512_add_ps(sum[c], e);
             }
@@ -125,7 +137,9 @@ static PyObject *heads(PyObject *self, PyObject *args) {
     PyObject *qo, *ko, *vo, *oo, *so;
     Py_ssize_t nh, vw;
     float bound;
-    if (!PyArg_ParseTuple(args, "OOOOnnfO:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so)) return NULL;
+    int round_p = 0;
+    if (!PyArg_ParseTuple(args, "OOOOnnfO|p:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so, &round_p))
+        return NULL;
     if (!simd_available()) {
         PyErr_SetString(PyExc_RuntimeError, "the fused attention needs an x86-64 CPU with AVX-512 (see available())");
         return NULL;
@@ -159,7 +173,7 @@ static PyObject *heads(PyObject *self, PyObject *args) {
         done[h] = n == 0 || max_norm2(qh, lq, n, hd) * max_norm2(kh, lk, t, hd) <= bound * bound;
         for (Py_ssize_t r = 0; done[h] && r < n; r += QW) {
             Py_ssize_t w = n - r < QW ? n - r : QW;
-            done[h] = panel(qh + r * lq, lq, w, kh, lk, vh, lv, t, hd, oh + r * lo, lo, (float *)s.buf);
+            done[h] = panel(qh + r * lq, lq, w, kh, lk, vh, lv, t, hd, oh + r * lo, lo, (float *)s.buf, round_p);
         }
     }
     Py_END_ALLOW_THREADS
