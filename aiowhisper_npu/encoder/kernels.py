@@ -313,7 +313,7 @@ def linear_(res: Mapping[str, np.ndarray], name: str, x: np.ndarray, out: np.nda
     when ``res`` holds the packed copy (:func:`pack_weights`), else ``numpy.matmul`` and the element-wise
     kernels. With ``ws.bf16``, ``x`` enters the product rounded to bf16 (the weights are bf16 values already):
     the packed bf16 GEMM, or BLAS on a rounded copy."""
-    if ws.bf16:
+    if getattr(ws, "bf16", False):  # (a Workspace has it; light stand-ins in tests may not)
         packed = res.get(name + PACKED_BF16) if _native_bf16 else None
         if packed is not None:
             _gemm_bf16.gemm(x, packed, out, bias, gelu, ws.c_scratch, _bf16_kernel)

@@ -172,7 +172,7 @@ class Runtime:
         await tg.start(pipeline.serve)
         self._pool = pool
         self._pipeline = pipeline
-        service = TranscriptionService(model, self._encode_window)
+        service = TranscriptionService(model, self._encode_window, precision=self.precision)
         stack.push_async_callback(service.aclose)  # stopped before the pipeline: no decoding is left waiting
         self._transcription = service
 
