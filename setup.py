@@ -12,7 +12,7 @@ that they built on x86-64 Linux).
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-HEADERS = ["aiowhisper_npu/native/_buffers.h", "aiowhisper_npu/native/_poly.h", "aiowhisper_npu/native/_simd.h"]
+HEADERS = ["aiowhisper_npu/native/_attention_bf16.h", "aiowhisper_npu/native/_buffers.h", "aiowhisper_npu/native/_poly.h", "aiowhisper_npu/native/_simd.h"]
 
 setup(
     ext_modules=[

@@ -164,6 +164,16 @@ def test_attention_products_in_bf16_fused_and_numpy_agree() -> None:
     # numpy's exp and the kernel's differ by an ulp now and then, which can move a P value to the next
     # bf16 (2^-8 relative): measured 8e-6
     assert _rel_l2(fused, slow) <= 3e-5
+    # the AVX512_BF16 kernel and its FMA fallback: the same bits (pairs summed odd-then-even in both)
+    d = heads * hd
+    ac = pytest.importorskip("aiowhisper_npu.native._attention")
+    outs = []
+    for kernel in KERNELS:
+        o = np.empty_like(fused)
+        assert ac.heads(qkv[:n, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :], o, heads, hd + 1,
+                        kernels.SHIFT_FREE_BOUND, ws.c_scratch, True, kernel) == []
+        outs.append(o)
+    assert all(np.array_equal(o, fused) for o in outs)
     # and it is the bf16 form, not fp32's: unrounded P differs far more than that
     fp32 = np.empty_like(fused)
     kernels._attention(qkv, 0, n, heads, kernels.Workspace(dims, n, "fp32"), fp32)

@@ -422,7 +422,8 @@ def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, m
     todo: list[int] = list(range(heads))
     if _native_attention:  # every head it can run without the max shift; the rest come back
         todo = _attention_c.heads(qkv_in[r0 : r0 + n, :d], qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], merged,
-                                  heads, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch, ws.bf16)
+                                  heads, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch, ws.bf16,
+                                  _bf16_kernel)
         if not todo:
             return
     k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)

@@ -18,7 +18,7 @@
  *
  *   available()                  True when compiled in and the CPU has AVX-512 (as _gemm.available()).
  *   scratch_floats(t, hd)        float32 scratch elements heads() needs for t positions and head size hd.
- *   heads(q, k, v, out, n_heads, v_width, bound, scratch, round_p=False) -> list[int]
+ *   heads(q, k, v, out, n_heads, v_width, bound, scratch, round_p=False, kernel=0) -> list[int]
  *                                out[:, h] = softmax(q_h k_h^T) v_h for every head h that can run unshifted;
  *                                returns the heads it left to the caller. q, out: (n, n_heads * hd);
  *                                k: (t, n_heads * hd); v: (t, n_heads * v_width), head h's values in its
@@ -26,14 +26,17 @@
  *                                each head's values); float32, unit inner stride, any row stride; hd a
  *                                multiple of 8. With round_p (precision="bf16", docs/precision.md) the
  *                                exponentiated scores are rounded to bf16 (nearest even) before they
- *                                enter the P V product and the denominators (sums of the rounded values);
- *                                q, k, v are then expected to hold bf16 values already.
+ *                                enter the P V product and the denominators (sums of the rounded values),
+ *                                and both products run on bf16 pairs (_attention_bf16.h; kernel 0 = the
+ *                                best here, 1 = FMA, 2 = vdpbf16ps: the same bits); q, k, v must hold bf16
+ *                                values already.
  *
  * Summation order is fixed by the shapes (positions in order, head dims in order), never by threads or
  * tile position: a query row gives the same bits in any tile. The GIL is released while it runs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "_buffers.h"
@@ -42,7 +45,7 @@
 #define QW 48 /* queries per panel: three vectors */
 #define PR 8  /* rows per register block: positions (step 1) or value dims (step 2); 8 x 3 accumulators */
 
-static Py_ssize_t scratch_size(Py_ssize_t t, Py_ssize_t hd) {
+static Py_ssize_t fp32_scratch_size(Py_ssize_t t, Py_ssize_t hd) {
     return hd * QW + t * QW + PR * hd + PR * QW + QW; /* Q^T panel, P^T, padded K rows, transpose tile, 1/sums */
 }
 
@@ -71,10 +74,17 @@ AVX512 SIMD_INLINE __m512 round16_bf16(__m512 x) {
     return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xFFFF0000u)));
 }
 
+#include "_attention_bf16.h"
+
+static Py_ssize_t scratch_size(Py_ssize_t t, Py_ssize_t hd) {
+    Py_ssize_t a = fp32_scratch_size(t, hd), b = bf16_scratch_size(t, hd);
+    return a > b ? a : b;
+}
+
 /* One panel of w <= QW queries; see the header comment. Returns 0 if an output is not finite. */
 AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float *k, Py_ssize_t lk,
                         const float *v, Py_ssize_t lv, Py_ssize_t t, Py_ssize_t hd, float *out, Py_ssize_t lo,
-                        float *scratch, int round_p) {
+                        float *scratch) {
     float *qt = scratch, *pt = qt + hd * QW, *kpad = pt + t * QW, *tile = kpad + PR * hd, *inv_sum = tile + PR * QW;
     __mmask16 mask[4];
     tail_masks(w, mask);
@@ -96,7 +106,6 @@ AVX512 static int panel(const float *q, Py_ssize_t lq, Py_ssize_t w, const float
         for (Py_ssize_t i = 0; i < rows; i++)
             for (int c = 0; c < 3; c++) {
                 __m512 e = exp16_in_range(acc[i][c]);
-                if (round_p) e = round16_bf16(e);
                 _mm512_storeu_ps(pt + (j0 + i) * QW + 16 * c, e);
                 sum[c] = _mm512_add_ps(sum[c], e);
             }
@@ -137,9 +146,12 @@ static PyObject *heads(PyObject *self, PyObject *args) {
     PyObject *qo, *ko, *vo, *oo, *so;
     Py_ssize_t nh, vw;
     float bound;
-    int round_p = 0;
-    if (!PyArg_ParseTuple(args, "OOOOnnfO|p:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so, &round_p))
+    int round_p = 0, kernel = 0;
+    if (!PyArg_ParseTuple(args, "OOOOnnfO|pi:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so, &round_p, &kernel))
         return NULL;
+    if (kernel < 0 || kernel > 2 || (kernel == 2 && !bf16_cpu()))
+        return PyErr_Format(PyExc_ValueError, "kernel must be 0 (auto), 1 (fma) or 2 (avx512bf16, where the CPU "
+                            "has it), got %d", kernel);
     if (!simd_available()) {
         PyErr_SetString(PyExc_RuntimeError, "the fused attention needs an x86-64 CPU with AVX-512 (see available())");
         return NULL;
@@ -171,9 +183,15 @@ static PyObject *heads(PyObject *self, PyObject *args) {
         const float *vh = (const float *)v.buf + h * vw;
         float *oh = (float *)out.buf + h * hd;
         done[h] = n == 0 || max_norm2(qh, lq, n, hd) * max_norm2(kh, lk, t, hd) <= bound * bound;
+        if (round_p) {
+            if (done[h])
+                done[h] = head_bf16(qh, lq, n, kh, lk, vh, lv, t, hd, oh, lo, (float *)s.buf,
+                                    kernel == 2 || (kernel == 0 && bf16_cpu()));
+            continue;
+        }
         for (Py_ssize_t r = 0; done[h] && r < n; r += QW) {
             Py_ssize_t w = n - r < QW ? n - r : QW;
-            done[h] = panel(qh + r * lq, lq, w, kh, lk, vh, lv, t, hd, oh + r * lo, lo, (float *)s.buf, round_p);
+            done[h] = panel(qh + r * lq, lq, w, kh, lk, vh, lv, t, hd, oh + r * lo, lo, (float *)s.buf);
         }
     }
     Py_END_ALLOW_THREADS
