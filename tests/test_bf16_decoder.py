@@ -30,18 +30,21 @@ def test_few_row_bf16_kernel_against_its_numpy_form(m: int, k: int, n: int) -> N
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = to_bf16_bits(rng.standard_normal((n, k), dtype=np.float32))
     b = rng.standard_normal(n, dtype=np.float32)
-    out = np.empty((m, n), np.float32)
-    gemv.matmul_nt_bf16(x, w, out, b)
     want = round_bf16(x).astype(np.float64) @ from_bf16_bits(w).T.astype(np.float64) + b
-    assert _rel(out, want) <= 2e-6
-    assert _rel(out, x.astype(np.float64) @ from_bf16_bits(w).T + b) > 1e-4  # x really is rounded
-    halves = np.empty_like(out)  # a column split (the engine's two threads) gives the same bits
-    gemv.matmul_nt_bf16(x, w, halves, b, 0, n // 2 // 4 * 4)
-    gemv.matmul_nt_bf16(x, w, halves, b, n // 2 // 4 * 4, n)
-    assert np.array_equal(halves, out)
-    one = np.empty((1, n), np.float32)  # and a row's result does not depend on the other rows
-    gemv.matmul_nt_bf16(x[m - 1 :], w, one, b)
-    assert np.array_equal(one[0], out[m - 1])
+    # kernel 1: AVX2 FMA (matmul_nt's order), 2: vdpbf16ps (32 depths per step): the same products, two
+    # summation orders, each within float32 rounding of the float64 product
+    for kernel in [1, 2] if gemv.native_bf16() else [1]:
+        out = np.empty((m, n), np.float32)
+        gemv.matmul_nt_bf16(x, w, out, b, 0, n, kernel)
+        assert _rel(out, want) <= 2e-6
+        assert _rel(out, x.astype(np.float64) @ from_bf16_bits(w).T + b) > 1e-4  # x really is rounded
+        halves = np.empty_like(out)  # a column split (the engine's two threads) gives the same bits
+        gemv.matmul_nt_bf16(x, w, halves, b, 0, n // 2 // 4 * 4, kernel)
+        gemv.matmul_nt_bf16(x, w, halves, b, n // 2 // 4 * 4, n, kernel)
+        assert np.array_equal(halves, out)
+        one = np.empty((1, n), np.float32)  # and a row's result does not depend on the other rows
+        gemv.matmul_nt_bf16(x[m - 1 :], w, one, b, 0, n, kernel)
+        assert np.array_equal(one[0], out[m - 1])
     with pytest.raises(TypeError):
         gemv.matmul_nt_bf16(x, from_bf16_bits(w), out, b)
 

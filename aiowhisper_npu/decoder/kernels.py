@@ -65,7 +65,7 @@ def _bf16_product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.nd
     """``out[:, n0:n1] = bf16(x) @ w[n0:n1].T (+ b)`` for bf16 weight bits ``w`` (``uint16`` ``(out, in)``): the
     C kernel, or its numpy form (BLAS on the same bf16 values; another summation order)."""
     if _gemv is not None and _use_gemv:
-        _gemv.matmul_nt_bf16(x, w, out, b, n0, w.shape[0] if n1 is None else n1)
+        _gemv.matmul_nt_bf16(x, w, out, b, n0, w.shape[0] if n1 is None else n1, ek._bf16_kernel)
         return
     np.matmul(round_bf16(x), from_bf16_bits(w).T, out=out)
     if b is not None:

@@ -5,7 +5,9 @@
  *       embedding for the logits), out: (M, N) float32 rows, bias: None or (N,) float32.
  *   matmul_nt_bf16(x, w, out, bias, n0, n1)   the same with w as bf16 bit patterns (uint16 (N, K)): x rounded to
  *       bf16 (nearest even) as it enters the product, products of bf16 values (exact in float32), float32
- *       sums in the same order as matmul_nt's (precision="bf16", docs/precision.md). Half the weight bytes.
+ *       sums (precision="bf16", docs/precision.md): with AVX512_BF16, vdpbf16ps on 32 depths at a time
+ *       (kernel 2, the default there), else matmul_nt's order on the widened weights (kernel 1, AVX2 FMA;
+ *       the two agree to float32 rounding). Half the weight bytes.
  *   available() -> True when the AVX2 + FMA kernel runs here (else a portable C loop runs).
  *
  * A decoding step multiplies a handful of rows (beams, concurrent requests) by every weight of the model,
@@ -36,6 +38,8 @@
 #ifndef PREFETCH
 #define PREFETCH 1
 #endif
+
+static int bf16_cpu(void);
 
 static int avx2_available(void) {
 #if HAVE_AVX2
@@ -193,6 +197,68 @@ AVX2 static void dot_rows_avx2_bf16(const float *x, Py_ssize_t ldx, Py_ssize_t m
     }
 }
 
+/* With AVX512_BF16: 32 bf16 of a weight row against 32 of an x row per vdpbf16ps (x converted to bf16 once),
+ * 16 partial sums per (row, weight row), folded to 8 and reduced as hsum4 does. Another summation order than
+ * the AVX2 form (the same products): the two agree to float32 rounding, not bit for bit; each is independent
+ * of the other rows and of the column range. */
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+
+static int bf16_cpu(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+AVX512BF16 INLINE void block_dp(const int MB, const int NB, const uint16_t *x, Py_ssize_t ldx, const uint16_t *w,
+                                Py_ssize_t ldw, Py_ssize_t k, float *out, Py_ssize_t ldo, const float *bias) {
+    __m512 acc[3][4];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    const uint16_t *next = w + NB * ldw;
+    for (Py_ssize_t p = 0; p < k; p += 32) {
+        __mmask32 m = k - p >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << (k - p)) - 1);
+        if (PREFETCH)
+            for (int j = 0; j < 4; j++) _mm_prefetch((const char *)(next + j * ldw + p), _MM_HINT_T0);
+        __m512bh xv[3];
+        for (int i = 0; i < MB; i++) xv[i] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + i * ldx + p);
+        for (int j = 0; j < NB; j++) {
+            __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ldw + p);
+            for (int i = 0; i < MB; i++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv[i], wv);
+        }
+    }
+    for (int i = 0; i < MB; i++) {
+        __m256 h[4];
+        for (int j = 0; j < 4; j++)
+            h[j] = _mm256_add_ps(_mm512_castps512_ps256(acc[i][j]),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i][j]), 1)));
+        float s[4];
+        _mm_storeu_ps(s, hsum4(h[0], h[1], h[2], h[3]));
+        for (int j = 0; j < NB; j++) out[i * ldo + j] = bias ? s[j] + bias[j] : s[j];
+    }
+}
+
+AVX512BF16 static void dot_rows_dp(const uint16_t *x, Py_ssize_t ldx, Py_ssize_t m, const uint16_t *w, Py_ssize_t ldw,
+                                   Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k, float *out, Py_ssize_t ldo,
+                                   const float *bias) {
+    Py_ssize_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const uint16_t *wn = w + n * ldw;
+        const float *bn = bias ? bias + n : NULL;
+        Py_ssize_t i = 0;
+        for (; i + 3 <= m; i += 3) block_dp(3, 4, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
+        if (m - i == 2) block_dp(2, 4, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
+        if (m - i == 1) block_dp(1, 4, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
+    }
+    for (; n < n1; n++) {
+        const uint16_t *wn = w + n * ldw;
+        const float *bn = bias ? bias + n : NULL;
+        Py_ssize_t i = 0;
+        for (; i + 3 <= m; i += 3) block_dp(3, 1, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
+        if (m - i == 2) block_dp(2, 1, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
+        if (m - i == 1) block_dp(1, 1, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
+    }
+}
+
 AVX2 static void dot_rows_avx2(const float *x, Py_ssize_t ldx, Py_ssize_t m, const float *w, Py_ssize_t ldw,
                                Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k, float *out, Py_ssize_t ldo,
                                const float *bias) {
@@ -212,6 +278,10 @@ AVX2 static void dot_rows_avx2(const float *x, Py_ssize_t ldx, Py_ssize_t m, con
         if (m - i == 1) block(1, 1, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
     }
 }
+#endif
+
+#if !HAVE_AVX2
+static int bf16_cpu(void) { return 0; }
 #endif
 
 /* ---- Python API ------------------------------------------------------------------------------------ */
@@ -239,9 +309,14 @@ static int get_bf16_rows(PyObject *obj, Py_buffer *v, const char *name) {
 static PyObject *product(PyObject *args, int bf16) {
     PyObject *xo, *wo, *oo, *bo = Py_None;
     Py_ssize_t n0 = 0, n1 = -1;
-    if (!PyArg_ParseTuple(args, bf16 ? "OOO|Onn:matmul_nt_bf16" : "OOO|Onn:matmul_nt", &xo, &wo, &oo, &bo, &n0,
-                          &n1))
+    int kernel = 0;
+    if (!PyArg_ParseTuple(args, bf16 ? "OOO|Onni:matmul_nt_bf16" : "OOO|Onn:matmul_nt", &xo, &wo, &oo, &bo, &n0,
+                          &n1, &kernel))
         return NULL;
+    if (kernel < 0 || kernel > 2 || (kernel == 2 && !bf16_cpu()))
+        return PyErr_Format(PyExc_ValueError, "kernel must be 0 (auto), 1 (fma) or 2 (avx512bf16, where the CPU "
+                            "has it), got %d", kernel);
+    int dp = kernel == 2 || (kernel == 0 && bf16_cpu());
     Py_buffer x, w, out, b;
     int have_b = 0, ok = 0;
     float *xr = NULL;
@@ -279,7 +354,19 @@ static PyObject *product(PyObject *args, int bf16) {
         }
         int simd = avx2_available();
         Py_BEGIN_ALLOW_THREADS
-        if (bf16) {
+        if (bf16 && dp) {
+#if HAVE_AVX2
+            uint16_t *xb = (uint16_t *)xr;
+            for (Py_ssize_t i = 0; i < m; i++)
+                for (Py_ssize_t j = 0; j < k; j++) {
+                    float f = bf16_round(xp[i * ldx + j]);
+                    uint32_t u;
+                    memcpy(&u, &f, 4);
+                    xb[i * k + j] = (uint16_t)(u >> 16);
+                }
+            dot_rows_dp(xb, k, m, w.buf, ldw, n0, n1, k, op, ldo, bp);
+#endif
+        } else if (bf16) {
             for (Py_ssize_t i = 0; i < m; i++)
                 for (Py_ssize_t j = 0; j < k; j++) xr[i * k + j] = bf16_round(xp[i * ldx + j]);
 #if HAVE_AVX2
@@ -318,6 +405,11 @@ static PyObject *matmul_nt(PyObject *self, PyObject *args) {
     return product(args, 0);
 }
 
+static PyObject *native_bf16(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    return PyBool_FromLong(bf16_cpu());
+}
+
 static PyObject *matmul_nt_bf16(PyObject *self, PyObject *args) {
     (void)self;
     return product(args, 1);
@@ -328,8 +420,9 @@ static PyMethodDef methods[] = {
     {"matmul_nt", matmul_nt, METH_VARARGS,
      "matmul_nt(x, w, out, bias=None, n0=0, n1=N) -> None: out[:, n0:n1] = x @ w[n0:n1].T (+ bias)."},
     {"matmul_nt_bf16", matmul_nt_bf16, METH_VARARGS,
-     "matmul_nt_bf16(x, w, out, bias=None, n0=0, n1=N) -> None: the same with bf16 weights (uint16) and x "
-     "rounded to bf16."},
+     "matmul_nt_bf16(x, w, out, bias=None, n0=0, n1=N, kernel=0) -> None: the same with bf16 weights (uint16) "
+     "and x rounded to bf16; kernel 0 = the best here, 1 = AVX2 FMA, 2 = AVX512_BF16."},
+    {"native_bf16", native_bf16, METH_NOARGS, "native_bf16() -> bool: the AVX512_BF16 form runs by default."},
     {NULL, NULL, 0, NULL},
 };
 
