@@ -15,8 +15,9 @@
  *                 instruction treats subnormal inputs as zero and flushes subnormal sums.
  *
  * Bias, and optionally the exact-erf GELU of kernels.gelu_, are applied in fp32 as the block is stored after
- * the last depth pass (KC = 512 deep, as _gemm.c). Summation order: each output element is the sum over k in
- * blocks of KC, in order, pairs odd-then-even; it does not depend on the row's position or the tile height.
+ * the last depth pass (KC = 1024 deep: a 1024 x 64 bf16 panel has the bytes of _gemm.c's 512 x 64 fp32
+ * one). Summation order: each output element is the sum over k in blocks of KC, in order, pairs
+ * odd-then-even; it does not depend on the row's position or the tile height.
  *
  *   available()          True when a kernel can run here (x86-64 with AVX-512 F/DQ/VL/BW).
  *   native_bf16()        True when the CPU has AVX512_BF16 (kernel "avx512bf16" runs by default).
@@ -39,7 +40,7 @@
 
 #define NR 64
 #define MR 6
-#define KC 512 /* even: pairs never straddle two passes */
+#define KC 1024 /* even: pairs never straddle two passes */
 #define MC 384
 #define SCRATCH_FLOATS (MC * KC / 2) /* one uint32 (a bf16 pair) per two depths */
 _Static_assert(KC % 2 == 0, "a pass holds whole pairs");
@@ -80,7 +81,7 @@ static inline void pack_rows_scalar(const float *a, Py_ssize_t lda, Py_ssize_t m
     }
 }
 
-static void round_rows(float *x, Py_ssize_t ld, Py_ssize_t m, Py_ssize_t n) {
+static inline void round_rows_scalar(float *x, Py_ssize_t ld, Py_ssize_t m, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < m; i++)
         for (Py_ssize_t j = 0; j < n; j++) {
             uint32_t u = (uint32_t)bf16_bits(x[i * ld + j]) << 16;
@@ -192,6 +193,22 @@ AVX512 static void pack_rows(const float *a, Py_ssize_t lda, Py_ssize_t m, Py_ss
     }
 }
 
+/* round_rows_scalar, 16 at a time (the same formula; NaN kept quiet). */
+AVX512 static void round_rows(float *x, Py_ssize_t ld, Py_ssize_t m, Py_ssize_t n) {
+    const __m512i ones = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF), abs = _mm512_set1_epi32(0x7FFFFFFF);
+    const __m512i inf = _mm512_set1_epi32(0x7F800000), quiet = _mm512_set1_epi32(0x400000);
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    for (Py_ssize_t i = 0; i < m; i++)
+        for (Py_ssize_t j = 0; j < n; j += 16) {
+            __mmask16 k = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+            __m512i u = _mm512_maskz_loadu_epi32(k, x + i * ld + j);
+            __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(u, 16), ones)));
+            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
+            r = _mm512_mask_or_epi32(r, nan, u, quiet);
+            _mm512_mask_storeu_epi32(x + i * ld + j, k, _mm512_and_si512(r, hi));
+        }
+}
+
 #define RUN(name, attr)                                                                                     \
     attr static void name(const float *a, Py_ssize_t lda, Py_ssize_t m, Py_ssize_t k, const uint16_t *w,   \
                           Py_ssize_t n, float *c, Py_ssize_t ldc, const float *bias, int gelu, uint32_t *ap) { \
@@ -234,6 +251,7 @@ RUN(run_fma, AVX512)
 #else
 static int bf16_cpu(void) { return 0; }
 #define pack_rows pack_rows_scalar
+#define round_rows round_rows_scalar
 #endif
 
 /* ---- Python API ------------------------------------------------------------------------------------ */
