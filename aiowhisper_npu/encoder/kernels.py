@@ -30,6 +30,11 @@ else as numpy passes with the same formulas. The linear layers (convolutions as 
 projection, fc1, fc2) go through :func:`linear_`: with :mod:`aiowhisper_npu.native._gemm` (AVX-512) the weights are
 packed once (:func:`pack_weights`) and bias, or bias + GELU, is applied as each output block is stored;
 otherwise ``numpy.matmul`` (BLAS). :func:`use_native` switches between the C forms and the numpy forms.
+
+``Workspace(precision="bf16")`` runs every product on bf16 operands with fp32 sums (docs/precision.md): the
+weights are rounded once (:func:`prepare_weights`) and packed as bf16 for :mod:`aiowhisper_npu.native._gemm_bf16`,
+each linear layer's input is rounded as it is packed (numpy form: a rounded copy), Q/K/V are rounded in the
+``qkv`` tensor, and P is rounded before ``P [V, 1]`` (the fused kernel's bf16 form, or the numpy path).
 """
 
 from __future__ import annotations
@@ -60,8 +65,9 @@ except ImportError:  # not built: attention runs as BLAS GEMMs around the elemen
     _attention_c = None
 
 __all__ = ["LN_EPS", "PACKED", "PACKED_BF16", "PRECISIONS", "native_available", "packed_gemm_available",
-           "fused_attention_available", "bf16_gemm_kernel", "use_bf16_kernel", "round_bf16_", "use_native", "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_",
-           "add_norm_", "linear_", "stem", "qkv", "attn_mlp", "OPS"]
+           "fused_attention_available", "bf16_gemm_kernel", "use_bf16_kernel", "round_bf16_", "use_native",
+           "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_", "add_norm_",
+           "linear_", "stem", "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
