@@ -22,8 +22,12 @@ static Py_ssize_t bf16_scratch_size(Py_ssize_t t, Py_ssize_t hd) {
 #define AVX512BF16 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,fma")))
 
 static int bf16_cpu(void) {
+#if HAVE_BF16_ISA
     __builtin_cpu_init();
     return simd_available() && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
 }
 
 /* K2 (rows padded with zeros to a multiple of PR) and V2 of one head, from float32 rows holding bf16 values. */
@@ -120,7 +124,11 @@ AVX512 SIMD_INLINE __m512 dp_fma(__m512 acc, __m512i a, __m512i b) {
         return _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q) == 0;                                             \
     }
 
+#if HAVE_BF16_ISA
 PANEL_BF16(panel_bf16_native, AVX512BF16, DP_NATIVE)
+#else
+#define panel_bf16_native panel_bf16_fma /* never chosen: bf16_cpu() is 0 */
+#endif
 PANEL_BF16(panel_bf16_fma, AVX512, DP_FMA)
 
 /* One head of heads() in bf16: K2/V2 once, then every panel of QW queries. Returns 0 if an output is not finite. */

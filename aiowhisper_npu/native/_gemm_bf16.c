@@ -93,8 +93,12 @@ static inline void round_rows_scalar(float *x, Py_ssize_t ld, Py_ssize_t m, Py_s
 #define AVX512BF16 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,fma")))
 
 static int bf16_cpu(void) {
+#if HAVE_BF16_ISA
     __builtin_cpu_init();
     return simd_available() && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
 }
 
 /* Store the block: add the previous passes, then bias and GELU after the last one (fp32). */
@@ -111,6 +115,7 @@ static int bf16_cpu(void) {
         }                                                                                                   \
     }
 
+#if HAVE_BF16_ISA
 AVX512BF16 SIMD_INLINE void tile_bf16(const int nv, Py_ssize_t kp, const uint32_t *restrict ap,
                                       const uint16_t *restrict bp, float *restrict c, Py_ssize_t ldc, Py_ssize_t m,
                                       const __mmask16 *mask, int first, const float *bias, int gelu) {
@@ -127,6 +132,7 @@ AVX512BF16 SIMD_INLINE void tile_bf16(const int nv, Py_ssize_t kp, const uint32_
     }
     EPILOGUE
 }
+#endif
 
 AVX512 SIMD_INLINE void tile_fma(const int nv, Py_ssize_t kp, const uint32_t *restrict ap,
                                  const uint16_t *restrict bp, float *restrict c, Py_ssize_t ldc, Py_ssize_t m,
@@ -242,12 +248,17 @@ AVX512 static void round_rows(float *x, Py_ssize_t ld, Py_ssize_t m, Py_ssize_t 
             }                                                                                               \
         }                                                                                                   \
     }
+#if HAVE_BF16_ISA
 #define TILE tile_bf16
 RUN(run_bf16, AVX512BF16)
 #undef TILE
+#endif
 #define TILE tile_fma
 RUN(run_fma, AVX512)
 #undef TILE
+#if !HAVE_BF16_ISA
+#define run_bf16 run_fma /* never chosen: bf16_cpu() is 0 */
+#endif
 #else
 static int bf16_cpu(void) { return 0; }
 #define pack_rows pack_rows_scalar

@@ -35,6 +35,13 @@
 #define HAVE_AVX2 0
 #endif
 #define INLINE static inline __attribute__((always_inline))
+/* The compiler knows the AVX512_BF16 intrinsics (GCC 10, clang 9); else only the FMA forms are built. */
+#if !defined(NO_BF16_ISA) && ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10))
+#define HAVE_BF16_ISA 1
+#else
+#define HAVE_BF16_ISA 0
+#endif
+
 #ifndef PREFETCH
 #define PREFETCH 1
 #endif
@@ -203,6 +210,7 @@ AVX2 static void dot_rows_avx2_bf16(const float *x, Py_ssize_t ldx, Py_ssize_t m
  * of the other rows and of the column range. */
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
 
+#if HAVE_BF16_ISA
 static int bf16_cpu(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -258,6 +266,10 @@ AVX512BF16 static void dot_rows_dp(const uint16_t *x, Py_ssize_t ldx, Py_ssize_t
         if (m - i == 1) block_dp(1, 1, x + i * ldx, ldx, wn, ldw, k, out + i * ldo + n, ldo, bn);
     }
 }
+
+#else
+static int bf16_cpu(void) { return 0; }
+#endif
 
 AVX2 static void dot_rows_avx2(const float *x, Py_ssize_t ldx, Py_ssize_t m, const float *w, Py_ssize_t ldw,
                                Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k, float *out, Py_ssize_t ldo,
@@ -364,7 +376,9 @@ static PyObject *product(PyObject *args, int bf16) {
                     memcpy(&u, &f, 4);
                     xb[i * k + j] = (uint16_t)(u >> 16);
                 }
+#if HAVE_BF16_ISA
             dot_rows_dp(xb, k, m, w.buf, ldw, n0, n1, k, op, ldo, bp);
+#endif
 #endif
         } else if (bf16) {
             for (Py_ssize_t i = 0; i < m; i++)
