@@ -48,10 +48,11 @@ class Variant:
     dma_batch: int = 1
     native: bool = True  # the C kernels (packed GEMM, fused attention and element-wise; when built); False: numpy forms
     note: str = ""
+    precision: str = "fp32"  # Runtime(precision=...): "bf16" runs the bf16 kernels (docs/precision.md)
 
     def runtime_kwargs(self) -> dict[str, Any]:
         return {"pipeline_depth": self.depth, "lanes": self.lanes, "reuse_buffers": self.reuse_buffers,
-                "dma_batch": self.dma_batch}
+                "dma_batch": self.dma_batch, "precision": self.precision}
 
     @property
     def pipelined(self) -> bool:
@@ -68,6 +69,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("lanes_d4", 4, lanes=2, note="depth 4, 2 kernel lanes (the CPU default)"),
     Variant("lanes_d4_numpy", 4, lanes=2, native=False,
             note="the CPU default with the numpy forms (BLAS GEMMs, numpy element-wise passes) instead of the C kernels"),
+    Variant("lanes_d4_bf16", 4, lanes=2, precision="bf16",
+            note="the CPU default with precision='bf16' (AVX512_BF16 GEMM where the CPU has it; compare with lanes_d4)"),
 )
 
 

@@ -145,6 +145,10 @@ def render_markdown(res: dict[str, Any]) -> str:
     lines = _header(res) + _variant_table(res)
     if res.get("peer_note"):
         lines += ["", f"Peer: {res['peer_note']}"]
+    b = res.get("bf16_vs_fp32")
+    if b:
+        lines += ["", f"precision='bf16' / fp32 (`lanes_d4_bf16` / `lanes_d4`, median of per-round ratios): "
+                      f"**{b['median']:.2f}x** ({b['min']:.2f}–{b['max']:.2f})"]
     lines += ["", "### Per-tile stage times, ms (p50 / p95 over all tiles of all repeats)", "",
               "Σ stage means vs makespan / tile: in the serial variants the stages tile the timeline, so the "
               "residual is the unattributed hand-off between stages; in pipelined variants it is negative "

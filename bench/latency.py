@@ -19,6 +19,7 @@ import datetime as _dt
 import json
 import os
 import random
+import statistics
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -191,6 +192,7 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
         samples: dict[str, list[bm.RunSample]] = {v.name: [] for v in variants}
         peer_walls: list[float] = []
         ratios: dict[str, dict[str, list[float]]] = {v.name: {"baseline": [], "peer": []} for v in variants}
+        bf16_ratios: list[float] = []
         rng = random.Random(st["seed"])
         order = [v.name for v in variants] + (["<peer>"] if peer is not None else [])
         for r in range(rounds):
@@ -211,6 +213,8 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
                 progress.step()
             if peer is None:
                 progress.step()
+            if "lanes_d4" in this and "lanes_d4_bf16" in this:  # precision="bf16" against fp32, same round
+                bf16_ratios.append(this["lanes_d4_bf16"] / this["lanes_d4"])
             for v in variants:
                 ratios[v.name]["baseline"].append(this["baseline"] / this[v.name])
                 if "<peer>" in this:
@@ -222,6 +226,9 @@ async def run_benchmark(args: argparse.Namespace, progress: bx.ProgressBar) -> d
             for v in variants:
                 out[v.name]["bound"] = bx.sim_bound(rts[v.name], v, out[v.name], col, st["windows"])
         result["variants"] = out
+        if bf16_ratios:
+            result["bf16_vs_fp32"] = {"median": statistics.median(bf16_ratios), "min": min(bf16_ratios),
+                                      "max": max(bf16_ratios), "all": bf16_ratios}
         pipelined = [v.name for v in variants if v.pipelined]
         best = min(pipelined, key=lambda n: out[n]["wall_s"]["p50"]) if pipelined else "baseline"
         result["best_pipelined"] = best

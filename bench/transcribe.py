@@ -3,7 +3,8 @@
 One long English recording (``--audio``; default: a 67 s clip assembled from the committed test clips, real
 speech first) is transcribed with the default options (beam 5, temperature fallback, timestamps) by:
 
-* ``ours``: :meth:`aiowhisper_npu.Runtime.transcribe` on the CPU backend (encoder: 2 lanes; decoder engine:
+* ``ours`` (and ``ours_bf16`` with ``--precisions fp32,bf16``: ``Runtime(precision="bf16")``):
+  :meth:`aiowhisper_npu.Runtime.transcribe` on the CPU backend (encoder: 2 lanes; decoder engine:
   2 threads);
 * ``fw_fp32`` / ``fw_int8``: ``faster_whisper.WhisperModel(path, compute_type=..., cpu_threads=2)`` on the
   same model directory, segments consumed to the end.
@@ -28,6 +29,7 @@ import random
 import statistics
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", default=None, help="audio file (default: the 67 s assembled clip)")
     p.add_argument("--repeats", type=int, default=3, help="measured rounds (default 3)")
     p.add_argument("--peers", default="fp32,int8", help="faster-whisper compute types to run beside ours")
+    p.add_argument("--precisions", default="fp32",
+                   help="our runtimes, side by side: fp32 ('ours') and/or bf16 ('ours_bf16') (default fp32)")
     p.add_argument("--concurrent", type=int, default=4, help="concurrent calls in the throughput run (0: skip)")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
@@ -150,28 +154,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     audio = aw.load_audio(args.audio) if args.audio else speech_67s()
     peers = {f"fw_{c}": _fw_runner(model, {"fp32": "float32"}.get(c, c), args.beam_size)
              for c in args.peers.split(",") if c}
-    rows: dict[str, list[dict[str, Any]]] = {"ours": [], **{k: [] for k in peers}}
+    ours_names = {"fp32": "ours", "bf16": "ours_bf16"}
+    precisions = [c for c in args.precisions.split(",") if c]
+    if not precisions or any(c not in ours_names for c in precisions):
+        raise SystemExit(f"--precisions: a comma-separated subset of {', '.join(ours_names)}")
+    mine = {ours_names[c]: c for c in precisions}
+    rows: dict[str, list[dict[str, Any]]] = {**{k: [] for k in mine}, **{k: [] for k in peers}}
     rng = random.Random(args.seed)
-    async with aw.Runtime(model) as rt:
-        await _ours_once(rt, audio[: 5 * aw.SAMPLE_RATE], args.beam_size)  # warm-up: engine, caches
+    async with AsyncExitStack() as stack:
+        rts = {k: await stack.enter_async_context(aw.Runtime(model, precision=c)) for k, c in mine.items()}
+        for rt in rts.values():
+            await _ours_once(rt, audio[: 5 * aw.SAMPLE_RATE], args.beam_size)  # warm-up: engine, caches
         for run_peer in peers.values():
             run_peer(audio[: 5 * aw.SAMPLE_RATE])
         for r in range(args.repeats):
             order = list(rows)
             rng.shuffle(order)
             for name in order:
-                if name == "ours":
-                    rows[name].append(await _ours_once(rt, audio, args.beam_size))
+                if name in rts:
+                    rows[name].append(await _ours_once(rts[name], audio, args.beam_size))
                 else:
                     rows[name].append(await anyio.to_thread.run_sync(peers[name], audio))
                 print(f"round {r + 1}: {name} {rows[name][-1]['wall_s']:.2f} s", file=sys.stderr)
-        conc = await _concurrency(rt, audio, args.concurrent, args.beam_size) if args.concurrent else None
-    ratios = {name: statistics.median(o["wall_s"] / p["wall_s"] for o, p in zip(rows["ours"], rows[name]))
-              for name in peers}
+        first = next(iter(rts.values()))
+        conc = await _concurrency(first, audio, args.concurrent, args.beam_size) if args.concurrent else None
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x["wall_s"] / y["wall_s"] for x, y in zip(rows[a], rows[b]))
+
+    ours = next(iter(mine))
+    ratios = {name: ratio(ours, name) for name in peers}
+    side_by_side = {a: {b: ratio(a, b) for b in rows if b != a} for a in mine}
     return {"model": model.name, "audio_s": audio.size / aw.SAMPLE_RATE, "beam_size": args.beam_size,
             "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
             "results": {k: _summary(v) for k, v in rows.items()}, "rounds": rows,
-            "time_ratio_vs": ratios, "concurrency": conc}
+            "ours": ours, "time_ratio_vs": ratios, "time_ratios": side_by_side, "concurrency": conc}
 
 
 def render(res: dict[str, Any]) -> str:
@@ -179,15 +196,17 @@ def render(res: dict[str, Any]) -> str:
              f"{res['repeats']} rounds", "",
              "| system | wall p50 | encoder | decoder | tokens/s (decoder) | time / ours |",
              "|---|---:|---:|---:|---:|---:|"]
-    ours = res["results"]["ours"]
+    first = res.get("ours", "ours")
+    ours = res["results"][first]
     for name, r in res["results"].items():
-        rel = "1.00x" if name == "ours" else f"{1 / res['time_ratio_vs'][name]:.2f}x"
+        rel = "1.00x" if name == first else f"{1 / res['time_ratios'][first][name]:.2f}x"
         tps = f"{r['tokens_per_decoder_s']:.0f}" if r["tokens_per_decoder_s"] else "-"
         lines.append(f"| {name} | {r['wall_s']:.2f} s | {r['encoder_s']:.2f} s | {r['decoder_s']:.2f} s | {tps} | "
                      f"{rel} |")
     lines.append("")
-    for name, ratio in res["time_ratio_vs"].items():
-        lines.append(f"- ours / {name} wall time (median of per-round ratios): **{ratio:.2f}x**")
+    for mine, ratios in res["time_ratios"].items():
+        for name, ratio in ratios.items():
+            lines.append(f"- {mine} / {name} wall time (median of per-round ratios): **{ratio:.2f}x**")
     if res["concurrency"]:
         c = res["concurrency"]
         lines.append(f"- {c['calls']} concurrent calls: {c['concurrent_s']:.2f} s vs {c['sequential_s']:.2f} s one "

@@ -230,9 +230,12 @@ def test_transcribe_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture
 
     out = tmp_path / "t.json"
     assert bench_transcribe.main(["--audio", str(Path(__file__).parent / "data" / "jfk.wav"), "--repeats", "1",
-                                  "--peers", "", "--concurrent", "2", "--beam-size", "1", "--json", str(out)]) == 0
+                                  "--peers", "", "--concurrent", "2", "--beam-size", "1", "--precisions", "fp32,bf16",
+                                  "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     ours = res["results"]["ours"]
+    assert "fellow Americans" in res["results"]["ours_bf16"]["text"]
+    assert set(res["time_ratios"]) == {"ours", "ours_bf16"} and res["time_ratios"]["ours_bf16"]["ours"] > 0
     assert "fellow Americans" in ours["text"] and ours["tokens"] > 10
     assert 0 < ours["encoder_s"] < ours["wall_s"] and 0 < ours["decoder_s"] < ours["wall_s"]
     assert res["concurrency"]["calls"] == 2 and res["concurrency"]["same_text"] is True

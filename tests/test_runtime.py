@@ -143,7 +143,7 @@ def test_log_mel_spectrogram_shape() -> None:
 
 @pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
                     reason="the C kernels are checked where CI builds them: x86-64 Linux")
-@pytest.mark.parametrize("name", ["_fastmath", "_gemm", "_attention", "_gemv"])
+@pytest.mark.parametrize("name", ["_fastmath", "_gemm", "_gemm_bf16", "_attention", "_gemv"])
 def test_c_extensions_are_built(name: str) -> None:
     """setup.py builds them with optional=True, which would hide a compile error behind the numpy forms."""
     importlib.import_module(f"aiowhisper_npu.native.{name}")

@@ -32,6 +32,16 @@ def _blas() -> list[dict[str, Any]]:
             for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
+def _bf16_decoder() -> str:
+    try:
+        from ..native import _gemv
+    except ImportError:
+        return "numpy.matmul (BLAS) on bf16-rounded operands: the few-row kernel is not built"
+    if _gemv.native_bf16():
+        return "AVX512_BF16 vdpbf16ps few-row kernel (aiowhisper_npu.native._gemv)"
+    return "few-row kernel on widened bf16 weights (aiowhisper_npu.native._gemv; AVX2 FMA or portable C)"
+
+
 def collect_info() -> dict[str, Any]:
     """A JSON-able description of the backends, pyxrt, model cache, installed models and BLAS."""
     from .. import __version__
@@ -49,6 +59,12 @@ def collect_info() -> dict[str, Any]:
         "element_wise": "C (aiowhisper_npu.native._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
         "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu.native._gemm)" if kernels.packed_gemm_available()
                           else "numpy.matmul (BLAS): the packed GEMM is not built or this CPU lacks AVX-512"),
+        "bf16_linear_layers": {"avx512bf16": "AVX512_BF16 vdpbf16ps GEMM (aiowhisper_npu.native._gemm_bf16)",
+                               "fma": "AVX-512F FMA on bf16 values (aiowhisper_npu.native._gemm_bf16; this CPU "
+                                      "lacks AVX512_BF16; same bits)",
+                               "numpy": "numpy.matmul (BLAS) on bf16-rounded operands: the bf16 GEMM is not "
+                                        "built or this CPU lacks AVX-512"}[kernels.bf16_gemm_kernel()],
+        "bf16_decoder": _bf16_decoder(),
         "attention": ("fused AVX-512 kernel (aiowhisper_npu.native._attention)" if kernels.fused_attention_available()
                       else "BLAS GEMMs around the exp: the fused kernel is not built or this CPU lacks AVX-512"),
     }
@@ -67,6 +83,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"  {name:8} {path or 'not installed (pip install aiowhisper-npu[models])'}")
     lines.append(f"element-wise kernels: {info['element_wise']}")
     lines.append(f"linear layers: {info['linear_layers']}")
+    lines.append(f"linear layers, precision=bf16: {info['bf16_linear_layers']}")
+    lines.append(f"decoder products, precision=bf16: {info['bf16_decoder']}")
     lines.append(f"attention: {info['attention']}")
     lines.append("BLAS:")
     for b in info["blas"]:

@@ -41,6 +41,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-rows", type=int, default=None,
                    help="encoder positions per tile (default: 375 on cpu, 64 else)")
     p.add_argument("--manifest", default=None, help="kernel manifest for the xrt/sim backends")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="numerics: fp32 (default, the reference) or bf16 (the NPU's: bf16 products, fp32 sums)")
     p.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop", "trio"),
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
@@ -53,7 +55,7 @@ def _make_runtime(args: argparse.Namespace) -> Any:
     if getattr(args, "manifest", None):
         opts["manifest"] = args.manifest
     return Runtime(args.model, backend=args.backend, pipeline_depth=args.depth, lanes=args.lanes,
-                   tile_rows=args.tile_rows, **opts)
+                   tile_rows=args.tile_rows, precision=getattr(args, "precision", "fp32"), **opts)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=4, help="pipeline depth: most tiles in flight")
     p.add_argument("--lanes", type=int, default=None, help="parallel kernel workers (default: 2 on cpu, 1 else)")
     p.add_argument("--manifest", default=None, help="kernel manifest for the xrt/sim backends")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="numerics: fp32 (default, the reference) or bf16 (the NPU's: bf16 products, fp32 sums)")
     p.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -62,7 +64,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise AiowhisperError(f"the server needs the 'server' extra: pip install 'aiowhisper-npu[server]' "
                               f"({exc})") from exc
-    runtime_options: dict[str, Any] = {"pipeline_depth": args.depth, "lanes": args.lanes}
+    runtime_options: dict[str, Any] = {"pipeline_depth": args.depth, "lanes": args.lanes,
+                                       "precision": args.precision}
     if args.manifest:
         runtime_options["manifest"] = args.manifest
     try:

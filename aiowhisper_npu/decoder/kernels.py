@@ -13,6 +13,12 @@ the token embedding (tied). Layer-norm scales and the attention scale ``head_dim
 the following linear layers once, in :func:`prepare_decoder` (rounding only; well inside the 1e-3 tolerance
 against CTranslate2). Element-wise work (bias + GELU, bias + residual + layer norm, the softmax's ``exp``)
 goes through the encoder's fused kernels (:mod:`aiowhisper_npu.encoder.kernels`, C when built).
+
+With ``precision="bf16"`` (docs/precision.md) every weight, the token embedding included, is kept as bf16
+bit patterns (``uint16``: half the bytes a step streams) and every product takes bf16 operands with fp32
+sums: the activations are rounded to bf16 as they enter a linear layer (inside ``_gemv.matmul_nt_bf16``),
+Q/K/V and the cross-attention keys/values are rounded once when computed, and the softmax probabilities
+are rounded before ``P V``. Layer norms, softmax, GELU and residuals stay fp32.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 
 from ..encoder import kernels as ek
 from ..models.model import DecoderWeights, ModelDimensions
+from ..sim.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
 from .cache import CrossCache, KVCache
 
 try:
@@ -53,9 +60,31 @@ def use_gemv(enabled: bool) -> bool:
     return previous
 
 
+def _bf16_product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray, n0: int = 0,
+                  n1: int | None = None) -> None:
+    """``out[:, n0:n1] = bf16(x) @ w[n0:n1].T (+ b)`` for bf16 weight bits ``w`` (``uint16`` ``(out, in)``): the
+    C kernel, or its numpy form (BLAS on the same bf16 values; another summation order)."""
+    if _gemv is not None and _use_gemv:
+        _gemv.matmul_nt_bf16(x, w, out, b, n0, w.shape[0] if n1 is None else n1, ek._bf16_kernel)
+        return
+    np.matmul(round_bf16(x), from_bf16_bits(w).T, out=out)
+    if b is not None:
+        out += b
+
+
+def _round_(a: np.ndarray) -> np.ndarray:
+    """Round a C-contiguous float32 array to bf16 values in place."""
+    ek.round_bf16_(a.reshape(-1, a.shape[-1]))
+    return a
+
+
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """``x @ w.T (+ b)`` for a weight ``w`` in its ``(out, in)`` layout; a new ``(rows, out)`` array."""
+    """``x @ w.T (+ b)`` for a weight ``w`` in its ``(out, in)`` layout; a new ``(rows, out)`` array. A bf16
+    weight (``uint16`` bits) makes it the bf16 product."""
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    if w.dtype == np.uint16:
+        _bf16_product(x, w, b, out)
+        return out
     if _gemv is not None and _use_gemv and x.shape[0] <= GEMV_MAX_ROWS:
         _gemv.matmul_nt(x, w, out, b)
         return out
@@ -93,6 +122,16 @@ class PreparedDecoder:
     layers: tuple[PreparedLayer, ...]
     ln_w: np.ndarray
     ln_b: np.ndarray
+    precision: str = "fp32"  # "bf16": weights and embedding as bf16 bits (uint16), products on bf16 operands
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """The token embedding rows of ``ids`` as float32."""
+        rows = self.embedding[ids]
+        return from_bf16_bits(rows) if self.bf16 else rows
 
     @property
     def nbytes(self) -> int:
@@ -108,8 +147,12 @@ def _fold(w: np.ndarray, b: np.ndarray, ln_w: np.ndarray, ln_b: np.ndarray) -> t
     return w64 * ln_w.astype(np.float64)[None, :], b.astype(np.float64) + w64 @ ln_b.astype(np.float64)
 
 
-def prepare_decoder(w: DecoderWeights, dims: ModelDimensions) -> PreparedDecoder:
-    """Lay the decoder weights out for :func:`forward` (done once per model)."""
+def prepare_decoder(w: DecoderWeights, dims: ModelDimensions, precision: str = "fp32") -> PreparedDecoder:
+    """Lay the decoder weights out for :func:`forward` (done once per model); ``precision="bf16"`` keeps the
+    weights and the token embedding as bf16 bits (rounded to nearest even once, here)."""
+    if precision not in ek.PRECISIONS:
+        raise ValueError(f"precision must be one of {ek.PRECISIONS}, got {precision!r}")
+    bf16 = precision == "bf16"
     d = dims.n_text_state
     scale = np.float64(dims.text_head_dim) ** -0.5
     layers = []
@@ -124,10 +167,14 @@ def prepare_decoder(w: DecoderWeights, dims: ModelDimensions) -> PreparedDecoder
         arrays = dict(qkv_w=qkv_w, qkv_b=qkv_b, out_w=b.out_w, out_b=b.out_b, q_w=q_w, q_b=q_b,
                       kv_w=b.cross_kv_w, kv_b=b.cross_kv_b, cross_out_w=b.cross_out_w,
                       cross_out_b=b.cross_out_b, fc1_w=fc1_w, fc1_b=fc1_b, fc2_w=b.fc2_w, fc2_b=b.fc2_b)
-        layers.append(PreparedLayer(**{k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}))
-    return PreparedDecoder(dims, np.ascontiguousarray(w.token_embedding, np.float32),
+        arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+        if bf16:
+            arrays = {k: to_bf16_bits(v) if k.endswith("_w") else v for k, v in arrays.items()}
+        layers.append(PreparedLayer(**arrays))
+    embedding = np.ascontiguousarray(w.token_embedding, np.float32)
+    return PreparedDecoder(dims, to_bf16_bits(embedding) if bf16 else embedding,
                            np.ascontiguousarray(w.positional_embedding, np.float32), tuple(layers),
-                           w.ln_w.astype(np.float32), w.ln_b.astype(np.float32))
+                           w.ln_w.astype(np.float32), w.ln_b.astype(np.float32), precision)
 
 
 def cross_cache(dec: PreparedDecoder, audio: np.ndarray) -> CrossCache:
@@ -138,6 +185,8 @@ def cross_cache(dec: PreparedDecoder, audio: np.ndarray) -> CrossCache:
     v_t = np.empty((len(dec.layers), h, hd, t), np.float32)
     for i, layer in enumerate(dec.layers):
         kv = linear(audio, layer.kv_w, layer.kv_b)
+        if dec.bf16:  # the keys and values enter the attention products as bf16
+            _round_(kv)
         k[i] = kv[:, :d].reshape(t, h, hd).transpose(1, 0, 2)
         v_t[i] = kv[:, d:].reshape(t, h, hd).transpose(1, 2, 0)
     return CrossCache(k, v_t)
@@ -188,9 +237,10 @@ def _layer_norm(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _self_attention(p: Pass, layer: int, qkv: np.ndarray, out: np.ndarray, slot: int) -> None:
+def _self_attention(p: Pass, layer: int, qkv: np.ndarray, out: np.ndarray, slot: int, bf16: bool = False) -> None:
     """Causal self-attention of one group's rows ``qkv`` ``(rows, 3d)`` into ``out`` ``(rows, d)``;
-    ``slot`` is the suffix position a step writes, or -1 for a prefill."""
+    ``slot`` is the suffix position a step writes, or -1 for a prefill. ``bf16``: P is rounded before P V
+    (``qkv`` already holds bf16 values)."""
     cache = p.cache
     h, hd = cache.heads, cache.head_dim
     d = h * hd
@@ -202,7 +252,10 @@ def _self_attention(p: Pass, layer: int, qkv: np.ndarray, out: np.ndarray, slot:
         cache.set_prefix(layer, k, v)
         s = np.matmul(q, cache.prefix_k_t[layer])  # (h, n, n)
         s[:, ~np.tri(n, dtype=bool)] = -np.inf  # causal: no query sees a later key
-        o = np.matmul(_softmax_(s), v)  # (h, n, hd)
+        _softmax_(s)
+        if bf16:
+            _round_(s)
+        o = np.matmul(s, v)  # (h, n, hd)
         out[...] = o.transpose(1, 0, 2).reshape(n, d)
         return
     q = qkv[:, :d].reshape(b, h, hd)
@@ -216,13 +269,15 @@ def _self_attention(p: Pass, layer: int, qkv: np.ndarray, out: np.ndarray, slot:
     s[:, :, :plen] = np.matmul(q.transpose(1, 0, 2), pk).transpose(1, 0, 2)
     s[:, :, plen:] = np.matmul(q[:, :, None, :], sk.swapaxes(-1, -2))[:, :, 0, :]
     _softmax_(s)
+    if bf16:
+        _round_(s)
     o = np.matmul(s[:, :, :plen].transpose(1, 0, 2), pv).transpose(1, 0, 2)  # (b, h, hd)
     o += np.matmul(s[:, :, None, plen:], sv)[:, :, 0, :]
     out[...] = o.reshape(b, d)
 
 
 def _cross_attention(p: Pass, layer: int, q_rows: np.ndarray, out: np.ndarray, want: list[int],
-                     res: PassOutput, few: bool) -> None:
+                     res: PassOutput, few: bool, bf16: bool = False) -> None:
     """Cross-attention of one group's query rows ``(rows, d)`` over its window: per head two few-row products
     for a step's rows, batched BLAS products for a prefill's."""
     cross = p.cache.cross
@@ -236,6 +291,8 @@ def _cross_attention(p: Pass, layer: int, q_rows: np.ndarray, out: np.ndarray, w
         for head in want:
             res._heads.append(s[head].copy())
         _softmax_(s)
+        if bf16:
+            _round_(s)
         for i in range(h):
             _gemv.matmul_nt(s[i], v_t[i], out[:, i * hd : (i + 1) * hd])
         return
@@ -243,7 +300,10 @@ def _cross_attention(p: Pass, layer: int, q_rows: np.ndarray, out: np.ndarray, w
     s = np.matmul(q, k.transpose(0, 2, 1))  # (h, rows, T)
     for head in want:
         res._heads.append(s[head].copy())
-    o = np.matmul(_softmax_(s), v_t.transpose(0, 2, 1))  # (h, rows, hd)
+    _softmax_(s)
+    if bf16:
+        _round_(s)
+    o = np.matmul(s, v_t.transpose(0, 2, 1))  # (h, rows, hd)
     out[...] = o.transpose(1, 0, 2).reshape(rows, h * hd)
 
 
@@ -257,7 +317,16 @@ SPLIT_MIN_WEIGHTS = 1 << 20
 def _product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray, few: bool,
              parallel: Parallel | None = None) -> None:
     """``out = x @ w.T (+ b)``: the few-row kernel for step rows (each row's result independent of the others
-    and of the column range, so a split is bit-identical), BLAS for a prefill's rows."""
+    and of the column range, so a split is bit-identical), BLAS for a prefill's rows. A bf16 weight takes the
+    bf16 few-row kernel for every row count."""
+    if w.dtype == np.uint16:
+        n = w.shape[0]
+        if few and parallel is not None and w.size >= SPLIT_MIN_WEIGHTS and _gemv is not None and _use_gemv:
+            mid = (n // 2 + 3) // 4 * 4
+            parallel(lambda: _bf16_product(x, w, b, out, 0, mid), lambda: _bf16_product(x, w, b, out, mid, n))
+        else:
+            _bf16_product(x, w, b, out)
+        return
     if few and _gemv is not None and _use_gemv:
         n = w.shape[0]
         if parallel is not None and w.size >= SPLIT_MIN_WEIGHTS:
@@ -321,19 +390,24 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass], parallel: Parallel | N
         if not passes[i].prefill:
             slots[i] = passes[i].cache.reserve()
     ids = np.concatenate(tokens)
-    x = dec.embedding[ids] + dec.positions[np.concatenate(positions)]
+    x = dec.embed(ids) + dec.positions[np.concatenate(positions)]
+    bf16 = dec.bf16
     results = [PassOutput(np.empty(0, np.float32)) for _ in passes]
     h_norm = np.empty_like(x)
     attn = np.empty_like(x)
     for i, layer in enumerate(dec.layers):
         qkv = _linear_rows(_layer_norm(x, h_norm), layer.qkv_w, layer.qkv_b, segments, parallel)
+        if bf16:  # Q, K and V enter the attention products as bf16 (the cache keeps the rounded values)
+            _round_(qkv)
         for p, (r0, r1), slot in zip(passes, spans, slots):
-            _self_attention(p, i, qkv[r0:r1], attn[r0:r1], slot)
+            _self_attention(p, i, qkv[r0:r1], attn[r0:r1], slot, bf16)
         ek.add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments, parallel), None)  # x += attn W_o + b_o
         q = _linear_rows(_layer_norm(x, h_norm), layer.q_w, layer.q_b, segments, parallel)
+        if bf16:
+            _round_(q)
         for p, (r0, r1), res, slot in zip(passes, spans, results, slots):
             want = [head for (lay, head) in sorted(p.cross_heads) if lay == i]
-            _cross_attention(p, i, q[r0:r1], attn[r0:r1], want, res, slot >= 0)
+            _cross_attention(p, i, q[r0:r1], attn[r0:r1], want, res, slot >= 0, bf16)
         ek.add_norm_(x, layer.cross_out_b, _linear_rows(attn, layer.cross_out_w, None, segments, parallel), None)
         hidden = _linear_rows(_layer_norm(x, h_norm), layer.fc1_w, None, segments, parallel)
         ek.bias_gelu_(hidden, layer.fc1_b, np.empty(3 * hidden.size, np.float32))

@@ -30,6 +30,11 @@ else as numpy passes with the same formulas. The linear layers (convolutions as 
 projection, fc1, fc2) go through :func:`linear_`: with :mod:`aiowhisper_npu.native._gemm` (AVX-512) the weights are
 packed once (:func:`pack_weights`) and bias, or bias + GELU, is applied as each output block is stored;
 otherwise ``numpy.matmul`` (BLAS). :func:`use_native` switches between the C forms and the numpy forms.
+
+``Workspace(precision="bf16")`` runs every product on bf16 operands with fp32 sums (docs/precision.md): the
+weights are rounded once (:func:`prepare_weights`) and packed as bf16 for :mod:`aiowhisper_npu.native._gemm_bf16`,
+each linear layer's input is rounded as it is packed (numpy form: a rounded copy), Q/K/V are rounded in the
+``qkv`` tensor, and P is rounded before ``P [V, 1]`` (the fused kernel's bf16 form, or the numpy path).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import Mapping
 import numpy as np
 
 from ..models.model import EncoderWeights, ModelDimensions
+from ..sim.bf16 import round_bf16
 
 try:
     from ..native import _fastmath
@@ -50,13 +56,18 @@ try:
 except ImportError:  # not built: the linear layers use numpy.matmul (BLAS)
     _gemm = None
 try:
+    from ..native import _gemm_bf16
+except ImportError:  # not built: precision="bf16" uses the numpy form (BLAS on bf16-rounded operands)
+    _gemm_bf16 = None
+try:
     from ..native import _attention as _attention_c
 except ImportError:  # not built: attention runs as BLAS GEMMs around the element-wise exp
     _attention_c = None
 
-__all__ = ["LN_EPS", "PACKED", "native_available", "packed_gemm_available", "fused_attention_available",
-           "use_native", "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_",
-           "add_norm_", "linear_", "stem", "qkv", "attn_mlp", "OPS"]
+__all__ = ["LN_EPS", "PACKED", "PACKED_BF16", "PRECISIONS", "native_available", "packed_gemm_available",
+           "fused_attention_available", "bf16_gemm_kernel", "use_bf16_kernel", "round_bf16_", "use_native",
+           "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_", "add_norm_",
+           "linear_", "stem", "qkv", "attn_mlp", "OPS"]
 
 LN_EPS = 1e-5
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
@@ -77,6 +88,9 @@ _ERF_BETA = tuple(np.float32(c) for c in (
 
 
 PACKED = ":packed"  # suffix of a weight's packed copy in the resident mapping (see pack_weights)
+PACKED_BF16 = ":packed_bf16"  # suffix of its packed bf16 copy (precision="bf16", see pack_weights)
+PRECISIONS = ("fp32", "bf16")
+BF16_KERNELS = {"auto": 0, "fma": 1, "avx512bf16": 2}  # _gemm_bf16.gemm's kernel argument
 _GEMM_WEIGHTS = ("conv1_w", "conv2_w", "qkv_w", "out_w", "fc1_w", "fc2_w")  # names, or suffixes after "{i}."
 
 
@@ -98,6 +112,41 @@ def fused_attention_available() -> bool:
 _native = native_available()
 _native_gemm = packed_gemm_available()
 _native_attention = fused_attention_available()
+_native_bf16 = _gemm_bf16 is not None and _gemm_bf16.available()
+_bf16_kernel = 0
+
+
+def bf16_gemm_kernel() -> str:
+    """The kernel that runs precision="bf16"'s linear layers here: ``"avx512bf16"`` (``vdpbf16ps``), ``"fma"``
+    (AVX-512F FMAs on bf16-rounded values, bit-identical) or ``"numpy"`` (BLAS on bf16-rounded operands)."""
+    if not _native_bf16:
+        return "numpy"
+    if _bf16_kernel == 1 or (_bf16_kernel == 0 and not _gemm_bf16.native_bf16()):
+        return "fma"
+    return "avx512bf16"
+
+
+def use_bf16_kernel(kernel: str) -> str:
+    """Force the bf16 GEMM kernel: ``"auto"`` (default: the best this CPU runs), ``"fma"`` or
+    ``"avx512bf16"`` (ValueError where the CPU lacks it). Process-wide, for tests and benchmarks; returns
+    the previous setting."""
+    global _bf16_kernel
+    if kernel not in BF16_KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(BF16_KERNELS)}, got {kernel!r}")
+    if kernel == "avx512bf16" and not (_gemm_bf16 is not None and _gemm_bf16.native_bf16()):
+        raise ValueError("this CPU (or build) has no AVX512_BF16 kernel")
+    previous = next(k for k, v in BF16_KERNELS.items() if v == _bf16_kernel)
+    _bf16_kernel = BF16_KERNELS[kernel]
+    return previous
+
+
+def round_bf16_(x: np.ndarray) -> np.ndarray:
+    """Round a 2-D float32 array (contiguous rows) to bf16 values in place, ties to even."""
+    if _native_bf16:
+        _gemm_bf16.round_(x)
+    else:
+        x[...] = round_bf16(x)
+    return x
 
 
 def use_native(enabled: bool) -> bool:
@@ -107,11 +156,12 @@ def use_native(enabled: bool) -> bool:
     Process-wide; returns the previous setting. The two agree to float32 rounding, not bit for bit, so
     switch only while no encoder kernels run (tests use it to check the numpy forms too).
     """
-    global _native, _native_gemm, _native_attention
+    global _native, _native_gemm, _native_attention, _native_bf16
     previous = _native or _native_gemm or _native_attention
     _native = bool(enabled) and native_available()
     _native_gemm = bool(enabled) and packed_gemm_available()
     _native_attention = bool(enabled) and fused_attention_available()
+    _native_bf16 = bool(enabled) and _gemm_bf16 is not None and _gemm_bf16.available()
     return previous
 
 
@@ -129,14 +179,17 @@ def _with_ones_columns(m: np.ndarray, d: int, heads: int, fill: float) -> np.nda
     return np.concatenate([m[..., : 2 * d], v1], axis=-1)
 
 
-def prepare_weights(w: EncoderWeights, dims: ModelDimensions) -> dict[str, np.ndarray]:
+def prepare_weights(w: EncoderWeights, dims: ModelDimensions, precision: str = "fp32") -> dict[str, np.ndarray]:
     """Lay the weights out for the kernels: ``(in, out)`` matrices, LN scales folded in, Q pre-scaled.
 
     The result is what a device keeps resident. Keys: ``conv1_w (3*n_mels, d)``, ``conv1_b``, ``conv2_w
     (3d, d)``, ``conv2_b``, ``pos (T, d)``, then per block ``{i}.qkv_w (d, qkv_columns)`` (zero columns where
     the tensor holds ones) and ``{i}.qkv_b`` (1 there), ``{i}.out_w``, ``{i}.out_b``, ``{i}.fc1_w``,
-    ``{i}.fc1_b``, ``{i}.fc2_w``, ``{i}.fc2_b``, and ``ln_post_w``, ``ln_post_b``.
+    ``{i}.fc1_b``, ``{i}.fc2_w``, ``{i}.fc2_b``, and ``ln_post_w``, ``ln_post_b``. With ``precision="bf16"``
+    the linear layers' weights are rounded to bf16 values (nearest even), once.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     d = dims.n_audio_state
     q_scale = np.float64(dims.head_dim) ** -0.5
     f64 = np.float64
@@ -162,23 +215,31 @@ def prepare_weights(w: EncoderWeights, dims: ModelDimensions) -> dict[str, np.nd
         r[f"{i}.out_w"], r[f"{i}.out_b"] = b.out_w.T, b.out_b
         r[f"{i}.fc1_w"], r[f"{i}.fc1_b"] = fc1_w, fc1_b
         r[f"{i}.fc2_w"], r[f"{i}.fc2_b"] = b.fc2_w.T, b.fc2_b
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in r.items()}
+    out = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in r.items()}
+    if precision == "bf16":
+        for k in out:
+            if k.rsplit(".", 1)[-1] in _GEMM_WEIGHTS:
+                out[k] = round_bf16(out[k])
+    return out
 
 
-def pack_weights(resident: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def pack_weights(resident: Mapping[str, np.ndarray], precision: str = "fp32") -> dict[str, np.ndarray]:
     """Packed copies of the linear layers' weights for :func:`linear_`, keyed ``name + PACKED``.
 
     Empty when the packed GEMM is not available. The canonical ``(in, out)`` matrices stay in the resident
-    mapping too: other devices (and the numpy forms) use those.
+    mapping too: other devices (and the numpy forms) use those. With ``precision="bf16"``: bf16 copies for
+    :mod:`aiowhisper_npu.native._gemm_bf16`, keyed ``name + PACKED_BF16`` (half the bytes).
     """
-    if not packed_gemm_available():
+    bf16 = precision == "bf16"
+    lib = _gemm_bf16 if bf16 else _gemm
+    if lib is None or not lib.available():
         return {}
     out = {}
     for name, w in resident.items():
         if name.rsplit(".", 1)[-1] in _GEMM_WEIGHTS:
-            packed = np.empty(_gemm.packed_shape(*w.shape), np.float32)
-            _gemm.pack(w, packed)
-            out[name + PACKED] = packed
+            packed = np.empty(lib.packed_shape(*w.shape), np.uint16 if bf16 else np.float32)
+            lib.pack(w, packed)
+            out[name + (PACKED_BF16 if bf16 else PACKED)] = packed
     return out
 
 
@@ -188,8 +249,12 @@ class Workspace:
 
     dims: ModelDimensions
     tile_rows: int
+    precision: str = "fp32"  # "bf16": products on bf16-rounded operands (docs/precision.md)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        self.bf16 = self.precision == "bf16"
         d, n, t, h = self.dims.n_audio_state, self.tile_rows, self.dims.n_audio_ctx, self.dims.n_audio_head
         rows = min(n, ATTN_ROWS)
         self.conv1 = np.empty((2 * n + 1, d), np.float32)
@@ -206,6 +271,8 @@ class Workspace:
         c_scratch = [0]  # for the C kernels: packed activation rows, attention's Q^T and P^T panels
         if packed_gemm_available():
             c_scratch.append(_gemm.SCRATCH_FLOATS)
+        if _gemm_bf16 is not None and _gemm_bf16.available():
+            c_scratch.append(_gemm_bf16.SCRATCH_FLOATS)
         if fused_attention_available():
             c_scratch.append(_attention_c.scratch_floats(t, self.dims.head_dim))
         self.c_scratch = np.empty(max(c_scratch), np.float32)
@@ -250,12 +317,19 @@ def linear_(res: Mapping[str, np.ndarray], name: str, x: np.ndarray, out: np.nda
             bias: np.ndarray | None = None, gelu: bool = False) -> np.ndarray:
     """``out = x @ res[name]`` (+ ``bias``, then GELU if ``gelu``): the packed GEMM with its fused epilogue
     when ``res`` holds the packed copy (:func:`pack_weights`), else ``numpy.matmul`` and the element-wise
-    kernels."""
-    packed = res.get(name + PACKED) if _native_gemm else None
-    if packed is not None:
+    kernels. With ``ws.bf16``, ``x`` enters the product rounded to bf16 (the weights are bf16 values already):
+    the packed bf16 GEMM, or BLAS on a rounded copy."""
+    if getattr(ws, "bf16", False):  # (a Workspace has it; light stand-ins in tests may not)
+        packed = res.get(name + PACKED_BF16) if _native_bf16 else None
+        if packed is not None:
+            _gemm_bf16.gemm(x, packed, out, bias, gelu, ws.c_scratch, _bf16_kernel)
+            return out
+        np.matmul(round_bf16(x), res[name], out=out)
+    elif (packed := res.get(name + PACKED) if _native_gemm else None) is not None:
         _gemm.gemm(x, packed, out, bias, gelu, ws.c_scratch)
         return out
-    np.matmul(x, res[name], out=out)
+    else:
+        np.matmul(x, res[name], out=out)
     if bias is not None and gelu:
         bias_gelu_(out, bias, ws.gelu)
     elif bias is not None:
@@ -325,6 +399,8 @@ def qkv(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray,
     ln = ws.ln[:n]
     add_norm_(x, None, None, ln)
     linear_(res, f"{layer}.qkv_w", ln, qkv_out[r0 : r0 + n], ws, res[f"{layer}.qkv_b"])
+    if ws.bf16:  # Q, K and V enter the attention products as bf16 (the ones columns stay exact)
+        round_bf16_(qkv_out[r0 : r0 + n])
 
 
 def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace, out: np.ndarray,
@@ -338,6 +414,8 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
         if shift:
             s -= np.max(s, axis=1, keepdims=True, out=ws.rowvec[:rows])
         np.exp(s, out=s)
+    if ws.bf16:  # P enters the P [V, 1] product as bf16: the denominators sum the rounded values
+        round_bf16_(s)
     o1 = np.matmul(s, v1, out=ws.av[:rows])  # last column: the softmax denominator
     np.divide(o1[:, :hd], o1[:, hd:], out=out)
     return shift or bool(np.isfinite(o1).all())
@@ -350,7 +428,8 @@ def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, m
     todo: list[int] = list(range(heads))
     if _native_attention:  # every head it can run without the max shift; the rest come back
         todo = _attention_c.heads(qkv_in[r0 : r0 + n, :d], qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], merged,
-                                  heads, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch)
+                                  heads, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch, ws.bf16,
+                                  _bf16_kernel)
         if not todo:
             return
     k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)

@@ -90,11 +90,12 @@ class EncoderPlan:
 class EncoderProgram:
     """The encoder's kernels and resident weights, as a device runs them (see ``tiles.KernelProgram``)."""
 
-    def __init__(self, model: WhisperModel, tile_rows: int = DEFAULT_TILE_ROWS):
+    def __init__(self, model: WhisperModel, tile_rows: int = DEFAULT_TILE_ROWS, precision: str = "fp32"):
         self.dims = model.dims
         self.tile_rows = tile_rows
-        resident = kernels.prepare_weights(model.weights, model.dims)
-        resident.update(kernels.pack_weights(resident))  # the CPU's packed GEMM copies; other devices skip them
+        self.precision = precision  # the CPU kernels' numerics; an NPU's come from its xclbin
+        resident = kernels.prepare_weights(model.weights, model.dims, precision)
+        resident.update(kernels.pack_weights(resident, precision))  # the CPU's packed copies; others skip them
         self._resident = resident
 
     @property
@@ -102,7 +103,7 @@ class EncoderProgram:
         return self._resident
 
     def make_workspace(self) -> kernels.Workspace:
-        return kernels.Workspace(self.dims, self.tile_rows)
+        return kernels.Workspace(self.dims, self.tile_rows, self.precision)
 
     def run(self, op: str, resident: Mapping[str, np.ndarray], workspace: Any, params: Mapping[str, Any],
             inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],

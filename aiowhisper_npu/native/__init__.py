@@ -1,2 +1,3 @@
 """Optional C kernels built by ``pip install`` (setup.py): fused element-wise passes (``_fastmath``), the
-packed-weight GEMM (``_gemm``) and fused attention (``_attention``). Python code imports them guardedly."""
+packed-weight GEMM (``_gemm``; ``_gemm_bf16`` for precision="bf16") and fused attention (``_attention``), the
+decoder's few-row products (``_gemv``). Python code imports them guardedly."""

@@ -18,19 +18,25 @@
  *
  *   available()                  True when compiled in and the CPU has AVX-512 (as _gemm.available()).
  *   scratch_floats(t, hd)        float32 scratch elements heads() needs for t positions and head size hd.
- *   heads(q, k, v, out, n_heads, v_width, bound, scratch) -> list[int]
+ *   heads(q, k, v, out, n_heads, v_width, bound, scratch, round_p=False, kernel=0) -> list[int]
  *                                out[:, h] = softmax(q_h k_h^T) v_h for every head h that can run unshifted;
  *                                returns the heads it left to the caller. q, out: (n, n_heads * hd);
  *                                k: (t, n_heads * hd); v: (t, n_heads * v_width), head h's values in its
  *                                first hd columns (the encoder's Q/K/V tensor has a ones column after
  *                                each head's values); float32, unit inner stride, any row stride; hd a
- *                                multiple of 8.
+ *                                multiple of 8. With round_p (precision="bf16", docs/precision.md) the
+ *                                exponentiated scores are rounded to bf16 (nearest even) before they
+ *                                enter the P V product and the denominators (sums of the rounded values),
+ *                                and both products run on bf16 pairs (_attention_bf16.h; kernel 0 = the
+ *                                best here, 1 = FMA, 2 = vdpbf16ps: the same bits); q, k, v must hold bf16
+ *                                values already.
  *
  * Summation order is fixed by the shapes (positions in order, head dims in order), never by threads or
  * tile position: a query row gives the same bits in any tile. The GIL is released while it runs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "_buffers.h"
@@ -39,7 +45,7 @@
 #define QW 48 /* queries per panel: three vectors */
 #define PR 8  /* rows per register block: positions (step 1) or value dims (step 2); 8 x 3 accumulators */
 
-static Py_ssize_t scratch_size(Py_ssize_t t, Py_ssize_t hd) {
+static Py_ssize_t fp32_scratch_size(Py_ssize_t t, Py_ssize_t hd) {
     return hd * QW + t * QW + PR * hd + PR * QW + QW; /* Q^T panel, P^T, padded K rows, transpose tile, 1/sums */
 }
 
@@ -58,6 +64,21 @@ AVX512 static float max_norm2(const float *x, Py_ssize_t ld, Py_ssize_t rows, Py
         best = s > best || s != s ? s : best; /* NaN wins: the bound check then fails */
     }
     return best;
+}
+
+/* x rounded to the nearest bf16 value, ties to even (finite x: exp's results are finite or +inf). */
+AVX512 SIMD_INLINE __m512 round16_bf16(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+
+#include "_attention_bf16.h"
+
+static Py_ssize_t scratch_size(Py_ssize_t t, Py_ssize_t hd) {
+    Py_ssize_t a = fp32_scratch_size(t, hd), b = bf16_scratch_size(t, hd);
+    return a > b ? a : b;
 }
 
 /* One panel of w <= QW queries; see the header comment. Returns 0 if an output is not finite. */
@@ -125,7 +146,12 @@ static PyObject *heads(PyObject *self, PyObject *args) {
     PyObject *qo, *ko, *vo, *oo, *so;
     Py_ssize_t nh, vw;
     float bound;
-    if (!PyArg_ParseTuple(args, "OOOOnnfO:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so)) return NULL;
+    int round_p = 0, kernel = 0;
+    if (!PyArg_ParseTuple(args, "OOOOnnfO|pi:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so, &round_p, &kernel))
+        return NULL;
+    if (kernel < 0 || kernel > 2 || (kernel == 2 && !bf16_cpu()))
+        return PyErr_Format(PyExc_ValueError, "kernel must be 0 (auto), 1 (fma) or 2 (avx512bf16, where the CPU "
+                            "has it), got %d", kernel);
     if (!simd_available()) {
         PyErr_SetString(PyExc_RuntimeError, "the fused attention needs an x86-64 CPU with AVX-512 (see available())");
         return NULL;
@@ -157,6 +183,12 @@ static PyObject *heads(PyObject *self, PyObject *args) {
         const float *vh = (const float *)v.buf + h * vw;
         float *oh = (float *)out.buf + h * hd;
         done[h] = n == 0 || max_norm2(qh, lq, n, hd) * max_norm2(kh, lk, t, hd) <= bound * bound;
+        if (round_p) {
+            if (done[h])
+                done[h] = head_bf16(qh, lq, n, kh, lk, vh, lv, t, hd, oh, lo, (float *)s.buf,
+                                    kernel == 2 || (kernel == 0 && bf16_cpu()));
+            continue;
+        }
         for (Py_ssize_t r = 0; done[h] && r < n; r += QW) {
             Py_ssize_t w = n - r < QW ? n - r : QW;
             done[h] = panel(qh + r * lq, lq, w, kh, lk, vh, lv, t, hd, oh + r * lo, lo, (float *)s.buf);

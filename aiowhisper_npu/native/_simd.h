@@ -84,6 +84,13 @@ AVX512 SIMD_INLINE __m512 exp16_in_range(__m512 x) {
 #define HAVE_SIMD 0
 #endif
 
+/* The compiler knows the AVX512_BF16 intrinsics (GCC 10, clang 9); else only the FMA forms are built. */
+#if !defined(NO_BF16_ISA) && ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10))
+#define HAVE_BF16_ISA 1
+#else
+#define HAVE_BF16_ISA 0
+#endif
+
 static inline int simd_available(void) {
 #if HAVE_SIMD
     __builtin_cpu_init();

@@ -25,6 +25,7 @@ from ..audio.io import SAMPLE_RATE, load_audio, validate_audio
 from ..audio.mel import log_mel_windows
 from ..devices import make_device
 from ..devices.base import Device
+from ..encoder.kernels import PRECISIONS
 from ..encoder.plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram, WindowJob
 from ..models.loading import load_model
 from ..models.model import ModelDimensions, WhisperModel
@@ -80,6 +81,10 @@ class Runtime:
         reuse_buffers: keep one buffer set per slot (False: fresh buffers per tile, the naive baseline).
         dma_batch: move up to this many prepared tiles to the device in one transfer.
         device: a ready-made :class:`Device` instead of ``backend``.
+        precision: ``"fp32"`` (default, the reference) or ``"bf16"``: every matrix product on bf16 operands
+            with fp32 accumulation, the simulated NPU's numerics (docs/precision.md). It applies to the CPU
+            encoder and to the decoder on every backend; on an NPU backend the encoder's precision is the
+            one its kernels (xclbin) declare.
         **backend_options: passed to the backend's device (e.g. ``manifest=`` for xrt/sim).
     """
 
@@ -87,7 +92,9 @@ class Runtime:
                  pipeline_depth: int = 4, lanes: int | None = None, tile_rows: int | None = None,
                  zero_copy: bool = False, max_active_jobs: int = 8, reuse_buffers: bool = True,
                  dma_batch: int = 1,
-                 device: Device | None = None, **backend_options: Any):
+                 device: Device | None = None, precision: str = "fp32", **backend_options: Any):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if pipeline_depth < 1:
             raise ValueError(f"pipeline_depth must be >= 1, got {pipeline_depth}")
         on_cpu = (device.name if device is not None else backend) == "cpu"
@@ -108,6 +115,7 @@ class Runtime:
         self.max_active_jobs = max_active_jobs
         self.reuse_buffers = reuse_buffers
         self.dma_batch = dma_batch
+        self.precision = precision
         self._device_arg = device
         self._backend_options = backend_options
         self._host: ServiceHost | None = None  # owns everything below while open (see the module docstring)
@@ -150,7 +158,7 @@ class Runtime:
         self.model = model
         device = self._device_arg or make_device(self.backend, lanes=self.lanes, **self._backend_options)
         stack.callback(device.close)
-        program = EncoderProgram(model, self.tile_rows)
+        program = EncoderProgram(model, self.tile_rows, self.precision if device.name == "cpu" else "fp32")
         await anyio.to_thread.run_sync(device.load, program)
         self.device = device
         plan = self._plan(None)
@@ -164,7 +172,7 @@ class Runtime:
         await tg.start(pipeline.serve)
         self._pool = pool
         self._pipeline = pipeline
-        service = TranscriptionService(model, self._encode_window)
+        service = TranscriptionService(model, self._encode_window, precision=self.precision)
         stack.push_async_callback(service.aclose)  # stopped before the pipeline: no decoding is left waiting
         self._transcription = service
 

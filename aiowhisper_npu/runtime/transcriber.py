@@ -47,11 +47,13 @@ class TranscriptionService:
         encode_window: the runtime's encoder for one ``(n_mels, 3000)`` window.
         max_tasks, max_rows: the engine's admission bounds.
         threads: the engine's threads (2 splits the large products of a step over two cores).
+        precision: the decoder's numerics, ``"fp32"`` or ``"bf16"`` (docs/precision.md).
     """
 
     def __init__(self, model: WhisperModel, encode_window: EncodeWindow, *, max_tasks: int = 32,
-                 max_rows: int = 96, threads: int = 2):
+                 max_rows: int = 96, threads: int = 2, precision: str = "fp32"):
         self._model = model
+        self._precision = precision
         self._encode_window = encode_window
         self._engine_options = dict(max_tasks=max_tasks, max_rows=max_rows, threads=threads)
         self._recognizer: Recognizer | None = None
@@ -78,7 +80,7 @@ class TranscriptionService:
         if m.decoder is None:
             raise ModelError(f"{m.name!r} has no decoder weights, so it cannot transcribe (only encode)")
         tokenizer = Tokenizer.for_model(m.path, m.dims.n_vocab)
-        decoder = prepare_decoder(m.decoder, m.dims)
+        decoder = prepare_decoder(m.decoder, m.dims, self._precision)
         engine = DecoderEngine(decoder, **self._engine_options)
         engine.start()
         self._engine = engine

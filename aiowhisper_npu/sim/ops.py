@@ -6,8 +6,10 @@ weights widened exactly, float32 data rounded to bf16 when the argument is read 
 packed argument through :meth:`KernelCall.unpack` (at the offsets of :mod:`aiowhisper_npu.sim.layout`, from
 the shapes the kernel knows), and writes through :meth:`KernelCall.write` (device memory itself). The
 encoder kernels call the project's own numpy kernels (:mod:`aiowhisper_npu.encoder.kernels`) on that data, so
-the only numerical difference from the CPU backend is the declared precision: bf16 operands, fp32
-accumulation.
+the only numerical difference from the CPU backend is the declared precision. A kernel of precision
+``bf16`` runs them with ``precision="bf16"`` (docs/precision.md): every product on bf16 operands (the
+weights are bf16 in device memory; activations are rounded where they enter a product), fp32 accumulation,
+exactly what ``Runtime(precision="bf16")`` computes on the CPU, up to summation order.
 
 Built-ins (the ``impl`` of an xclbin kernel): ``encoder.stem``, ``encoder.qkv``, ``encoder.attn_mlp``,
 ``copy`` (first read data argument -> first write argument) and ``none`` (timing only). Anything else is
@@ -122,10 +124,10 @@ def _dims(call: KernelCall, positions: int) -> Any:
 def _workspace(call: KernelCall, dims: Any, n: int) -> Any:
     from ..encoder.kernels import Workspace
 
-    key = ("ws", dims, n)
+    key = ("ws", dims, n, call.kernel.precision)
     ws = call.scratch.get(key)
-    if ws is None:
-        ws = call.scratch[key] = Workspace(dims, n)
+    if ws is None:  # a bf16 kernel computes with the bf16 numerics of docs/precision.md, product by product
+        ws = call.scratch[key] = Workspace(dims, n, call.kernel.precision)
     return ws
 
 
@@ -133,7 +135,27 @@ def _weights(call: KernelCall, arg: str, layer: int | None, shapes: Mapping[str,
              ) -> dict[str, np.ndarray]:
     """The parts of packed argument ``arg``, keyed by resident weight name (``{layer}.`` + part for a layer)."""
     prefix = "" if layer is None else f"{layer}."
-    return {prefix + k: v for k, v in call.unpack(arg, shapes).items()}
+    out = {prefix + k: v for k, v in call.unpack(arg, shapes).items()}
+    if call.kernel.precision == "bf16":
+        out.update(_packed_bf16(call, out))
+    return out
+
+
+def _packed_bf16(call: KernelCall, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CPU's packed bf16 copies of the linear layers' weights (the same kernels, so the same bits as
+    ``Runtime(precision="bf16")``), packed once per converted weight (the read cache keeps it one object)."""
+    from ..encoder import kernels
+
+    out = {}
+    for name, w in weights.items():
+        key = ("packed_bf16", name)
+        hit = call.scratch.get(key)
+        if hit is None or hit[0] is not w:
+            packed = kernels.pack_weights({name: w}, "bf16")  # empty for other parts, or without the C GEMM
+            hit = call.scratch[key] = (w, packed.get(name + kernels.PACKED_BF16))
+        if hit[1] is not None:
+            out[name + kernels.PACKED_BF16] = hit[1]
+    return out
 
 
 def _packed_bytes(call: KernelCall, arg: str, shapes: Mapping[str, tuple[int, ...]], parts: tuple[str, ...]
