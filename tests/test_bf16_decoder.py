@@ -11,7 +11,7 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.decoder import kernels as dk
 from aiowhisper_npu.decoder.cache import KVCache
-from aiowhisper_npu.sim.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
+from aiowhisper_npu.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
 
 from conftest import CLIPS
 from test_decoder_forward import Reference

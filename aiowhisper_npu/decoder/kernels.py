@@ -30,7 +30,7 @@ import numpy as np
 
 from ..encoder import kernels as ek
 from ..models.model import DecoderWeights, ModelDimensions
-from ..sim.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
+from ..bf16 import from_bf16_bits, round_bf16, to_bf16_bits
 from .cache import CrossCache, KVCache
 
 try:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DeviceError
 from ..pipeline.tiles import KernelProgram
-from ..sim.bf16 import to_bf16_bits
+from ..bf16 import to_bf16_bits
 from .base import BufferView
 
 __all__ = ["SYNC_SLICE", "MappedBO", "XrtBuffer", "chunks", "live", "typed", "weight_data"]

@@ -45,7 +45,7 @@ from typing import Mapping
 import numpy as np
 
 from ..models.model import EncoderWeights, ModelDimensions
-from ..sim.bf16 import round_bf16
+from ..bf16 import round_bf16
 
 try:
     from ..native import _fastmath

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from .bf16 import from_bf16_bits, round_bf16
+from ..bf16 import from_bf16_bits, round_bf16
 from .layout import pack_offsets
 from .xclbin import DTYPES, ArgDesc, KernelDesc
 

@@ -1,5 +1,7 @@
 """bfloat16 as numpy sees it: uint16 bit patterns, with IEEE round-to-nearest-even from float32.
 
+Shared by the CPU kernels (``precision="bf16"``), the decoder, the XRT backend and the simulated NPU.
+
 numpy has no bfloat16 dtype, so bf16 data lives in ``uint16`` arrays holding the upper half of a float32.
 Rounding is round-to-nearest, ties-to-even (what AIE-ML's ``float -> bfloat16`` conversion does); NaNs stay
 (quiet) NaNs and never round into infinities.
