@@ -46,8 +46,8 @@ def drafts(tokens: list[int]) -> dict[str, tuple[list[int], int]]:
             "empty": ([], 0)}
 
 
-@pytest.mark.parametrize("name", ["jfk.wav", "long_40s.wav"])
-@pytest.mark.parametrize("kind", ["ts", "prev_ts", "nots"])
+@pytest.mark.parametrize(("name", "kind"), [("jfk.wav", "ts"), ("jfk.wav", "prev_ts"), ("jfk.wav", "nots"),
+                                           ("long_40s.wav", "prev_ts")])
 def test_draft_verify_gives_plain_greedy(peer: Peer, name: str, kind: str) -> None:
     prompt, cross = peer.prompt(kind), peer.cross(name)
     plain = Generation(peer.dec, cross, peer.tok, prompt, GREEDY)

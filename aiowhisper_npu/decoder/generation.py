@@ -119,6 +119,8 @@ class Generation:
         tokenizer: the model's tokenizer (for the special tokens).
         prompt: token ids holding ``<|startoftranscript|>``.
         options: the decoding options.
+        draft: a guess of the tokens after the prompt (its forced prefix excluded), verified in the first pass
+            when the decoding is greedy (see the module docstring); ignored otherwise.
 
     The generation owns a :class:`~.cache.KVCache`; :meth:`close` releases it (idempotent, also after an
     error). Not thread-safe: one driver at a time.
