@@ -10,7 +10,9 @@ chunk ``k`` is handed over at ``start + (k + 1) * chunk``.
 Reported, per number of concurrent streams N (started ``chunk / N`` apart): p50/p95/max word commit latency
 over all streams' words, the words matched, the final committed text's WER against offline ``transcribe()``
 (faster-whisper's default options: beam 5 with temperature fallback) and against offline greedy decoding,
-and the largest N whose p95 is within ``--goal-p95``. Goals (issue 12, tiny.en, 2 cores, 0.5 s chunks):
+and the largest N whose p95 is within ``--goal-p95``. ``--compare NAME=VALUE`` runs a second set of options
+for every N right after the first, in the same process (e.g. the previous defaults, ``draft=0``,
+``min_context_s=0``), so both are measured under the same load. Goals (issue 12, tiny.en, 2 cores, 0.5 s chunks):
 1 stream p50 <= 1.5 s and p95 <= 3.0 s; >= 4 streams with p95 <= 3.3 s; WER <= 0.10.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/caption_latency.py --max-streams 4 \\
@@ -74,6 +76,7 @@ async def one_stream(rt: aw.Runtime, audio: np.ndarray, t0: float, chunk_s: floa
 
     commits: list[tuple[str, float]] = []  # (normalised word, seconds after t0 it was committed)
     compute: list[float] = []
+    tokens = accepted = 0
     buffers: list[float] = []
     skipped = 0
     committed = ""
@@ -84,9 +87,11 @@ async def one_stream(rt: aw.Runtime, audio: np.ndarray, t0: float, chunk_s: floa
             compute.append(u.compute_s)
             buffers.append(u.buffer_s)
             skipped += u.skipped
+            tokens += u.tokens
+            accepted += u.draft_accepted
             committed = u.committed
     return {"commits": commits, "text": committed, "compute_p50_s": pct(compute, 50), "updates": len(compute),
-            "max_buffer_s": max(buffers, default=0.0), "skipped": skipped}
+            "max_buffer_s": max(buffers, default=0.0), "skipped": skipped, "tokens": tokens, "accepted": accepted}
 
 
 def commit_latencies(commits: list[tuple[str, float]], ref_words: list[tuple[str, float]]) -> list[float]:
@@ -122,7 +127,8 @@ async def run_n(rt: aw.Runtime, audio: np.ndarray, ref: dict[str, Any], n: int, 
         "update_compute_p50_s": float(np.median([r["compute_p50_s"] for r in results])),
         "max_buffer_s": max(r["max_buffer_s"] for r in results),
         "updates": sum(r["updates"] for r in results), "skipped": sum(r["skipped"] for r in results),
-        "text": results[0]["text"],
+        "draft_accepted": sum(r["accepted"] for r in results) / max(1, sum(r["tokens"] for r in results)),
+        "text": results[0]["text"], "options": options,
     }
 
 
@@ -135,12 +141,12 @@ async def reference(rt: aw.Runtime, audio: np.ndarray, audio_name: str) -> dict[
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = [("streams", "N", "{}"), ("p50_s", "p50 s", "{:.2f}"), ("p95_s", "p95 s", "{:.2f}"),
+    cols = [("variant", "variant", "{}"), ("streams", "N", "{}"), ("p50_s", "p50 s", "{:.2f}"), ("p95_s", "p95 s", "{:.2f}"),
             ("max_s", "max s", "{:.2f}"), ("words_matched", "words", "{}"),
             ("wer_vs_transcribe", "WER vs transcribe()", "{:.3f}"), ("wer_vs_greedy", "WER vs greedy", "{:.3f}"),
             ("wer_vs_truth", "WER vs spoken text", "{:.3f}"),
             ("update_compute_p50_s", "update compute p50 s", "{:.2f}"), ("max_buffer_s", "max buffer s", "{:.1f}"),
-            ("skipped", "coalesced", "{}")]
+            ("skipped", "coalesced", "{}"), ("draft_accepted", "tokens from drafts", "{:.0%}"), ("load", "load (1 min)", "{:.1f}")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in cols) + " |")
@@ -158,6 +164,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--update-every-s", type=float, default=None, help="default: the chunk length")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="another transcribe_stream option (a number), e.g. trim_s=3")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=VALUE",
+                   help="also run every N with these options instead (interleaved, same process), e.g. the "
+                        "previous defaults: --compare draft=0 --compare min_context_s=0")
     p.add_argument("--goal-p95", type=float, default=3.3)
     p.add_argument("--json")
     p.add_argument("--md")
@@ -172,18 +181,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         options[name] = int(value) if value.isdigit() else float(value)
     if args.update_every_s is not None:
         options["update_every_s"] = args.update_every_s
+    variants = {"default" if not args.option else "options": options}
+    if args.compare:
+        other = dict(options)
+        for item in args.compare:
+            name, value = item.split("=", 1)
+            other[name] = int(value) if value.isdigit() else float(value)
+        variants["compared"] = other
     async with aw.Runtime(args.model) as rt:
         ref = await reference(rt, audio, Path(args.audio).name)
         await one_stream(rt, audio[: 3 * SAMPLE_RATE], anyio.current_time(), 10.0, options)  # warm-up
         rows = []
         for n in args.streams or range(1, args.max_streams + 1):
-            row = await run_n(rt, audio, ref, n, args.chunk_s, options)
-            print(f"N={n}: p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, WER {row['wer_vs_transcribe']:.3f}",
-                  flush=True)
-            rows.append(row)
-    ok = [r["streams"] for r in rows if r["p95_s"] <= args.goal_p95]
+            for name, opts in variants.items():
+                row = {"variant": name, **await run_n(rt, audio, ref, n, args.chunk_s, opts),
+                       "load": os.getloadavg()[0]}
+                print(f"{name} N={n}: p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, "
+                      f"WER {row['wer_vs_transcribe']:.3f}, load {row['load']:.1f}", flush=True)
+                rows.append(row)
+    ok = [r["streams"] for r in rows if r["p95_s"] <= args.goal_p95 and r["variant"] != "compared"]
     return {"model": args.model, "audio": Path(args.audio).name, "audio_s": audio.size / SAMPLE_RATE,
-            "chunk_s": args.chunk_s, "options": options, "rows": rows, "offline": ref["text"],
+            "chunk_s": args.chunk_s, "options": options, "variants": variants, "rows": rows, "offline": ref["text"],
             "offline_wer_vs_truth": wer(ref["text"], ref["truth"]) if ref["truth"] else None,
             "largest_n_within_goal": max(ok, default=0), "goal_p95_s": args.goal_p95,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load": os.getloadavg()},
@@ -194,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     res = anyio.run(run, args)
     md = (f"# Live captions, {res['model']}, {res['audio']} ({res['audio_s']:.1f} s), {res['chunk_s']} s chunks, "
-          f"options {res['options']}\n\n{table(res['rows'])}\n\nLargest N with p95 <= {res['goal_p95_s']} s: "
+          f"variants {res['variants']}\n\n{table(res['rows'])}\n\nLargest N with p95 <= {res['goal_p95_s']} s: "
           f"{res['largest_n_within_goal']}. Offline transcribe() WER vs the spoken text: "
           f"{res['offline_wer_vs_truth']}. Load average at the end: {res['machine']['load']}.\n")
     print(md)

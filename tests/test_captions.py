@@ -17,7 +17,10 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE, load_audio
+from aiowhisper_npu.audio.mel_stream import IncrementalLogMel
 from aiowhisper_npu.streaming.agreement import LocalAgreement, TimedWord, normalize_word
+from aiowhisper_npu.streaming.hypothesis import DecodeSettings, decode_buffer
+from aiowhisper_npu.transcription.fallback import resolve_suppress_tokens
 
 from conftest import DATA, LOOPS
 from loop_helpers import live_tasks, settle
@@ -254,6 +257,45 @@ async def test_a_long_stream_keeps_work_and_memory_per_update_bounded(tiny: aw.W
         assert rt.buffer_pool.stats().in_use == 0
         offline = (await rt.transcribe(audio)).text
         assert wer(updates[-1].committed, offline) <= 0.15, (updates[-1].committed, offline)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@pytest.mark.timeout(300)
+async def test_drafts_give_the_words_of_decoding_from_scratch(tiny: aw.WhisperModel) -> None:
+    """A growing caption buffer (0.5 s steps, as the updates see it), each decoded with the previous
+    hypothesis as its draft and from scratch: the same tokens and timed words, and most tokens confirmed
+    from the draft. Then the streams: drafts are used by default, never with ``draft=False``."""
+    jfk, long = load_audio(DATA / "jfk.wav"), load_audio(DATA / "long_40s.wav")
+    async with aw.Runtime(tiny) as rt:
+        decoder = await rt._service("test").recognizer()
+        tok = decoder.tokenizer
+        settings = DecodeSettings(suppress_tokens=tuple(resolve_suppress_tokens(tok, (-1,))))
+        for audio, prompt_text in ((jfk, ""), (long[10 * SAMPLE_RATE : 22 * SAMPLE_RATE], "The museum has more "
+                                                "than three hundred paintings from the last century.")):
+            previous: tuple[int, ...] = ()
+            confirmed = total = 0
+            for end in range(8000, audio.size + 8000, 8000):
+                n = min(end, audio.size)
+                lm = IncrementalLogMel(tiny.dims.n_mels)
+                lm.push(audio[:n])
+                hidden, _ = await rt.encode_mels(lm.snapshot()[None], 512)
+                plain = await decode_buffer(decoder, tok, hidden[0], n, 1.0, prompt_text, settings)
+                drafted = await decode_buffer(decoder, tok, hidden[0], n, 1.0, prompt_text, settings, previous)
+                assert drafted.ids == plain.ids and drafted.words == plain.words, n
+                assert plain.draft_accepted == 0 and drafted.tokens == len(drafted.ids)
+                confirmed += drafted.draft_accepted
+                total += drafted.tokens
+                previous = plain.ids
+            assert confirmed >= 0.5 * total, (confirmed, total)
+        for draft in (True, False):
+            updates = await collect(rt, chunked(jfk, [8000]), draft=draft)
+            check_updates(updates)
+            assert (sum(u.draft_accepted for u in updates) > 0) == draft
+        # the smallest bucketed context is min_context_s (10 s: 512 positions) unless asked otherwise
+        assert {u.n_ctx for u in await collect(rt, chunked(jfk[: 2 * SAMPLE_RATE], [8000]))} == {512}
+        short = await collect(rt, chunked(jfk[: 2 * SAMPLE_RATE], [8000]), min_context_s=0)
+        assert short[0].n_ctx == 256
 
 
 # ---------------------------------------------------------------------------------------------- surfaces

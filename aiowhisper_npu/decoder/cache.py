@@ -85,6 +85,17 @@ class KVCache:
         self.prefix_k_t[layer] = k.transpose(0, 2, 1)
         self.prefix_v[layer] = v
 
+    def truncate_prompt(self, length: int) -> None:
+        """Keep the first ``length`` prompt positions (a prefill that ran further than what is kept: the
+        rejected tail of a draft). Causal attention makes the kept positions independent of the dropped ones."""
+        if self.generated or self.rows != 1:
+            raise RuntimeError("only a prefilled, single-row group can drop prompt positions")
+        if not 0 <= length <= self.prompt_length:
+            raise ValueError(f"cannot keep {length} of {self.prompt_length} prompt positions")
+        if length < self.prompt_length:
+            self.prefix_k_t = np.ascontiguousarray(self.prefix_k_t[..., :length])
+            self.prefix_v = np.ascontiguousarray(self.prefix_v[:, :, :length])
+
     def reserve(self) -> int:
         """Make room for one more generated position in every row; returns its index in the suffix."""
         if self.released:

@@ -21,6 +21,18 @@ the length, not in the score).
   (where CTranslate2 would read past its position table).
 * Each step: the logit rules of :mod:`.logit_filters` in CTranslate2's order, then the search strategy of
   :mod:`.search` (greedy, random sampling, or beam search) over the log-softmax.
+
+**Draft and verify** (greedy only: ``beam_size == 1``, ``sampling_topk == 1``, one hypothesis). A *draft* is
+a guess of the tokens greedy decoding will produce (live captions pass the previous hypothesis of a grown
+buffer). The first pass then prefills the prompt *and* the draft, asking for the logits at every draft
+position; the steps are replayed from those logits (the same filters and search, in order) for as long as
+the token picked equals the draft's, so every accepted draft token costs no pass of its own; the cache is
+cut back to the accepted tokens and decoding goes on one step at a time from the first token that differs
+(which the replay already picked). The tokens are those of plain greedy decoding as long as the prefill's
+logits pick the same tokens as the steps' would: both compute the same function, but through different
+products (BLAS for a prefill's rows, the few-row kernel for a step's), so they differ by float rounding
+(relative ~1e-6), and a near-tie between the two best tokens could go the other way (tested: identical
+tokens on the committed clips' caption buffers).
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from .cache import CrossCache, KVCache
 from .kernels import Pass, PassOutput, PreparedDecoder, forward
 from .logit_filters import LogitFilter, build_filters
 from .options import GenerationOptions, GenerationResult
-from .search import BeamSearch, BestSampler, GreedySearch, RandomSampler, SearchStrategy
+from .search import Advance, BeamSearch, BestSampler, GreedySearch, RandomSampler, SearchStrategy
 from .tokenizer import Tokenizer
 
 __all__ = ["PromptLayout", "parse_prompt", "Generation", "LanguageDetection", "generate", "detect_language",
@@ -107,13 +119,15 @@ class Generation:
         tokenizer: the model's tokenizer (for the special tokens).
         prompt: token ids holding ``<|startoftranscript|>``.
         options: the decoding options.
+        draft: a guess of the tokens after the prompt (its forced prefix excluded), verified in the first pass
+            when the decoding is greedy (see the module docstring); ignored otherwise.
 
     The generation owns a :class:`~.cache.KVCache`; :meth:`close` releases it (idempotent, also after an
     error). Not thread-safe: one driver at a time.
     """
 
     def __init__(self, prepared: PreparedDecoder, cross: CrossCache, tokenizer: Tokenizer, prompt: Sequence[int],
-                 options: GenerationOptions):
+                 options: GenerationOptions, draft: Sequence[int] = ()):
         dims = prepared.dims
         if tokenizer.n_vocab != dims.n_vocab:
             raise ModelError(f"the tokenizer has {tokenizer.n_vocab} tokens, the decoder {dims.n_vocab}")
@@ -148,9 +162,18 @@ class Generation:
                                         options.length_penalty)
         self._cache: KVCache | None = KVCache(cross, dims.n_text_layer, dims.n_text_head, dims.text_head_dim,
                                               dims.n_text_ctx)
+        greedy = options.beam_size == 1 and options.sampling_topk == 1 and options.num_hypotheses == 1
+        # a draft longer than the steps left is cut: its last token's logits would predict a step never taken
+        room = min(max_steps - 1, dims.n_text_ctx - layout.tokens.size)
+        self._draft = np.asarray(list(draft)[: max(0, room)] if greedy else [], np.int64)
+        if self._draft.size and (self._draft.min() < 0 or self._draft.max() >= dims.n_vocab):
+            raise ValueError(f"draft token ids must be in 0..{dims.n_vocab - 1}")
+        self.draft_accepted = 0  # draft tokens taken as they were (each saved a pass)
         last = layout.tokens.size - 1
+        verify = tuple(range(last + 1, last + 1 + self._draft.size))
         at = (layout.sot_index, last) if options.return_no_speech_prob and layout.sot_index != last else (last,)
-        self._pass: Pass | None = Pass(self._cache, layout.tokens[None, :], logits_at=at)
+        tokens = np.concatenate([layout.tokens, self._draft])
+        self._pass: Pass | None = Pass(self._cache, tokens[None, :], logits_at=at + verify)
         self._prefilled = False
         self._no_speech_prob = 0.0
         self._result: GenerationResult | None = None
@@ -185,21 +208,20 @@ class Generation:
         if output.logits.shape[:2] != (rows, len(p.logits_at)):
             raise ValueError(f"expected logits for {rows} rows x {len(p.logits_at)} positions, "
                              f"got {output.logits.shape}")
+        cache = self._cache
         if not self._prefilled:
             self._prefilled = True
             if self.options.return_no_speech_prob:
                 sot = output.logits[0, 0].astype(np.float64)
                 probs = np.exp(sot - sot.max())
                 self._no_speech_prob = float(probs[self._no_speech] / probs.sum())
-        logits = np.array(output.logits[:, -1, :], dtype=np.float32)  # a writable copy
-        tokens = self._search.tokens
-        for f in self._filters:
-            f.apply(logits, tokens)
-        step = self._search.advance(logits)
+            if self._draft.size:
+                self._verify(output.logits[0, output.logits.shape[1] - self._draft.size - 1 :])
+                return
+        step = self._step(output.logits[:, -1, :])
         if step is None:
             self._finish()
             return
-        cache = self._cache
         if step.origins is not None:
             if cache.generated == 0 and cache.rows == 1:
                 if step.origins.size > 1:
@@ -208,9 +230,35 @@ class Generation:
                 cache.reorder(step.origins)
         self._pass = Pass(cache, step.tokens.reshape(-1, 1))
 
+    def _step(self, logits: np.ndarray) -> Advance | None:
+        """The logit rules and the search over one step's logits ``(rows, n_vocab)``."""
+        logits = np.array(logits, dtype=np.float32)  # a writable copy
+        tokens = self._search.tokens
+        for f in self._filters:
+            f.apply(logits, tokens)
+        return self._search.advance(logits)
+
+    def _verify(self, logits: np.ndarray) -> None:
+        """Replay the steps over the prefill's logits at the last prompt position and every draft position
+        ``(len(draft) + 1, n_vocab)`` while the draft is confirmed (see the module docstring)."""
+        cache = self._cache
+        assert cache is not None
+        prompt = cache.prompt_length - self._draft.size
+        for i in range(self._draft.size + 1):
+            step = self._step(logits[i : i + 1])
+            if step is None:
+                self._finish()
+                return
+            if i < self._draft.size and int(step.tokens[0]) == int(self._draft[i]):
+                self.draft_accepted += 1
+                continue
+            cache.truncate_prompt(prompt + i)  # the draft tokens taken stay in the cache as prompt positions
+            self._pass = Pass(cache, step.tokens.reshape(-1, 1))
+            return
+
     def _finish(self) -> None:
         ids, scores = self._search.result(self.options.num_hypotheses)
-        self._result = GenerationResult(ids, scores, self._no_speech_prob)
+        self._result = GenerationResult(ids, scores, self._no_speech_prob, self.draft_accepted)
         self._pass = None
         self.close()
 
@@ -281,9 +329,9 @@ class LanguageDetection:
 
 
 def generate(prepared: PreparedDecoder, cross: CrossCache, tokenizer: Tokenizer, prompt: Sequence[int],
-             options: GenerationOptions) -> GenerationResult:
+             options: GenerationOptions, draft: Sequence[int] = ()) -> GenerationResult:
     """Run one :class:`Generation` alone to the end (synchronous; for tests and simple use)."""
-    gen = Generation(prepared, cross, tokenizer, prompt, options)
+    gen = Generation(prepared, cross, tokenizer, prompt, options, draft)
     try:
         while (p := gen.next_pass()) is not None:
             gen.feed(forward(prepared, [p])[0])

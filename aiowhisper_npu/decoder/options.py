@@ -73,6 +73,7 @@ class GenerationResult:
     sequences_ids: list[list[int]]
     scores: list[float]
     no_speech_prob: float = 0.0
+    draft_accepted: int = 0  # draft tokens confirmed in the first pass (ours only; see decoder.generation)
 
 
 @dataclass(frozen=True)

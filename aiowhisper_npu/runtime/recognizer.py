@@ -105,9 +105,11 @@ class Recognizer:
         cross = await anyio.to_thread.run_sync(cross_cache, self._decoder, hidden)
         return EncodedWindow(cross)
 
-    async def generate(self, window: EncodedWindow, prompt: Sequence[int],
-                       options: GenerationOptions) -> GenerationResult:
-        task = Generation(self._decoder, window.require(), self._tokenizer, prompt, options)
+    async def generate(self, window: EncodedWindow, prompt: Sequence[int], options: GenerationOptions,
+                       draft: Sequence[int] = ()) -> GenerationResult:
+        """One generation; a greedy one verifies ``draft`` (its guess of the tokens) in its first pass
+        (see :mod:`aiowhisper_npu.decoder.generation`)."""
+        task = Generation(self._decoder, window.require(), self._tokenizer, prompt, options, draft)
         return await run_task(self._engine, task)  # type: ignore[no-any-return]
 
     async def detect_language(self, window: EncodedWindow) -> list[tuple[str, float]]:

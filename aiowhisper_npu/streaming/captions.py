@@ -14,12 +14,15 @@ everything that arrived meanwhile: stale update points are coalesced, never queu
 1. appends the new audio to the buffer and its incremental log-mel
    (:class:`~aiowhisper_npu.audio.mel_stream.IncrementalLogMel`, one 30 s window that holds the buffer);
 2. encodes the buffer through the runtime's tile pipeline, with ``context="bucketed"`` only the first
-   ``k * 256`` positions that hold it plus ``bucket_margin_s`` of padding
+   ``k * 256`` positions that hold it plus ``bucket_margin_s`` of padding, and at least ``min_context_s``
    (:func:`~aiowhisper_npu.streaming.stream.context_positions`), else the full 1500; a bucketed decoding
-   that loops (its text compresses too well) is done again on the full context;
+   that loops (its text compresses too well) is done again on twice the context (up to the full one);
 3. decodes it, prompted with the last 200 characters of committed text before the buffer, into timed words
    (:func:`~aiowhisper_npu.streaming.hypothesis.decode_buffer`; the decoder engine batches the steps of every
-   stream and transcription on the runtime);
+   stream and transcription on the runtime). Until the buffer is next cut, the previous hypothesis' tokens
+   are the *draft* of this decoding: one pass verifies them all and only the tokens after the first one that
+   differs are decoded step by step (draft and verify, :mod:`aiowhisper_npu.decoder.generation`), so an
+   update costs about one pass plus a step per new token instead of a step per token of the buffer;
 4. commits the longest prefix on which the last ``agreement`` hypotheses agree
    (:class:`~aiowhisper_npu.streaming.agreement.LocalAgreement`);
 5. cuts the buffer at the end of the last committed Whisper segment (or sentence) once it is longer than
@@ -97,6 +100,8 @@ class CaptionUpdate:
     no_speech_prob: float
     skipped: int  # update points coalesced into this one
     lag: StreamLag
+    tokens: int = 0  # tokens the update's decoding produced
+    draft_accepted: int = 0  # of them, confirmed from the previous hypothesis in one pass (see ``draft``)
 
 
 class CaptionStream(AudioStream):
@@ -111,6 +116,10 @@ class CaptionStream(AudioStream):
         update_every_s: new audio between updates.
         agreement: ``n`` of LocalAgreement-n.
         context, bucket_margin_s: the encoder context of the buffer (``"bucketed"`` or ``"full"``).
+        min_context_s: a bucketed context holds at least this much audio (the smallest bucket, 5.12 s, makes
+            short buffers loop, and a loop costs a second decoding on a wider context).
+        draft: verify the previous hypothesis as a draft of the next decoding (see step 3 of the module
+            docstring); ``False`` decodes every buffer from scratch (the same words, more passes).
         trim_s, word_trim_s, silence_keep_s, max_buffer_s: buffer bounds (see the module docstring).
         beam_size, no_speech_threshold, log_prob_threshold, no_speech_strict: decoding (:class:`DecodeSettings`).
         sample_rate, max_queued_s, max_queued_chunks: as for ``rt.stream()``.
@@ -122,7 +131,7 @@ class CaptionStream(AudioStream):
                  context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 5.0, word_trim_s: float = 10.0,
                  silence_keep_s: float = 2.0, max_buffer_s: float = 25.0, beam_size: int = 1,
                  no_speech_threshold: float = 0.6, log_prob_threshold: float = -1.0, no_speech_strict: float = 0.9,
-                 sample_rate: int = SAMPLE_RATE, max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
+                 draft: bool = True, min_context_s: float = 10.0, sample_rate: int = SAMPLE_RATE, max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
         if not (isinstance(update_every_s, (int, float)) and 0 < update_every_s < math.inf):
             raise ValueError(f"update_every_s must be a positive number of seconds, got {update_every_s!r}")
         if task not in ("transcribe", "translate"):
@@ -158,6 +167,9 @@ class CaptionStream(AudioStream):
         self._closed_segments: tuple[CaptionSegment, ...] = ()
         self._open_words: list[TimedWord] = []
         self._boundary_s = 0.0  # end of the last committed Whisper segment
+        self._use_draft = bool(draft)
+        self._min_ctx = context_positions(round(max(0.0, min_context_s) * SAMPLE_RATE), self._n_audio_ctx)
+        self._draft: tuple[int, ...] = ()  # the previous hypothesis' tokens, while its buffer and prompt hold
         self.live_windows = 0  # decoder windows (cross-attention caches) alive right now
         self.max_buffer_samples_seen = 0
 
@@ -284,7 +296,7 @@ class CaptionStream(AudioStream):
             committed=self._committed, new=new, tentative=tentative, segments=segments, final=final,
             audio_s=end / SAMPLE_RATE, latency_s=t1 - self._newest_t if n else 0.0, new_words=tuple(new_words),
             buffer_s=n / SAMPLE_RATE, n_ctx=n_ctx, compute_s=compute_s, no_speech_prob=hyp.no_speech_prob,
-            skipped=skipped, lag=self.lag)
+            skipped=skipped, lag=self.lag, tokens=hyp.tokens, draft_accepted=hyp.draft_accepted)
 
     async def _hypothesis(self, decoder: CaptionDecoder, n: int, offset_s: float) -> tuple[Hypothesis, int]:
         lm = self._lm
@@ -293,7 +305,10 @@ class CaptionStream(AudioStream):
         mel = await anyio.to_thread.run_sync(lm.snapshot)
         self._unbilled_s += _now() - t0
         full = self._n_audio_ctx
-        n_ctx = context_positions(n, full, margin_positions=self._margin) if self.context == "bucketed" else full
+        n_ctx = full
+        if self.context == "bucketed":
+            n_ctx = max(context_positions(n, full, margin_positions=self._margin), self._min_ctx)
+        draft = self._draft if self._use_draft else ()
         while True:
             hidden, _ = await self._rt.encode_mels(mel[None], None if n_ctx >= full else n_ctx)
             tokenizer = self._tokenizer
@@ -303,12 +318,13 @@ class CaptionStream(AudioStream):
                 if tokenizer.multilingual and self._language is None:
                     tokenizer = self._detected = await self._detect(decoder, tokenizer, hidden[0])
                 hyp = await decode_buffer(decoder, tokenizer, hidden[0], n, offset_s, self._prompt_text,
-                                          self._settings)
+                                          self._settings, draft)
             finally:
                 self.live_windows -= 1
             if not hyp.unreliable or n_ctx >= full:
+                self._draft = () if hyp.unreliable else hyp.ids
                 return hyp, n_ctx
-            n_ctx = full  # a loop on a bucketed context (whisper.cpp's audio_ctx failure): decode the full one
+            n_ctx = min(full, 2 * n_ctx)  # a loop on a bucketed context (whisper.cpp's audio_ctx failure): widen it
 
     async def _detect(self, decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: np.ndarray) -> Tokenizer:
         window = await decoder.encode_hidden(hidden)
@@ -378,6 +394,7 @@ class CaptionStream(AudioStream):
             return
         self._buffer = self._buffer[k:].copy()
         self._buffer_start += k
+        self._draft = ()  # its timestamps and its prompt no longer hold
         cut_s = self._buffer_start / SAMPLE_RATE
         i = 0
         while i < len(self._in_buffer) and self._in_buffer[i].end <= cut_s + 0.05:

@@ -50,7 +50,8 @@ class CaptionDecoder(Protocol):
 
     async def encode_hidden(self, hidden: np.ndarray) -> Window: ...
 
-    async def generate(self, window: Window, prompt: Sequence[int], options: GenerationOptions) -> GenerationResult: ...
+    async def generate(self, window: Window, prompt: Sequence[int], options: GenerationOptions,
+                       draft: Sequence[int] = ()) -> GenerationResult: ...
 
     async def detect_language(self, window: Window) -> list[tuple[str, float]]: ...
 
@@ -84,12 +85,16 @@ class Hypothesis:
     silent: bool
     unreliable: bool
     tokens: int  # tokens generated
+    ids: tuple[int, ...] = ()  # the tokens generated (the next decoding's draft)
+    draft_accepted: int = 0  # draft tokens this decoding confirmed in its first pass
 
 
 async def decode_buffer(decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: np.ndarray, n_samples: int,
-                        offset_s: float, previous_text: str, settings: DecodeSettings) -> Hypothesis:
+                        offset_s: float, previous_text: str, settings: DecodeSettings,
+                        draft: Sequence[int] = ()) -> Hypothesis:
     """Decode the encoder output ``hidden`` of a buffer of ``n_samples`` that starts at stream second
-    ``offset_s``; ``previous_text`` (the committed text before the buffer) is the prompt."""
+    ``offset_s``; ``previous_text`` (the committed text before the buffer) is the prompt. A greedy decoding
+    verifies ``draft`` (a guess of its tokens) in its first pass."""
     window = await decoder.encode_hidden(hidden)
     try:
         previous = tokenizer.encode(" " + previous_text.strip()) if previous_text.strip() else []
@@ -98,8 +103,9 @@ async def decode_buffer(decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: n
         max_length = min(MAX_LENGTH, max(2 * new_tokens, len(prompt) + new_tokens))
         options = GenerationOptions(beam_size=settings.beam_size, max_length=max_length,
                                     suppress_tokens=settings.suppress_tokens, return_no_speech_prob=True)
-        result = await decoder.generate(window, prompt, options)
+        result = await decoder.generate(window, prompt, options, draft)
         tokens = list(result.sequences_ids[0]) if result.sequences_ids else []
+        ids, accepted = tuple(tokens), result.draft_accepted
         nsp = float(result.no_speech_prob)
         logprob = average_logprob(result, options.length_penalty) if result.scores else -np.inf
         silent = (nsp > settings.no_speech_threshold and logprob < settings.log_prob_threshold) or \
@@ -107,10 +113,10 @@ async def decode_buffer(decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: n
         text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
         unreliable = bool(text) and compression_ratio(text) > settings.compression_ratio_threshold
         if silent or unreliable or not text:
-            return Hypothesis((), nsp, logprob, silent, unreliable, len(tokens))
+            return Hypothesis((), nsp, logprob, silent, unreliable, len(tokens), ids, accepted)
         words = await _timed_words(decoder, tokenizer, window, tokens, n_samples, settings)
         shifted = tuple(TimedWord(offset_s + w.start, offset_s + w.end, w.text, w.segment_end) for w in words)
-        return Hypothesis(shifted, nsp, logprob, False, False, len(tokens))
+        return Hypothesis(shifted, nsp, logprob, False, False, len(tokens), ids, accepted)
     finally:
         window.close()
 
