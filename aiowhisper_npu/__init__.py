@@ -27,6 +27,7 @@ from .runtime.transcriber import TranscriptionStream
 from .streaming.captions import CaptionSegment, CaptionStream, CaptionUpdate
 from .transcription.results import Segment, TranscriptionInfo, TranscriptionResult, Word
 from .decoder.tokenizer import Tokenizer
+from .transcription.metrics import word_error_rate
 from .transcription.options import TranscriptionOptions
 
 __all__ = [
@@ -35,5 +36,5 @@ __all__ = [
     "StageEvent", "BufferPool", "PoolStats", "AiowhisperError", "AudioError", "ModelError",
     "BackendUnavailable", "DeviceError", "ManifestError", "TranscriptionOptions", "TranscriptionResult",
     "TranscriptionInfo", "TranscriptionStream", "Segment", "Word", "Tokenizer", "CaptionStream", "CaptionUpdate",
-    "CaptionSegment",
+    "CaptionSegment", "word_error_rate",
 ]

@@ -39,24 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 import aiowhisper_npu as aw  # noqa: E402
 from aiowhisper_npu.audio.io import SAMPLE_RATE  # noqa: E402
-from aiowhisper_npu.streaming.agreement import normalize_word  # noqa: E402
+from aiowhisper_npu.transcription.metrics import normalize_word, word_error_rate as wer, words  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 
 
-def words(text: str) -> list[str]:
-    return [w for w in (normalize_word(x) for x in text.split()) if w]
-
-
-def wer(hyp: str, ref: str) -> float:
-    """Word error rate of ``hyp`` against ``ref`` (case and punctuation ignored)."""
-    h, r = words(hyp), words(ref)
-    d = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hw in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
-    return d[len(h)] / max(1, len(r))
 
 
 def pct(xs: Sequence[float], q: float) -> float:

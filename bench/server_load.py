@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiowhisper_npu as aw  # noqa: E402
+from aiowhisper_npu.transcription.metrics import word_error_rate as wer  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 READY = re.compile(r"ready on http://([\d.]+):(\d+)")
@@ -210,15 +211,6 @@ def commit_latencies(stream: dict[str, Any], ref_words: list[tuple[str, float]])
             out.append(stream["commits"][block.b + j][1] - (stream["t0"] + word_end))
     return out
 
-
-def wer(hyp: str, ref: str) -> float:
-    h, r = norm_words(hyp), norm_words(ref)
-    d = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hw in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
-    return d[len(h)] / max(1, len(r))
 
 
 async def one_inprocess_stream(rt: aw.Runtime, audio: np.ndarray, chunk_s: float, start: float) -> dict[str, Any]:

@@ -43,6 +43,7 @@ import aiowhisper_npu as aw  # noqa: E402
 from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE  # noqa: E402
 from aiowhisper_npu.audio.mel import log_mel_windows  # noqa: E402
 from aiowhisper_npu.streaming.stream import context_positions  # noqa: E402
+from aiowhisper_npu.transcription.metrics import word_error_rate as wer, words  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 LONG = DATA / "long_40s.wav"
@@ -208,19 +209,6 @@ class Decoder:
         return self.tokenizer.decode([i for i in res[0].sequences_ids[0] if i < 50257]).strip()
 
 
-def words(text: str) -> list[str]:
-    return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
-
-
-def wer(hyp: str, ref: str) -> float:
-    """Word error rate of ``hyp`` against ``ref`` (case and punctuation ignored)."""
-    h, r = words(hyp), words(ref)
-    d = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hw in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
-    return d[len(h)] / max(1, len(r))
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:

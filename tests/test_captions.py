@@ -18,9 +18,10 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE, load_audio
 from aiowhisper_npu.audio.mel_stream import IncrementalLogMel
-from aiowhisper_npu.streaming.agreement import LocalAgreement, TimedWord, normalize_word
+from aiowhisper_npu.streaming.agreement import LocalAgreement, TimedWord
 from aiowhisper_npu.streaming.hypothesis import DecodeSettings, decode_buffer
 from aiowhisper_npu.transcription.fallback import resolve_suppress_tokens
+from aiowhisper_npu.transcription.metrics import word_error_rate as wer
 
 from conftest import DATA, LOOPS
 from loop_helpers import live_tasks, settle
@@ -28,18 +29,6 @@ from loop_helpers import live_tasks, settle
 ASYNCIO = LOOPS[:1]
 
 
-def words(text: str) -> list[str]:
-    return [w for w in (normalize_word(x) for x in text.split()) if w]
-
-
-def wer(hyp: str, ref: str) -> float:
-    h, r = words(hyp), words(ref)
-    d = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hw in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
-    return d[len(h)] / max(1, len(r))
 
 
 def chunked(audio: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:

@@ -19,10 +19,11 @@ Committed words never change. :meth:`LocalAgreement.commit_all` commits the newe
 from __future__ import annotations
 
 import difflib
-import unicodedata
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
+
+from ..transcription.metrics import normalize_word
 
 __all__ = ["TimedWord", "LocalAgreement", "normalize_word"]
 
@@ -40,11 +41,6 @@ class TimedWord:
     end: float
     text: str
     segment_end: bool = False
-
-
-def normalize_word(text: str) -> str:
-    """The form words are compared in: lower case, without spaces and punctuation."""
-    return "".join(c for c in text.lower() if not unicodedata.category(c).startswith(("P", "Z", "C")))
 
 
 class LocalAgreement:
