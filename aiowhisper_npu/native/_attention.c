@@ -149,7 +149,7 @@ static PyObject *heads(PyObject *self, PyObject *args) {
     int round_p = 0, kernel = 0;
     if (!PyArg_ParseTuple(args, "OOOOnnfO|pi:heads", &qo, &ko, &vo, &oo, &nh, &vw, &bound, &so, &round_p, &kernel))
         return NULL;
-    if (kernel < 0 || kernel > 2 || (kernel == 2 && !bf16_cpu()))
+    if (kernel < 0 || kernel > 2 || (kernel == 2 && !bf16_available()))
         return PyErr_Format(PyExc_ValueError, "kernel must be 0 (auto), 1 (fma) or 2 (avx512bf16, where the CPU "
                             "has it), got %d", kernel);
     if (!simd_available()) {
@@ -186,7 +186,7 @@ static PyObject *heads(PyObject *self, PyObject *args) {
         if (round_p) {
             if (done[h])
                 done[h] = head_bf16(qh, lq, n, kh, lk, vh, lv, t, hd, oh, lo, (float *)s.buf,
-                                    kernel == 2 || (kernel == 0 && bf16_cpu()));
+                                    kernel == 2 || (kernel == 0 && bf16_available()));
             continue;
         }
         for (Py_ssize_t r = 0; done[h] && r < n; r += QW) {

@@ -19,16 +19,6 @@ static Py_ssize_t bf16_scratch_size(Py_ssize_t t, Py_ssize_t hd) {
 }
 
 #if HAVE_SIMD
-#define AVX512BF16 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,fma")))
-
-static int bf16_cpu(void) {
-#if HAVE_BF16_ISA
-    __builtin_cpu_init();
-    return simd_available() && __builtin_cpu_supports("avx512bf16");
-#else
-    return 0;
-#endif
-}
 
 /* K2 (rows padded with zeros to a multiple of PR) and V2 of one head, from float32 rows holding bf16 values. */
 AVX512 static void pack_kv(const float *k, Py_ssize_t lk, const float *v, Py_ssize_t lv, Py_ssize_t t,
@@ -127,7 +117,7 @@ AVX512 SIMD_INLINE __m512 dp_fma(__m512 acc, __m512i a, __m512i b) {
 #if HAVE_BF16_ISA
 PANEL_BF16(panel_bf16_native, AVX512BF16, DP_NATIVE)
 #else
-#define panel_bf16_native panel_bf16_fma /* never chosen: bf16_cpu() is 0 */
+#define panel_bf16_native panel_bf16_fma /* never chosen: bf16_available() is 0 */
 #endif
 PANEL_BF16(panel_bf16_fma, AVX512, DP_FMA)
 
@@ -147,7 +137,5 @@ static int head_bf16(const float *q, Py_ssize_t lq, Py_ssize_t n, const float *k
     }
     return 1;
 }
-#else
-static int bf16_cpu(void) { return 0; }
 #endif
 #endif

@@ -90,16 +90,6 @@ static inline void round_rows_scalar(float *x, Py_ssize_t ld, Py_ssize_t m, Py_s
 }
 
 #if HAVE_SIMD
-#define AVX512BF16 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,fma")))
-
-static int bf16_cpu(void) {
-#if HAVE_BF16_ISA
-    __builtin_cpu_init();
-    return simd_available() && __builtin_cpu_supports("avx512bf16");
-#else
-    return 0;
-#endif
-}
 
 /* Store the block: add the previous passes, then bias and GELU after the last one (fp32). */
 #define EPILOGUE                                                                                            \
@@ -257,10 +247,9 @@ RUN(run_bf16, AVX512BF16)
 RUN(run_fma, AVX512)
 #undef TILE
 #if !HAVE_BF16_ISA
-#define run_bf16 run_fma /* never chosen: bf16_cpu() is 0 */
+#define run_bf16 run_fma /* never chosen: bf16_available() is 0 */
 #endif
 #else
-static int bf16_cpu(void) { return 0; }
 #define pack_rows pack_rows_scalar
 #define round_rows round_rows_scalar
 #endif
@@ -273,7 +262,7 @@ static PyObject *available(PyObject *self, PyObject *noargs) {
 
 static PyObject *native_bf16(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
-    return PyBool_FromLong(bf16_cpu());
+    return PyBool_FromLong(bf16_available());
 }
 
 static PyObject *packed_shape(PyObject *self, PyObject *args) {
@@ -357,11 +346,11 @@ static PyObject *gemm(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (kernel < 0 || kernel > 2) return PyErr_Format(PyExc_ValueError, "kernel must be 0, 1 or 2, got %d", kernel);
-    if (kernel == 2 && !bf16_cpu()) {
+    if (kernel == 2 && !bf16_available()) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU has no AVX512_BF16 (see native_bf16())");
         return NULL;
     }
-    int use_bf16 = kernel == 2 || (kernel == 0 && bf16_cpu());
+    int use_bf16 = kernel == 2 || (kernel == 0 && bf16_available());
     Py_buffer a, w, out, b, s;
     int have_b = 0, ok = 0;
     if (get_rows_of(ao, &a, "a", 0) < 0) return NULL;

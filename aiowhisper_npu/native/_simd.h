@@ -12,6 +12,7 @@
  *               result is +inf, 0 or NaN (NaN for NaN), which callers must detect.
  *   tail_masks(width, mask)   masks of the 4 vectors covering `width` (<= 64) columns.
  *   simd_available()          1 when these blocks are compiled in and the CPU runs them (AVX-512 F/DQ/VL/BW).
+ *   bf16_available()          1 when the AVX512_BF16 kernels (target AVX512BF16) are compiled in and the CPU runs them.
  */
 #ifndef AIOWHISPER_SIMD_H
 #define AIOWHISPER_SIMD_H
@@ -96,6 +97,18 @@ static inline int simd_available(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
+}
+
+/* AVX512_BF16 (vdpbf16ps) on top of the blocks above: the target of the bf16 kernels (_gemm_bf16.c,
+ * _attention_bf16.h), and whether the CPU runs them. */
+#define AVX512BF16 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,fma")))
+
+static inline int bf16_available(void) {
+#if HAVE_SIMD && HAVE_BF16_ISA
+    return simd_available() && __builtin_cpu_supports("avx512bf16");
 #else
     return 0;
 #endif
