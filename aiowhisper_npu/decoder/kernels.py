@@ -319,25 +319,25 @@ def _product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray
     """``out = x @ w.T (+ b)``: the few-row kernel for step rows (each row's result independent of the others
     and of the column range, so a split is bit-identical), BLAS for a prefill's rows. A bf16 weight takes the
     bf16 few-row kernel for every row count."""
+    native = _gemv is not None and _use_gemv
+    columns: Callable[[int, int], None]
     if w.dtype == np.uint16:
-        n = w.shape[0]
-        if few and parallel is not None and w.size >= SPLIT_MIN_WEIGHTS and _gemv is not None and _use_gemv:
-            mid = (n // 2 + 3) // 4 * 4
-            parallel(lambda: _bf16_product(x, w, b, out, 0, mid), lambda: _bf16_product(x, w, b, out, mid, n))
-        else:
-            _bf16_product(x, w, b, out)
+        def columns(n0: int, n1: int) -> None:
+            _bf16_product(x, w, b, out, n0, n1)
+    elif few and native:
+        def columns(n0: int, n1: int) -> None:
+            _gemv.matmul_nt(x, w, out, b, n0, n1)
+    else:
+        np.matmul(x, w.T, out=out)
+        if b is not None:
+            out += b
         return
-    if few and _gemv is not None and _use_gemv:
-        n = w.shape[0]
-        if parallel is not None and w.size >= SPLIT_MIN_WEIGHTS:
-            mid = (n // 2 + 3) // 4 * 4
-            parallel(lambda: _gemv.matmul_nt(x, w, out, b, 0, mid), lambda: _gemv.matmul_nt(x, w, out, b, mid, n))
-        else:
-            _gemv.matmul_nt(x, w, out, b)
-        return
-    np.matmul(x, w.T, out=out)
-    if b is not None:
-        out += b
+    n = w.shape[0]
+    if few and native and parallel is not None and w.size >= SPLIT_MIN_WEIGHTS:
+        mid = (n // 2 + 3) // 4 * 4
+        parallel(lambda: columns(0, mid), lambda: columns(mid, n))
+    else:
+        columns(0, n)
 
 
 def _linear_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, segments: Sequence[tuple[int, int, bool]],
