@@ -65,7 +65,7 @@ async def one_stream(rt: aw.Runtime, audio: np.ndarray, t0: float, chunk_s: floa
     compute: list[float] = []
     tokens = accepted = 0
     buffers: list[float] = []
-    skipped = 0
+    skipped = busy = 0
     committed = ""
     async with rt.transcribe_stream(source(), **{"update_every_s": chunk_s, **options}) as s:
         async for u in s:
@@ -74,11 +74,12 @@ async def one_stream(rt: aw.Runtime, audio: np.ndarray, t0: float, chunk_s: floa
             compute.append(u.compute_s)
             buffers.append(u.buffer_s)
             skipped += u.skipped
+            busy += u.busy
             tokens += u.tokens
             accepted += u.draft_accepted
             committed = u.committed
     return {"commits": commits, "text": committed, "compute_p50_s": pct(compute, 50), "updates": len(compute),
-            "max_buffer_s": max(buffers, default=0.0), "skipped": skipped, "tokens": tokens, "accepted": accepted}
+            "max_buffer_s": max(buffers, default=0.0), "skipped": skipped, "tokens": tokens, "accepted": accepted, "busy": busy}
 
 
 def commit_latencies(commits: list[tuple[str, float]], ref_words: list[tuple[str, float]]) -> list[float]:
@@ -114,6 +115,7 @@ async def run_n(rt: aw.Runtime, audio: np.ndarray, ref: dict[str, Any], n: int, 
         "update_compute_p50_s": float(np.median([r["compute_p50_s"] for r in results])),
         "max_buffer_s": max(r["max_buffer_s"] for r in results),
         "updates": sum(r["updates"] for r in results), "skipped": sum(r["skipped"] for r in results),
+        "busy_share": sum(r["busy"] for r in results) / max(1, sum(r["updates"] for r in results)),
         "draft_accepted": sum(r["accepted"] for r in results) / max(1, sum(r["tokens"] for r in results)),
         "text": results[0]["text"], "options": options,
     }
@@ -133,7 +135,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             ("wer_vs_transcribe", "WER vs transcribe()", "{:.3f}"), ("wer_vs_greedy", "WER vs greedy", "{:.3f}"),
             ("wer_vs_truth", "WER vs spoken text", "{:.3f}"),
             ("update_compute_p50_s", "update compute p50 s", "{:.2f}"), ("max_buffer_s", "max buffer s", "{:.1f}"),
-            ("skipped", "coalesced", "{}"), ("draft_accepted", "tokens from drafts", "{:.0%}"), ("load", "load (1 min)", "{:.1f}")]
+            ("skipped", "coalesced", "{}"), ("busy_share", "busy updates", "{:.0%}"), ("draft_accepted", "tokens from drafts", "{:.0%}"), ("load", "load (1 min)", "{:.1f}")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in cols) + " |")
@@ -145,6 +147,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--audio", default=str(DATA / "long_40s.wav"))
     p.add_argument("--chunk-s", type=float, default=0.5)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="the runtime's precision (the offline reference runs on the same runtime)")
     p.add_argument("--context", default="bucketed", choices=["bucketed", "full"])
     p.add_argument("--max-streams", type=int, default=4)
     p.add_argument("--streams", type=int, nargs="*", help="exact stream counts to run (default 1..max)")
@@ -175,7 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             name, value = item.split("=", 1)
             other[name] = int(value) if value.isdigit() else float(value)
         variants["compared"] = other
-    async with aw.Runtime(args.model) as rt:
+    async with aw.Runtime(args.model, precision=args.precision) as rt:
         ref = await reference(rt, audio, Path(args.audio).name)
         await one_stream(rt, audio[: 3 * SAMPLE_RATE], anyio.current_time(), 10.0, options)  # warm-up
         rows = []
@@ -187,7 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"WER {row['wer_vs_transcribe']:.3f}, load {row['load']:.1f}", flush=True)
                 rows.append(row)
     ok = [r["streams"] for r in rows if r["p95_s"] <= args.goal_p95 and r["variant"] != "compared"]
-    return {"model": args.model, "audio": Path(args.audio).name, "audio_s": audio.size / SAMPLE_RATE,
+    return {"model": args.model, "precision": args.precision, "audio": Path(args.audio).name, "audio_s": audio.size / SAMPLE_RATE,
             "chunk_s": args.chunk_s, "options": options, "variants": variants, "rows": rows, "offline": ref["text"],
             "offline_wer_vs_truth": wer(ref["text"], ref["truth"]) if ref["truth"] else None,
             "largest_n_within_goal": max(ok, default=0), "goal_p95_s": args.goal_p95,
@@ -198,7 +202,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     res = anyio.run(run, args)
-    md = (f"# Live captions, {res['model']}, {res['audio']} ({res['audio_s']:.1f} s), {res['chunk_s']} s chunks, "
+    md = (f"# Live captions, {res['model']} ({res['precision']}), {res['audio']} ({res['audio_s']:.1f} s), {res['chunk_s']} s chunks, "
           f"variants {res['variants']}\n\n{table(res['rows'])}\n\nLargest N with p95 <= {res['goal_p95_s']} s: "
           f"{res['largest_n_within_goal']}. Offline transcribe() WER vs the spoken text: "
           f"{res['offline_wer_vs_truth']}. Load average at the end: {res['machine']['load']}.\n")

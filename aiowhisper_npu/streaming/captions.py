@@ -26,7 +26,12 @@ everything that arrived meanwhile: stale update points are coalesced, never queu
 4. commits the longest prefix on which the last ``agreement`` hypotheses agree
    (:class:`~aiowhisper_npu.streaming.agreement.LocalAgreement`);
 5. cuts the buffer at the end of the last committed Whisper segment (or sentence) once it is longer than
-   ``trim_s``, after its last committed word once it is longer than ``word_trim_s``; a silent buffer
+   ``trim_s``, after its last committed word once it is longer than ``word_trim_s`` (whisper_streaming's 15 s:
+   a longer buffer gives Whisper more context, so fewer words go wrong); while the stream is *busy* (its
+   update compute over the last 10 updates exceeds ``busy_above`` of the audio they covered: it is near to
+   falling behind, e.g. with many streams on the runtime) the shorter ``busy_trim_s`` and
+   ``busy_word_trim_s`` apply instead, so that the work per update shrinks under load (it is left when
+   the figure drops below 0.6 of ``busy_above``); a silent buffer
    (no-speech probability, see :mod:`.hypothesis`) is cut to its last ``silence_keep_s``; a buffer that
    would exceed ``max_buffer_s`` (speech without any agreement, or a consumer far behind) first
    commits the tentative words that start before the cut. So each update encodes at most one window and
@@ -102,6 +107,7 @@ class CaptionUpdate:
     lag: StreamLag
     tokens: int = 0  # tokens the update's decoding produced
     draft_accepted: int = 0  # of them, confirmed from the previous hypothesis in one pass (see ``draft``)
+    busy: bool = False  # the buffer is cut at the busy bounds (see ``busy_above``)
 
 
 class CaptionStream(AudioStream):
@@ -121,6 +127,8 @@ class CaptionStream(AudioStream):
         draft: verify the previous hypothesis as a draft of the next decoding (see step 3 of the module
             docstring); ``False`` decodes every buffer from scratch (the same words, more passes).
         trim_s, word_trim_s, silence_keep_s, max_buffer_s: buffer bounds (see the module docstring).
+        busy_trim_s, busy_word_trim_s, busy_above: the shorter bounds under load and when they apply (step 5
+            of the module docstring; ``busy_trim_s=trim_s, busy_word_trim_s=word_trim_s`` turns it off).
         beam_size, no_speech_threshold, log_prob_threshold, no_speech_strict: decoding (:class:`DecodeSettings`).
         sample_rate, max_queued_s, max_queued_chunks: as for ``rt.stream()``.
     """
@@ -128,7 +136,8 @@ class CaptionStream(AudioStream):
     def __init__(self, rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], *,
                  decoder: Callable[[], Awaitable[CaptionDecoder]], language: str | None = None,
                  task: str = "transcribe", update_every_s: float = 0.5, agreement: int = 2,
-                 context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 5.0, word_trim_s: float = 10.0,
+                 context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 15.0, word_trim_s: float = 20.0,
+                 busy_trim_s: float = 5.0, busy_word_trim_s: float = 10.0, busy_above: float = 0.9,
                  silence_keep_s: float = 2.0, max_buffer_s: float = 25.0, beam_size: int = 1,
                  no_speech_threshold: float = 0.6, log_prob_threshold: float = -1.0, no_speech_strict: float = 0.9,
                  draft: bool = True, min_context_s: float = 10.0, sample_rate: int = SAMPLE_RATE, max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
@@ -140,6 +149,9 @@ class CaptionStream(AudioStream):
                 and max_buffer_s <= N_SAMPLES / SAMPLE_RATE):
             raise ValueError("need 0 < silence_keep_s, trim_s, word_trim_s < max_buffer_s <= 30, got "
                              f"{silence_keep_s!r}, {trim_s!r}, {word_trim_s!r}, {max_buffer_s!r}")
+        if not (0 < busy_trim_s <= trim_s and 0 < busy_word_trim_s <= word_trim_s and busy_above > 0):
+            raise ValueError("need 0 < busy_trim_s <= trim_s, 0 < busy_word_trim_s <= word_trim_s and "
+                             f"busy_above > 0, got {busy_trim_s!r}, {busy_word_trim_s!r}, {busy_above!r}")
         super().__init__(rt, chunks, update_every_s=update_every_s, context=context,
                          bucket_margin_s=bucket_margin_s, sample_rate=sample_rate, max_queued_s=max_queued_s,
                          max_queued_chunks=max_queued_chunks)
@@ -149,8 +161,10 @@ class CaptionStream(AudioStream):
         self._language, self._task = language, task
         self._settings = DecodeSettings(beam_size=beam_size, no_speech_threshold=no_speech_threshold,
                                         log_prob_threshold=log_prob_threshold, no_speech_strict=no_speech_strict)
-        self._trim = round(trim_s * SAMPLE_RATE)
-        self._word_trim = round(word_trim_s * SAMPLE_RATE)
+        self._trims = (round(trim_s * SAMPLE_RATE), round(word_trim_s * SAMPLE_RATE))
+        self._busy_trims = (round(busy_trim_s * SAMPLE_RATE), round(busy_word_trim_s * SAMPLE_RATE))
+        self._busy_above = float(busy_above)
+        self._busy = False
         self._keep_silence = round(silence_keep_s * SAMPLE_RATE)
         self._max_buffer = round(max_buffer_s * SAMPLE_RATE)
         self._buffer = np.zeros(0, np.float32)
@@ -296,7 +310,7 @@ class CaptionStream(AudioStream):
             committed=self._committed, new=new, tentative=tentative, segments=segments, final=final,
             audio_s=end / SAMPLE_RATE, latency_s=t1 - self._newest_t if n else 0.0, new_words=tuple(new_words),
             buffer_s=n / SAMPLE_RATE, n_ctx=n_ctx, compute_s=compute_s, no_speech_prob=hyp.no_speech_prob,
-            skipped=skipped, lag=self.lag, tokens=hyp.tokens, draft_accepted=hyp.draft_accepted)
+            skipped=skipped, lag=self.lag, tokens=hyp.tokens, draft_accepted=hyp.draft_accepted, busy=self._busy)
 
     async def _hypothesis(self, decoder: CaptionDecoder, n: int, offset_s: float) -> tuple[Hypothesis, int]:
         lm = self._lm
@@ -378,13 +392,20 @@ class CaptionStream(AudioStream):
         """Buffer samples before stream second ``t`` (clamped to the buffer)."""
         return min(self._buffer.size, max(0, round(t * SAMPLE_RATE) - self._buffer_start))
 
+    def _update_busy(self) -> bool:
+        """Whether the busy bounds apply: compute per audio second over the last updates, with hysteresis."""
+        load = self.lag.recent_compute_s_per_audio_s
+        self._busy = load > (0.6 if self._busy else 1.0) * self._busy_above
+        return self._busy
+
     async def _trim_after(self, hyp: Hypothesis) -> None:
         n = self._buffer.size
+        trim, word_trim = self._busy_trims if self._update_busy() else self._trims
         if hyp.silent and not self._agreement.tentative and n > self._keep_silence:
             await self._cut(max(n - self._keep_silence, self._samples_before(self._agreement.committed_end)))
-        elif n > self._trim and self._boundary_s * SAMPLE_RATE > self._buffer_start:
+        elif n > trim and self._boundary_s * SAMPLE_RATE > self._buffer_start:
             await self._cut(self._samples_before(self._boundary_s))
-        elif n > self._word_trim and self._in_buffer:  # a long sentence: cut after its committed words
+        elif n > word_trim and self._in_buffer:  # a long sentence: cut after its committed words
             await self._cut(self._samples_before(self._in_buffer[-1].end))
 
     async def _cut(self, k: int) -> None:
