@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import aiowhisper_npu as aw  # noqa: E402
 from aiowhisper_npu.audio.io import SAMPLE_RATE  # noqa: E402
 from aiowhisper_npu.transcription.metrics import normalize_word, word_error_rate as wer, words  # noqa: E402
-from caption_latency import commit_latencies, pct  # noqa: E402
+from caption_latency import commit_latencies, parse_option, pct, write_outputs  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 CLIPS = ROOT / "bench" / "eval_clips"
@@ -68,14 +68,8 @@ async def lockstep(rt: aw.Runtime, audio: np.ndarray, chunk_s: float, options: d
 
 
 def parse_variant(spec: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in filter(None, spec.split(",")):
-        name, value = item.split("=", 1)
-        try:
-            out[name] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name] = value  # a bare string, e.g. context=full
-    return out
+    """``NAME=VALUE,NAME=VALUE...`` (see :func:`caption_latency.parse_option`)."""
+    return dict(parse_option(item) for item in filter(None, spec.split(",")))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,11 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = anyio.run(run, args)
     md = (f"# Caption accuracy, {res['model']} ({res['precision']}), {res['chunk_s']} s chunks in lock step\n\n"
           f"WER of the final committed text against offline `transcribe()` on the same runtime.\n\n{table(res)}\n")
-    print(md)
-    if args.md:
-        Path(args.md).write_text(md)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    write_outputs(md, res, args)
     return 0
 
 

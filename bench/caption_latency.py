@@ -46,6 +46,24 @@ DATA = ROOT / "tests" / "data"
 
 
 
+def parse_option(item: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` of a transcribe_stream option: the value as JSON (numbers, booleans), else a string."""
+    name, value = item.split("=", 1)
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def write_outputs(md: str, res: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print the report; write it to ``--md`` and the results to ``--json`` when given."""
+    print(md)
+    if args.md:
+        Path(args.md).write_text(md)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+
+
 def pct(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
@@ -154,7 +172,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, nargs="*", help="exact stream counts to run (default 1..max)")
     p.add_argument("--update-every-s", type=float, default=None, help="default: the chunk length")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="another transcribe_stream option (a number), e.g. trim_s=3")
+                   help="another transcribe_stream option (a JSON value or a string), e.g. trim_s=3")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=VALUE",
                    help="also run every N with these options instead (interleaved, same process), e.g. the "
                         "previous defaults: --compare draft=0 --compare min_context_s=0")
@@ -167,17 +185,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     audio = aw.load_audio(args.audio)
     options: dict[str, Any] = {"context": args.context}
-    for item in args.option:
-        name, value = item.split("=", 1)
-        options[name] = int(value) if value.isdigit() else float(value)
+    options.update(parse_option(item) for item in args.option)
     if args.update_every_s is not None:
         options["update_every_s"] = args.update_every_s
     variants = {"default" if not args.option else "options": options}
     if args.compare:
         other = dict(options)
-        for item in args.compare:
-            name, value = item.split("=", 1)
-            other[name] = int(value) if value.isdigit() else float(value)
+        other.update(parse_option(item) for item in args.compare)
         variants["compared"] = other
     async with aw.Runtime(args.model, precision=args.precision) as rt:
         ref = await reference(rt, audio, Path(args.audio).name)
@@ -206,11 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"variants {res['variants']}\n\n{table(res['rows'])}\n\nLargest N with p95 <= {res['goal_p95_s']} s: "
           f"{res['largest_n_within_goal']}. Offline transcribe() WER vs the spoken text: "
           f"{res['offline_wer_vs_truth']}. Load average at the end: {res['machine']['load']}.\n")
-    print(md)
-    if args.md:
-        Path(args.md).write_text(md)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    write_outputs(md, res, args)
     return 0
 
 

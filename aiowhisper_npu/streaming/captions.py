@@ -394,8 +394,7 @@ class CaptionStream(AudioStream):
 
     def _update_busy(self) -> bool:
         """Whether the busy bounds apply: compute per audio second over the last updates, with hysteresis."""
-        load = self.lag.recent_compute_s_per_audio_s
-        self._busy = load > (0.6 if self._busy else 1.0) * self._busy_above
+        self._busy = self._recent_compute_s_per_audio_s() > (0.6 if self._busy else 1.0) * self._busy_above
         return self._busy
 
     async def _trim_after(self, hyp: Hypothesis) -> None:

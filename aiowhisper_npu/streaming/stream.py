@@ -306,19 +306,22 @@ class AudioStream:
         finally:
             self._iterating = False
 
+    def _recent_compute_s_per_audio_s(self) -> float:
+        """Compute wall time per second of audio advanced, over the last 10 updates (0 before any)."""
+        recent_a = sum(a for _, a in self._recent) / SAMPLE_RATE
+        return sum(c for c, _ in self._recent) / recent_a if recent_a else 0.0
+
     @property
     def lag(self) -> StreamLag:
         """The stream's lag right now."""
         r = self._reader
         audio_s = r.read_samples / SAMPLE_RATE
-        recent_c = sum(c for c, _ in self._recent)
-        recent_a = sum(a for _, a in self._recent) / SAMPLE_RATE
         return StreamLag(
             audio_s=audio_s, updated_s=self._updated / SAMPLE_RATE,
             queued_audio_s=r.queued_samples / SAMPLE_RATE, max_queued_audio_s=r.max_queued_seen / SAMPLE_RATE,
             behind_s=max(0.0, audio_s - self._updated / SAMPLE_RATE), compute_s=self._compute_s,
             compute_s_per_audio_s=self._compute_s / audio_s if audio_s else 0.0,
-            recent_compute_s_per_audio_s=recent_c / recent_a if recent_a else 0.0,
+            recent_compute_s_per_audio_s=self._recent_compute_s_per_audio_s(),
             updates=self._updates, finals=self._n_finals, partials_skipped=self._skipped)
 
     async def _next(self) -> StreamUpdate:
