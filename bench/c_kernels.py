@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from aiowhisper_npu.benchmark.harness import interleaved, pct
 from aiowhisper_npu.encoder import kernels
 from aiowhisper_npu.models.loading import load_model
 
@@ -27,16 +28,16 @@ except ImportError as exc:  # pragma: no cover - the extensions are built by pip
 
 
 def _median_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Interleave the candidates so drift hits them alike; median ms of each."""
+    """Interleave the candidates (A B, A B) so drift hits them alike; median ms of each."""
     for f in fns:
         f()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
+    for order in interleaved(range(len(fns)), repeats, "fixed"):
+        for i in order:
             t0 = time.perf_counter()
-            f()
+            fns[i]()
             times[i].append(time.perf_counter() - t0)
-    return [float(np.median(t)) * 1e3 for t in times]
+    return [pct(t, 50) * 1e3 for t in times]
 
 
 def linear_rows(rows: int, dims: object, repeats: int, rng: np.random.Generator) -> list[str]:
@@ -92,12 +93,16 @@ def attention_rows(rows: int, dims: object, repeats: int, rng: np.random.Generat
             "GFLOP/s count the two products only (the exp is extra work in both)."]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="base", help="model whose shapes to use (default base)")
     ap.add_argument("--rows", type=int, default=375, help="tile rows (default 375, the CPU default)")
     ap.add_argument("--repeats", type=int, default=31)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run(args: argparse.Namespace) -> str:
+    """The report: the linear layers' table and the attention table, on one thread."""
     if not (_gemm.available() and _attention.available()):
         raise SystemExit("the C matrix kernels need an x86-64 CPU with AVX-512")
     dims = load_model(args.model).dims
@@ -105,10 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(1):
         blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
                 for i in threadpool_info() if i.get("user_api") == "blas"]
-        print(f"### C matrix kernels vs BLAS: {args.model}, {args.rows}-row tiles, one thread ({', '.join(blas)})\n")
-        print("\n".join(linear_rows(args.rows, dims, args.repeats, rng)))
-        print()
-        print("\n".join(attention_rows(args.rows, dims, args.repeats, rng)))
+        return "\n".join([
+            f"### C matrix kernels vs BLAS: {args.model}, {args.rows}-row tiles, one thread ({', '.join(blas)})\n",
+            *linear_rows(args.rows, dims, args.repeats, rng), "",
+            *attention_rows(args.rows, dims, args.repeats, rng)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(run(build_parser().parse_args(argv)))
     return 0
 
 

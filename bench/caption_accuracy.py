@@ -21,23 +21,20 @@ weighs each clip by its offline word count.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 import anyio
 import numpy as np
+from caption_latency import commit_latencies, parse_option, write_outputs
+
+import aiowhisper_npu as aw
+from aiowhisper_npu.audio.io import SAMPLE_RATE
+from aiowhisper_npu.benchmark.harness import Run, pct
+from aiowhisper_npu.transcription.metrics import normalize_word, word_error_rate as wer, words
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import aiowhisper_npu as aw  # noqa: E402
-from aiowhisper_npu.audio.io import SAMPLE_RATE  # noqa: E402
-from aiowhisper_npu.transcription.metrics import normalize_word, word_error_rate as wer, words  # noqa: E402
-from caption_latency import commit_latencies, parse_option, pct, write_outputs  # noqa: E402
-
 DATA = ROOT / "tests" / "data"
 CLIPS = ROOT / "bench" / "eval_clips"
 
@@ -77,6 +74,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         [DATA / "long_40s.wav", DATA / "jfk.wav", *sorted(CLIPS.glob("*.wav"))]
     variants = {"default": parse_variant(args.option)} | {v: parse_variant(args.option + "," + v) for v in args.variant}
     rows = []
+    record = Run(args, "python bench/caption_accuracy.py")
     async with aw.Runtime(args.model, precision=args.precision) as rt:
         refs = {}
         for p in paths:
@@ -102,7 +100,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"p95 {row['p95_s']:.2f} s, compute {row['compute_per_audio_s']:.2f} s per audio s, "
                   f"busy {row['busy_share']:.0%}", flush=True)
     return {"model": args.model, "precision": args.precision, "chunk_s": args.chunk_s, "rows": rows,
-            "offline": {k: v[1] for k, v in refs.items()}, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "offline": {k: v[1] for k, v in refs.items()}, **record.record(),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def table(res: dict[str, Any]) -> str:
@@ -117,7 +116,7 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -128,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="another set of transcribe_stream options, compared with the defaults (JSON values)")
     p.add_argument("--json")
     p.add_argument("--md")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     res = anyio.run(run, args)
     md = (f"# Caption accuracy, {res['model']} ({res['precision']}), {res['chunk_s']} s chunks in lock step\n\n"
           f"WER of the final committed text against offline `transcribe()` on the same runtime.\n\n{table(res)}\n")

@@ -25,8 +25,6 @@ import argparse
 import difflib
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
@@ -34,16 +32,12 @@ from typing import Any, AsyncIterator, Sequence
 import anyio
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import aiowhisper_npu as aw
+from aiowhisper_npu.audio.io import SAMPLE_RATE
+from aiowhisper_npu.benchmark.harness import Run, markdown_table, pct, write_report
+from aiowhisper_npu.transcription.metrics import normalize_word, word_error_rate as wer, words
 
-import aiowhisper_npu as aw  # noqa: E402
-from aiowhisper_npu.audio.io import SAMPLE_RATE  # noqa: E402
-from aiowhisper_npu.transcription.metrics import normalize_word, word_error_rate as wer, words  # noqa: E402
-
-DATA = ROOT / "tests" / "data"
-
-
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 
 def parse_option(item: str) -> tuple[str, Any]:
@@ -57,15 +51,7 @@ def parse_option(item: str) -> tuple[str, Any]:
 
 def write_outputs(md: str, res: dict[str, Any], args: argparse.Namespace) -> None:
     """Print the report; write it to ``--md`` and the results to ``--json`` when given."""
-    print(md)
-    if args.md:
-        Path(args.md).write_text(md)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
-
-
-def pct(xs: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
+    write_report(md, res, md_path=args.md, json_path=args.json, indent=1)
 
 
 async def one_stream(rt: aw.Runtime, audio: np.ndarray, t0: float, chunk_s: float,
@@ -147,17 +133,17 @@ async def reference(rt: aw.Runtime, audio: np.ndarray, audio_name: str) -> dict[
     return {"text": res.text, "greedy": greedy.text, "words": [(w, e) for w, e in ws if w], "truth": truth}
 
 
+TABLE = [("variant", "variant", ""), ("streams", "N", ""), ("p50_s", "p50 s", ".2f"), ("p95_s", "p95 s", ".2f"),
+         ("max_s", "max s", ".2f"), ("words_matched", "words", ""),
+         ("wer_vs_transcribe", "WER vs transcribe()", ".3f"), ("wer_vs_greedy", "WER vs greedy", ".3f"),
+         ("wer_vs_truth", "WER vs spoken text", ".3f"),
+         ("update_compute_p50_s", "update compute p50 s", ".2f"), ("max_buffer_s", "max buffer s", ".1f"),
+         ("skipped", "coalesced", ""), ("busy_share", "busy updates", ".0%"),
+         ("draft_accepted", "tokens from drafts", ".0%"), ("load", "load (1 min)", ".1f")]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = [("variant", "variant", "{}"), ("streams", "N", "{}"), ("p50_s", "p50 s", "{:.2f}"), ("p95_s", "p95 s", "{:.2f}"),
-            ("max_s", "max s", "{:.2f}"), ("words_matched", "words", "{}"),
-            ("wer_vs_transcribe", "WER vs transcribe()", "{:.3f}"), ("wer_vs_greedy", "WER vs greedy", "{:.3f}"),
-            ("wer_vs_truth", "WER vs spoken text", "{:.3f}"),
-            ("update_compute_p50_s", "update compute p50 s", "{:.2f}"), ("max_buffer_s", "max buffer s", "{:.1f}"),
-            ("skipped", "coalesced", "{}"), ("busy_share", "busy updates", "{:.0%}"), ("draft_accepted", "tokens from drafts", "{:.0%}"), ("load", "load (1 min)", "{:.1f}")]
-    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in cols) + " |")
-    return "\n".join(lines)
+    return markdown_table(rows, TABLE)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -183,6 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    record = Run(args, "python bench/caption_latency.py")
     audio = aw.load_audio(args.audio)
     options: dict[str, Any] = {"context": args.context}
     options.update(parse_option(item) for item in args.option)
@@ -209,8 +196,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_s": args.chunk_s, "options": options, "variants": variants, "rows": rows, "offline": ref["text"],
             "offline_wer_vs_truth": wer(ref["text"], ref["truth"]) if ref["truth"] else None,
             "largest_n_within_goal": max(ok, default=0), "goal_p95_s": args.goal_p95,
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load": os.getloadavg()},
-            "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            **record.record(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = (f"# Live captions, {res['model']} ({res['precision']}), {res['audio']} ({res['audio_s']:.1f} s), {res['chunk_s']} s chunks, "
           f"variants {res['variants']}\n\n{table(res['rows'])}\n\nLargest N with p95 <= {res['goal_p95_s']} s: "
           f"{res['largest_n_within_goal']}. Offline transcribe() WER vs the spoken text: "
-          f"{res['offline_wer_vs_truth']}. Load average at the end: {res['machine']['load']}.\n")
+          f"{res['offline_wer_vs_truth']}. Load average at the end: {res['machine']['load_avg_end']}.\n")
     write_outputs(md, res, args)
     return 0
 

@@ -11,25 +11,20 @@ The figure to watch is the ratio of the two CPU times. Run on an idle machine::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE.parent) not in sys.path:  # a source checkout without an installed package
-    sys.path.insert(1, str(_HERE.parent))
+import anyio
+import numpy as np
 
-import anyio  # noqa: E402
-import numpy as np  # noqa: E402
+import aiowhisper_npu as aw
+from aiowhisper_npu.decoder import kernels as dk
+from aiowhisper_npu.decoder.generation import Generation
+from aiowhisper_npu.decoder.options import GenerationOptions
+from aiowhisper_npu.decoder.tokenizer import Tokenizer
 
-import aiowhisper_npu as aw  # noqa: E402
-from aiowhisper_npu.decoder import kernels as dk  # noqa: E402
-from aiowhisper_npu.decoder.generation import Generation  # noqa: E402
-from aiowhisper_npu.decoder.options import GenerationOptions  # noqa: E402
-from aiowhisper_npu.decoder.tokenizer import Tokenizer  # noqa: E402
-
-CLIP = _HERE.parent / "tests" / "data" / "long_40s.wav"
+CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "long_40s.wav"
 CASES = {
     "greedy": dict(beam_size=1),
     "beam 5": dict(beam_size=5),
@@ -73,12 +68,16 @@ def measure(model: aw.WhisperModel, hidden: np.ndarray, max_length: int, repeats
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--max-length", type=int, default=448, help="prompt plus generated tokens (default 448)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per case; the fastest logic is kept")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Encode the clip's first window, then :func:`measure` the decoding cases on it."""
     model = aw.load_model(args.model)
 
     async def encode() -> np.ndarray:
@@ -86,13 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return (await rt.encode(str(CLIP))).hidden_states[0]
 
     hidden = anyio.run(encode)
-    rows = measure(model, hidden, args.max_length, args.repeats)
-    print(f"decoder step on {args.model}, {CLIP.name} window 1 (per pass; CPU = process time)\n")
-    print("| case | passes | forward CPU ms | logic CPU ms | logic / forward | forward wall ms | logic wall ms |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['case']} | {r['passes']:.0f} | {r['forward_cpu_ms']:.2f} | {r['logic_cpu_ms']:.3f} | "
-              f"{r['ratio']:.1%} | {r['forward_wall_ms']:.2f} | {r['logic_wall_ms']:.3f} |")
+    return {"model": args.model, "rows": measure(model, hidden, args.max_length, args.repeats)}
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = [f"decoder step on {res['model']}, {CLIP.name} window 1 (per pass; CPU = process time)\n",
+             "| case | passes | forward CPU ms | logic CPU ms | logic / forward | forward wall ms | logic wall ms |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['passes']:.0f} | {r['forward_cpu_ms']:.2f} | {r['logic_cpu_ms']:.3f} | "
+              f"{r['ratio']:.1%} | {r['forward_wall_ms']:.2f} | {r['logic_wall_ms']:.3f} |" for r in res["rows"]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    print(render(run(build_parser().parse_args(argv))))
     return 0
 
 

@@ -12,19 +12,14 @@ costs compute. That is what batching concurrent requests can and cannot save. Ru
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE.parent) not in sys.path:  # a source checkout without an installed package
-    sys.path.insert(1, str(_HERE.parent))
+import numpy as np
+from threadpoolctl import threadpool_limits
 
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-
-import aiowhisper_npu as aw  # noqa: E402
+import aiowhisper_npu as aw
+from aiowhisper_npu.benchmark.harness import pct
 
 ROWS = (1, 2, 5, 10, 15, 20, 24, 40)
 
@@ -36,7 +31,7 @@ def _cpu_ms(fn: Callable[[], object], repeats: int) -> float:
         t = time.thread_time()
         fn()
         times.append(time.thread_time() - t)
-    return float(np.median(times)) * 1e3
+    return pct(times, 50) * 1e3
 
 
 def measure(weight: np.ndarray, rows: Sequence[int], repeats: int) -> list[dict[str, float]]:
@@ -56,25 +51,36 @@ def measure(weight: np.ndarray, rows: Sequence[int], repeats: int) -> list[dict[
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--repeats", type=int, default=15)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The model's logits weight and :func:`measure` of it for :data:`ROWS`."""
     model = aw.load_model(args.model)
     if model.decoder is None:
         raise SystemExit(f"{args.model} has no decoder")
     weight = np.ascontiguousarray(model.decoder.token_embedding, np.float32)
-    res = measure(weight, ROWS, args.repeats)
-    print(f"## logits product of {model.name}: ({weight.shape[0]} x {weight.shape[1]}) float32, one thread, CPU ms\n")
-    print("| rows | few-row kernel | BLAS | kernel GFLOP/s | kernel ms per row |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in res:
-        print(f"| {r['rows']} | {r['kernel_ms']:.2f} | {r['blas_ms']:.2f} | {r['kernel_gflops']:.1f} | "
-              f"{r['kernel_ms'] / r['rows']:.2f} |")
-    a, b = res[ROWS.index(10)], res[-1]
-    print(f"\nmarginal cost of a row between {a['rows']} and {b['rows']} rows: "
-          f"{(b['kernel_ms'] - a['kernel_ms']) / (b['rows'] - a['rows']):.3f} ms")
+    return {"model": model.name, "shape": weight.shape, "rows": measure(weight, ROWS, args.repeats)}
+
+
+def render(res: dict[str, Any]) -> str:
+    rows = res["rows"]
+    lines = [f"## logits product of {res['model']}: ({res['shape'][0]} x {res['shape'][1]}) float32, one thread, "
+             "CPU ms\n", "| rows | few-row kernel | BLAS | kernel GFLOP/s | kernel ms per row |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['rows']} | {r['kernel_ms']:.2f} | {r['blas_ms']:.2f} | {r['kernel_gflops']:.1f} | "
+              f"{r['kernel_ms'] / r['rows']:.2f} |" for r in rows]
+    a, b = rows[ROWS.index(10)], rows[-1]
+    lines.append(f"\nmarginal cost of a row between {a['rows']} and {b['rows']} rows: "
+                 f"{(b['kernel_ms'] - a['kernel_ms']) / (b['rows'] - a['rows']):.3f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    print(render(run(build_parser().parse_args(argv))))
     return 0
 
 

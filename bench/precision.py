@@ -12,32 +12,29 @@ bf16 in interleaved rounds, and reports the median of per-round ratios of the th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import aiowhisper_npu as aw
+from aiowhisper_npu.benchmark.harness import interleaved, speech_audio, write_report
 from aiowhisper_npu.devices.cpu import set_blas_threads
 from aiowhisper_npu.encoder import kernels
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 from aiowhisper_npu.runtime.runtime import CPU_TILE_ROWS
 
-import bench_measure as bm
-
 
 def measure(model_name: str, repeats: int) -> dict[str, Any]:
     model = aw.load_model(model_name)
     set_blas_threads(1)
-    mel = aw.log_mel_windows(bm.speech_audio(30.0))[0]
+    mel = aw.log_mel_windows(speech_audio(30.0))[0]
     plan = EncoderPlan(model.dims, CPU_TILE_ROWS)
     programs = {p: EncoderProgram(model, CPU_TILE_ROWS, p) for p in kernels.PRECISIONS}
     rounds: dict[str, list[tuple[float, float]]] = {p: [] for p in programs}
     for p, prog in programs.items():  # warm-up: workspaces, page-in
         encode_window_sequential(prog, plan, mel)
-    for r in range(repeats):
-        for p in (list(programs) if r % 2 == 0 else list(reversed(programs))):
+    for order in interleaved(list(programs), repeats, "alternate"):  # fp32 bf16, bf16 fp32, ...
+        for p in order:
             w0, c0 = time.perf_counter(), time.thread_time()
             encode_window_sequential(programs[p], plan, mel)
             rounds[p].append((time.thread_time() - c0, time.perf_counter() - w0))
@@ -58,17 +55,23 @@ def render(r: dict[str, Any]) -> str:
             f"({r['wall_ratio_range'][0]:.2f}-{r['wall_ratio_range'][1]:.2f})")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="tiny.en, base (repeatable; default both)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
-    results = [measure(m, args.repeats) for m in args.model or ["tiny.en", "base"]]
-    for r in results:
-        print("- " + render(r))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    return p
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One record per model (:func:`measure`)."""
+    return [measure(m, args.repeats) for m in args.model or ["tiny.en", "base"]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = run(args)
+    write_report("\n".join("- " + render(r) for r in results), results, json_path=args.json)
     return 0
 
 

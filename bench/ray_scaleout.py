@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
-import platform
 import resource
 import socket
 import subprocess
@@ -36,17 +34,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from server_load import wav_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import aiowhisper_npu as aw
+from aiowhisper_npu.audio.io import load_audio
+from aiowhisper_npu.benchmark.harness import Run, pct, write_report
 
-from server_load import pct, wav_bytes  # noqa: E402
-
-import aiowhisper_npu as aw  # noqa: E402
-from aiowhisper_npu.audio.io import load_audio  # noqa: E402
-
-DATA = ROOT / "tests" / "data"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -181,6 +175,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    report = run(args)
+    write_report(to_markdown(report), report, md_path=args.md, json_path=args.json)
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Calibrate in-process, then measure 1 and 2 replicas on a two-node local Ray cluster; the report."""
+    record = Run(args, "python bench/ray_scaleout.py")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
@@ -214,27 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray.shutdown()
         cluster.shutdown()
     proxy_cpu = max(levels[n]["proxy_cpu_s_per_request"] for n in levels)
-    report = {"clip": args.clip, "audio_s": len(audio) / 16000, "beam_size": args.beam_size,
-              "clients": args.clients, "per_client": args.per_client, "calibration": cal, "levels": levels,
-              "speedup_2_over_1": levels[2]["req_per_s"] / levels[1]["req_per_s"],
-              "paper": paper(cal, proxy_cpu, args.host_cores, args.proxy_cores),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}}
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    if args.md:
-        args.md.write_text(to_markdown(report))
-    print(to_markdown(report))
-    return 0
+    return {"clip": args.clip, "audio_s": len(audio) / 16000, "beam_size": args.beam_size,
+            "clients": args.clients, "per_client": args.per_client, "calibration": cal, "levels": levels,
+            "speedup_2_over_1": levels[2]["req_per_s"] / levels[1]["req_per_s"],
+            "paper": paper(cal, proxy_cpu, args.host_cores, args.proxy_cores), **record.record()}
 
 
 def to_markdown(r: dict[str, Any]) -> str:
     cal, pp = r["calibration"], r["paper"]
     lines = [f"# serve --ray scale-out, sim backend, tiny.en ({r['clip']}, {r['audio_s']:.1f} s, beam "
              f"{r['beam_size']}; {r['clients']} clients x {r['per_client']} requests per level)", "",
-             f"Machine: {r['machine']['cpus']} cores, shared: `{r['machine']['uptime']}`. Both replicas and the "
-             "clients share these cores (two simulated nodes of one CPU each).", "",
+             f"Machine: {r['machine']['cpus']} cores, shared: load average {r['machine']['load_avg_start']} at the "
+             f"start, {r['machine']['load_avg_end']} at the end. Both replicas and the clients share these cores "
+             "(two simulated nodes of one CPU each).", "",
              "| replicas | req/s | p50 s | p95 s | replica CPU s/req | proxy CPU s/req | per replica: requests, "
              "sim-NPU busy s (% of wall) |", "|---:|---:|---:|---:|---:|---:|---|"]
     for n, lv in r["levels"].items():

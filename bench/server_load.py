@@ -25,8 +25,6 @@ import difflib
 import http.client
 import io
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -39,12 +37,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import aiowhisper_npu as aw
+from aiowhisper_npu.benchmark.harness import Run, pct, write_report
+from aiowhisper_npu.transcription.metrics import word_error_rate as wer
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import aiowhisper_npu as aw  # noqa: E402
-from aiowhisper_npu.transcription.metrics import word_error_rate as wer  # noqa: E402
-
 DATA = ROOT / "tests" / "data"
 READY = re.compile(r"ready on http://([\d.]+):(\d+)")
 
@@ -118,10 +115,6 @@ def post_transcription(addr: tuple[str, int], wav: bytes, fields: dict[str, str]
         return r.status, r.read()
     finally:
         conn.close()
-
-
-def pct(xs: Sequence[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if len(xs) else float("nan")
 
 
 def norm_words(text: str) -> list[str]:
@@ -341,6 +334,14 @@ def soak(server: Server, url: str, wav: bytes, pcm: np.ndarray, chunk_s: float, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    result = run(args)
+    write_report(to_markdown(result), result, md_path=args.md, json_path=args.json)
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the server, measure the HTTP levels, the WebSocket levels and the soak; the result."""
+    record = Run(args, "python bench/server_load.py")
     audio = aw.load_audio(DATA / "long_40s.wav")[:30 * 16000]
     wav = wav_bytes(audio)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
@@ -350,7 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert addr is not None
         url = f"ws://{addr[0]}:{addr[1]}/v1/stream"
         rss = {"after_warmup_mb": server.rss_mb()}
-        load_start = os.getloadavg()
         status, body = post_transcription(addr, wav, {"model": "whisper-1", "response_format": "verbose_json",
                                                       "timestamp_granularities[]": "word"})
         assert status == 200, body
@@ -379,22 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.stop()
     within = [r["streams"] for r in ws_rows if r["p95_s"] <= args.goal_p95]
-    result = {"model": args.model, "machine": platform.machine(), "cpus": os.cpu_count(),
-              "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "http": http_rows, "http_inprocess": http_inproc, "ws": ws_rows, "inprocess": inproc, "rss": rss,
-              "soak_s": args.soak_s, "soak_items": soaked, "soak_rss_mb": rss_series, "max_streams_within_goal": max(within, default=0),
-              "goal_p95_s": args.goal_p95, "chunk_s": args.chunk_s}
-    md = to_markdown(result)
-    print(md)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if args.md:
-        Path(args.md).write_text(md)
-    return 0
+    return {"model": args.model, **record.record(), "http": http_rows, "http_inprocess": http_inproc,
+            "ws": ws_rows, "inprocess": inproc, "rss": rss, "soak_s": args.soak_s, "soak_items": soaked,
+            "soak_rss_mb": rss_series, "max_streams_within_goal": max(within, default=0),
+            "goal_p95_s": args.goal_p95, "chunk_s": args.chunk_s}
 
 
 def to_markdown(r: dict[str, Any]) -> str:
-    lines = [f"# server_load: {r['model']}, {r['cpus']} CPUs, load average (1 min) {r['loadavg_at_start'][0]:.2f} "
-             f"at the start, {r['loadavg_at_end'][0]:.2f} at the end", "",
+    m = r["machine"]
+    lines = [f"# server_load: {r['model']}, {m['cpus']} CPUs, load average (1 min) {m['load_avg_start'][0]:.2f} "
+             f"at the start, {m['load_avg_end'][0]:.2f} at the end", "",
              "HTTP, 30 s of speech per request:", "", "| clients | requests | req/s | p50 s | p95 s | failed |",
              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {h['clients']} | {h['requests']} | {h['requests_per_s']:.3f} | {h['p50_s']:.2f} | {h['p95_s']:.2f} "

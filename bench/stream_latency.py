@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +34,14 @@ from typing import Any, AsyncIterator, Sequence
 import anyio
 import numpy as np
 
+import aiowhisper_npu as aw
+from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE
+from aiowhisper_npu.audio.mel import log_mel_windows
+from aiowhisper_npu.benchmark.harness import Run, markdown_table, pct, write_report
+from aiowhisper_npu.streaming.stream import context_positions
+from aiowhisper_npu.transcription.metrics import word_error_rate as wer, words
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import aiowhisper_npu as aw  # noqa: E402
-from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE  # noqa: E402
-from aiowhisper_npu.audio.mel import log_mel_windows  # noqa: E402
-from aiowhisper_npu.streaming.stream import context_positions  # noqa: E402
-from aiowhisper_npu.transcription.metrics import word_error_rate as wer, words  # noqa: E402
-
 DATA = ROOT / "tests" / "data"
 LONG = DATA / "long_40s.wav"
 
@@ -95,10 +92,6 @@ async def realtime_streams(rt: aw.Runtime, audio: np.ndarray, *, n: int, chunk_s
         for i in range(n):
             tg.start_soon(one, i)
     return runs
-
-
-def pct(xs: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
 
 def summarize(runs: list[StreamRun]) -> dict[str, Any]:
@@ -269,14 +262,6 @@ async def accuracy_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:
-    head = "| " + " | ".join(c[1] for c in cols) + " |"
-    sep = "|" + "|".join("---" for _ in cols) + "|"
-    body = ["| " + " | ".join("" if k not in r else format(r[k], f) if f else str(r[k]) for k, _, f in cols) + " |"
-            for r in rows]
-    return "\n".join([head, sep, *body])
-
-
 def report(res: dict[str, Any]) -> str:
     lat_cols = [("model", "model", ""), ("lanes", "lanes", "d"), ("context", "context", ""), ("chunk_s", "chunk s", ".1f"),
                 ("updates", "updates", "d"), ("p50_s", "p50 s", ".3f"), ("p95_s", "p95 s", ".3f"),
@@ -291,17 +276,17 @@ def report(res: dict[str, Any]) -> str:
                 ("rel_l2_audio", "rel L2 (audio positions)", ".3f"), ("same_text", "same text", ""),
                 ("wer_vs_full", "WER bucketed vs full", ".2f"), ("wer_full_vs_truth", "WER full vs truth", ".2f"),
                 ("wer_bucketed_vs_truth", "WER bucketed vs truth", ".2f")]
-    out = [f"## Streaming latency ({res['env']['when']}, {res['env']['cpus']} CPUs, load {res['env']['load']}, "
+    out = [f"## Streaming latency ({res['env']['when']}, {res['machine']['cpus']} CPUs, load {res['env']['load']}, "
            f"runtime {res['env']['runtime']})", ""]
     if res.get("latency"):
         out += ["### One real-time stream: update latency (recorded -> update in hand)", "",
-                table(res["latency"], lat_cols), ""]
+                markdown_table(res["latency"], lat_cols), ""]
     if res.get("concurrency"):
         keys = sorted({(r["lanes"], r["context"]) for r in res["concurrency"]})
         best = {f"lanes={ln} {c}": max([r["streams"] for r in res["concurrency"]
                                         if (r["lanes"], r["context"]) == (ln, c) and r["sustained"]], default=0)
                 for ln, c in keys}
-        out += ["### Concurrent real-time tiny.en streams (1 s chunks)", "", table(res["concurrency"], conc_cols), "",
+        out += ["### Concurrent real-time tiny.en streams (1 s chunks)", "", markdown_table(res["concurrency"], conc_cols), "",
                 "Most sustained: " + ", ".join(f"{c}: {n}" for c, n in sorted(best.items())), ""]
     if res.get("accuracy"):
         agg = []
@@ -319,7 +304,7 @@ def report(res: dict[str, Any]) -> str:
                     ("rel_l2", "mean rel L2", ".3f"), ("same", "same text as full", ""),
                     ("loops", "runaway repetitions", "d"), ("wer_full", "mean WER full vs truth", ".3f"),
                     ("wer_b", "mean WER bucketed vs truth", ".3f")]
-        out += ["### Bucketed vs full context", "", table(agg, agg_cols), "", table(res["accuracy"], acc_cols), "",
+        out += ["### Bucketed vs full context", "", markdown_table(agg, agg_cols), "", markdown_table(res["accuracy"], acc_cols), "",
                 "Decoded text where the two differ (full / bucketed):", ""]
         out += [f"- {r['model']} {r['clip']} {r['variant']}: \"{r['text_full'][:160]}\" / \"{r['text_bucketed'][:160]}\""
                 for r in res["accuracy"] if "text_full" in r and not r["same_text"]]
@@ -350,11 +335,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    record = Run(args, "python bench/stream_latency.py")
     audio = aw.load_audio(LONG)[: round(args.seconds * SAMPLE_RATE)]
-    env = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "python": platform.python_version(),
-           "load": " ".join(f"{x:.1f}" for x in os.getloadavg()), "seconds": args.seconds,
-           "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
-           "depth": args.depth, "lanes": args.lanes}
+    env = {"when": time.strftime("%Y-%m-%d %H:%M"), "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+           "seconds": args.seconds, "blas_env": Run.env(), "depth": args.depth, "lanes": args.lanes}
     probe = make_runtime("tiny.en", args.depth, args.lanes[0])  # not opened: just its resolved settings
     env["runtime"] = {"pipeline_depth": probe.pipeline_depth, "lanes": probe.lanes, "tile_rows": probe.tile_rows}
     res: dict[str, Any] = {"env": env}
@@ -367,6 +351,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "accuracy" not in args.skip:
         print("accuracy:", flush=True)
         res["accuracy"] = await accuracy_section(args)
+    res.update(record.record())
     return res
 
 
@@ -374,9 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     res = anyio.run(run, args)
     print()
-    print(report(res))
+    write_report(report(res), res, json_path=args.json)
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=float))
         print(f"\nwrote {args.json}")
     return 0
 

@@ -23,9 +23,6 @@ Run it with the machine's BLAS defaults::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import random
 import statistics
 import sys
 import time
@@ -33,18 +30,15 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE.parent) not in sys.path:  # a source checkout without an installed package
-    sys.path.insert(0, str(_HERE.parent))
+import anyio
+import numpy as np
 
-import anyio  # noqa: E402
-import numpy as np  # noqa: E402
+import aiowhisper_npu as aw
+from aiowhisper_npu.benchmark.harness import Run, interleaved, per_round, write_report
 
-import aiowhisper_npu as aw  # noqa: E402
+__all__ = ["build_parser", "run", "render", "main", "speech_67s"]
 
-__all__ = ["build_parser", "main", "speech_67s"]
-
-DATA = _HERE.parent / "tests" / "data"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 #: The default recording: real speech (jfk.wav) then synthetic sentences, 0.3 s apart (~67 s).
 CLIPS_67S = ("jfk.wav", "long_40s.wav", "numbers.wav", "weather.wav", "quick_fox.wav", "door.wav")
 
@@ -160,16 +154,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--precisions: a comma-separated subset of {', '.join(ours_names)}")
     mine = {ours_names[c]: c for c in precisions}
     rows: dict[str, list[dict[str, Any]]] = {**{k: [] for k in mine}, **{k: [] for k in peers}}
-    rng = random.Random(args.seed)
+    record = Run(args, "python bench/transcribe.py")
     async with AsyncExitStack() as stack:
         rts = {k: await stack.enter_async_context(aw.Runtime(model, precision=c)) for k, c in mine.items()}
         for rt in rts.values():
             await _ours_once(rt, audio[: 5 * aw.SAMPLE_RATE], args.beam_size)  # warm-up: engine, caches
         for run_peer in peers.values():
             run_peer(audio[: 5 * aw.SAMPLE_RATE])
-        for r in range(args.repeats):
-            order = list(rows)
-            rng.shuffle(order)
+        for r, order in enumerate(interleaved(list(rows), args.repeats, "shuffled", args.seed)):
             for name in order:
                 if name in rts:
                     rows[name].append(await _ours_once(rts[name], audio, args.beam_size))
@@ -180,13 +172,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         conc = await _concurrency(first, audio, args.concurrent, args.beam_size) if args.concurrent else None
 
     def ratio(a: str, b: str) -> float:
-        return statistics.median(x["wall_s"] / y["wall_s"] for x, y in zip(rows[a], rows[b]))
+        return statistics.median(per_round([x["wall_s"] for x in rows[a]], [y["wall_s"] for y in rows[b]]))
 
     ours = next(iter(mine))
     ratios = {name: ratio(ours, name) for name in peers}
     side_by_side = {a: {b: ratio(a, b) for b in rows if b != a} for a in mine}
     return {"model": model.name, "audio_s": audio.size / aw.SAMPLE_RATE, "beam_size": args.beam_size,
-            "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
+            "repeats": args.repeats, **record.record(),
             "results": {k: _summary(v) for k, v in rows.items()}, "rounds": rows,
             "ours": ours, "time_ratio_vs": ratios, "time_ratios": side_by_side, "concurrency": conc}
 
@@ -220,9 +212,7 @@ def render(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     res = anyio.run(run, args)
-    print(render(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    write_report(render(res), res, json_path=args.json)
     return 0
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..benchmark.harness import blas_libraries
+
 __all__ = ["collect_info", "format_info"]
 
 
@@ -20,16 +22,6 @@ def _pyxrt() -> dict[str, Any]:
                 "hint": "source /opt/xilinx/xrt/setup.sh (puts XRT's python dir on PYTHONPATH); pyxrt must be "
                         f"built for Python {sys.version_info.major}.{sys.version_info.minor}"}
     return {"found": True, "path": spec.origin}
-
-
-def _blas() -> list[dict[str, Any]]:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return [{"note": "install threadpoolctl to see the BLAS library and its threads"}]
-    return [{"library": i.get("internal_api"), "version": i.get("version"), "threads": i.get("num_threads"),
-             "architecture": i.get("architecture"), "path": i.get("filepath")}
-            for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
 def _bf16_decoder() -> str:
@@ -55,7 +47,7 @@ def collect_info() -> dict[str, Any]:
         "machine": platform.machine(), "cpus": os.cpu_count(), "backends": backends, "pyxrt": pyxrt,
         "model_cache": str(cache_dir()),
         "models": {k: (str(v) if v else None) for k, v in installed_models().items()},
-        "blas": _blas(),
+        "blas": blas_libraries(),
         "element_wise": "C (aiowhisper_npu.native._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
         "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu.native._gemm)" if kernels.packed_gemm_available()
                           else "numpy.matmul (BLAS): the packed GEMM is not built or this CPU lacks AVX-512"),

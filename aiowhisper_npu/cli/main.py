@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import anyio
@@ -122,14 +121,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_serve_command(args)
 
 
-def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    bench_dir = Path(__file__).resolve().parents[2] / "bench"
-    sys.path.insert(0, str(bench_dir))
-    try:
-        import latency  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise AiowhisperError(f"the benchmark lives in bench/latency.py of a source checkout ({exc})") from exc
-    return int(latency.main(list(rest)) or 0)
+def _cmd_bench(rest: Sequence[str]) -> int:
+    from ..benchmark.latency import main as bench_main
+
+    return bench_main(rest, run_async)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show which backends can run here, whether pyxrt was found and where, the "
                                    "model cache and installed models, and the BLAS library and threads.")
     p.add_argument("--json", action="store_true", help="print JSON")
-    sub.add_parser("bench", help="run the latency benchmark (bench/latency.py; --help for its flags)",
+    sub.add_parser("bench", help="run the bundled encoder latency benchmark (--help for its flags)",
                    add_help=False)
     return parser
 
@@ -185,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] == "bench":
         try:
-            return _cmd_bench(argparse.Namespace(), argv[1:])
+            return _cmd_bench(argv[1:])
         except AiowhisperError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

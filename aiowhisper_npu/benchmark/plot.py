@@ -5,7 +5,7 @@ variant. In the baseline exactly one row is busy at any instant; in a pipelined 
 to-device, from-device) run while the kernel row is busy, so overlap, or its absence, shows at a glance.
 
 Usage from code: ``plot_timelines(path, panels, title)`` with ``panels`` a list of
-``(label, makespan_ms, events)`` and ``events`` as produced by ``bench_measure.timeline_rel`` (dicts with
+``(label, makespan_ms, events)`` and ``events`` as produced by :func:`.measure.timeline_rel` (dicts with
 ``stage``, ``lane``, ``tile``, ``start_ms``, ``end_ms``).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["STAGE_COLOURS", "plot_timelines"]
+__all__ = ["STAGE_COLOURS", "plot_timelines", "plot_result"]
 
 STAGE_COLOURS = {"host_prep": "#4c72b0", "to_device": "#dd8452", "kernel": "#55a868", "from_device": "#c44e52"}
 _ORDER = ("host_prep", "to_device", "kernel", "from_device")
@@ -111,3 +111,19 @@ def plot_timelines(path: str | Path, panels: Sequence[Panel], title: str = "", *
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def plot_result(res: dict[str, Any], path: str | Path) -> Path:
+    """The PNG timeline of a latency benchmark result (``--plot``): its ``baseline`` and best pipelined
+    timelines, zoomed on ten tiles' worth of a steady-state stretch (past the stem, inside the blocks)."""
+    panels = []
+    for name, events in res["timelines"].items():
+        v = res["variants"][name]
+        span = max((e["end_ms"] for e in events), default=0.0)
+        panels.append((f"{name} ({v['note']})", span, events))
+    st = res["settings"]
+    title = (f"Stage timeline, {res['model']['name']} on {res['backend']}: one 30 s window"
+             f"{'s' if st['windows'] > 1 else ''} ×{st['windows']}, median-wall run of each variant")
+    base = res["variants"]["baseline"]
+    tiles = base["tiles_per_window"]
+    return plot_timelines(path, panels, title, zoom_tile=tiles // 3, zoom_ms=10 * base["makespan_per_tile_ms"])

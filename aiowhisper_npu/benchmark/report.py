@@ -1,4 +1,4 @@
-"""Markdown rendering of a benchmark result (the JSON dict of ``bench_schema.md``)."""
+"""Markdown rendering of a latency benchmark result (the JSON dict of ``bench/bench_schema.md``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Measurements for the latency benchmark (:mod:`latency`): variants, timelines, peer, overhead, e2e.
+"""The latency benchmark's measurements: the variants under test, one measured call, a variant's record
+and the CTranslate2 peer.
 
 Everything here measures one thing the same way for every variant:
 
@@ -7,34 +8,31 @@ Everything here measures one thing the same way for every variant:
 - the wall clock is ``time.perf_counter`` around that call, in the caller, for every variant alike;
 - stage times come from the pipeline's own per-tile event timeline of that same call
   (:class:`aiowhisper_npu.pipeline.stats.StageEvent`), never from a different run.
-
-Nothing here prints; :mod:`latency` orchestrates and reports.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import anyio
 import numpy as np
 
-from aiowhisper_npu.audio.io import SAMPLE_RATE, load_audio
-from aiowhisper_npu.pipeline.stats import STAGES, PipelineStats, StageEvent
-from aiowhisper_npu.pipeline.tiles import ArraySpec, Tile
+from ..pipeline.stats import STAGES, PipelineStats, StageEvent
+from . import harness
+from .harness import spread
 
-__all__ = ["REPO", "Variant", "VARIANTS", "RunSample", "speech_audio", "blas_limit", "c_kernels", "stage_table", "aggregate",
-           "pct", "ct2_peer", "null_overhead", "settle", "timeline_rel"]
+__all__ = ["WINDOW_S", "Variant", "VARIANTS", "RunSample", "c_kernels", "stage_table", "aggregate", "pct",
+           "Ct2Peer", "ct2_peer", "peer_record", "timeline_rel", "median_timeline"]
 
-REPO = Path(__file__).resolve().parent.parent
 WINDOW_S = 30.0
-# 16 kHz mono clips of real (synthetic espeak-ng) speech committed with the repository
-CLIPS = ("tests/data/long_40s.wav", "examples/hello.wav", "tests/data/quick_fox.wav",
-         "tests/data/numbers.wav", "tests/data/weather.wav", "tests/data/door.wav")
+
+
+def pct(values: Sequence[float] | np.ndarray, q: float) -> float:
+    """:func:`harness.pct` with 0.0 (not NaN) for no values, so that the JSON record stays standard JSON."""
+    return harness.pct(values, q, 0.0)
 
 
 @dataclass(frozen=True)
@@ -74,40 +72,10 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 
-def speech_audio(seconds: float) -> np.ndarray:
-    """``seconds`` of real speech: the committed clips back to back, repeated as needed (float32 16 kHz)."""
-    clips = [load_audio(REPO / c) for c in CLIPS if (REPO / c).exists()]
-    if not clips:
-        raise FileNotFoundError("no speech clips found under tests/data or examples/")
-    pool = np.concatenate(clips)
-    n = int(round(seconds * SAMPLE_RATE))
-    reps = -(-n // pool.size)
-    return np.ascontiguousarray(np.tile(pool, reps)[:n], dtype=np.float32)
-
-
-@contextlib.contextmanager
-def blas_limit(threads: int | None) -> Iterator[None]:
-    """Pin numpy's BLAS to ``threads`` for one measured call (no-op without threadpoolctl or threads).
-
-    Needed because :class:`~aiowhisper_npu.devices.cpu.CpuDevice` sets a *process-wide* BLAS limit when it
-    loads, so with several runtimes open the last one opened would decide everyone's thread count.
-    """
-    if not threads:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield
-
-
 @contextlib.contextmanager
 def c_kernels(native: bool) -> Iterator[None]:
     """Run one measured call with the C kernels (``kernels.use_native``) on (when built) or off."""
-    from aiowhisper_npu.encoder import kernels
+    from ..encoder import kernels
 
     previous = kernels.use_native(native)
     try:
@@ -115,18 +83,6 @@ def c_kernels(native: bool) -> Iterator[None]:
     finally:
         kernels.use_native(previous)
 
-
-def settle(seconds: float) -> None:
-    """Collect garbage and let spinning BLAS/OpenMP worker threads go idle before the next timed call."""
-    gc.collect()
-    if seconds > 0:
-        time.sleep(seconds)
-
-
-def pct(values: Sequence[float] | np.ndarray, q: float) -> float:
-    """The ``q``-th percentile (linear interpolation), 0.0 for no values."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(a, q)) if a.size else 0.0
 
 
 @dataclass
@@ -162,11 +118,6 @@ def stage_table(samples: Sequence[RunSample]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _stats_pair(values: Sequence[float]) -> dict[str, float]:
-    return {"p50": pct(values, 50), "p95": pct(values, 95), "min": float(min(values)) if values else 0.0,
-            "max": float(max(values)) if values else 0.0}
-
-
 def _by_op(samples: Sequence[RunSample], windows: int) -> dict[str, dict[str, float]]:
     """Kernel stage per op: tiles per window, mean ms per tile, and the median per-call total ms."""
     out: dict[str, dict[str, float]] = {}
@@ -199,9 +150,9 @@ def aggregate(v: Variant, samples: Sequence[RunSample], audio_s: float, windows:
     return {
         "name": v.name, "note": v.note, "settings": {**v.runtime_kwargs(), "native_kernels": v.native}, "repeats": len(samples),
         "tiles": tiles, "tiles_per_window": tiles // max(1, windows),
-        "wall_s": {**_stats_pair(walls), "all": walls},
-        "internal_wall_s": _stats_pair([r.stats.wall_s for r in samples]),
-        "makespan_s": _stats_pair(spans),
+        "wall_s": {**spread(walls), "all": walls},
+        "internal_wall_s": spread([r.stats.wall_s for r in samples]),
+        "makespan_s": spread(spans),
         "window_s": wall50 / max(1, windows),
         "realtime_factor": audio_s / wall50 if wall50 else 0.0,
         "stage_ms": stages,
@@ -223,8 +174,8 @@ def aggregate(v: Variant, samples: Sequence[RunSample], audio_s: float, windows:
                             "p95": pct([r.stats.tile_latency_p95_s * 1e3 for r in samples], 50)},
         "queue_occupancy": {k: o._asdict() for k, o in samples[-1].stats.queue_occupancy.items()}
         if samples else {},
-        "speedup_vs_baseline": _stats_pair(list(ratios.get("baseline", []))),
-        "ratio_to_peer": _stats_pair(list(ratios.get("peer", []))) if ratios.get("peer") else None,
+        "speedup_vs_baseline": spread(list(ratios.get("baseline", []))),
+        "ratio_to_peer": spread(list(ratios.get("peer", []))) if ratios.get("peer") else None,
         "bound": None,
     }
 
@@ -251,6 +202,16 @@ class Ct2Peer:
         return time.perf_counter() - t0, out
 
 
+def peer_record(peer: Ct2Peer, walls: Sequence[float], audio_s: float, windows: int) -> dict[str, Any]:
+    """The JSON record of the peer's measured rounds."""
+    p50 = pct(walls, 50)
+    return {"name": "ctranslate2", "version": peer.version, "compute_type": "float32", "threads": peer.threads,
+            "model_dir": str(peer.dir), "repeats": len(walls),
+            "wall_s": {"p50": p50, "p95": pct(walls, 95), "min": min(walls), "max": max(walls),
+                       "all": list(walls)},
+            "window_s": p50 / max(1, windows), "realtime_factor": audio_s / p50 if p50 else 0.0}
+
+
 def ct2_peer(model: Any, threads: int) -> tuple[Ct2Peer | None, str]:
     """The peer, or None with the reason it is missing."""
     try:
@@ -261,121 +222,6 @@ def ct2_peer(model: Any, threads: int) -> tuple[Ct2Peer | None, str]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-# -- runtime overhead with a null kernel ------------------------------------------------------------------
-class NullProgram:
-    """A :class:`~aiowhisper_npu.pipeline.tiles.KernelProgram`: ``null`` does nothing; ``sleep`` sleeps ``sleep_s``
-    (GIL released, like a device kernel) and records when it ran, on the lane thread."""
-
-    def __init__(self, sleep_s: float = 0.0):
-        self.sleep_s = sleep_s
-        self.spans: list[tuple[float, float]] = []
-
-    @property
-    def resident(self) -> Mapping[str, np.ndarray]:
-        return {}
-
-    def make_workspace(self) -> None:
-        return None
-
-    def run(self, op: str, resident: Mapping[str, np.ndarray], workspace: Any, params: Mapping[str, Any],
-            inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
-            tensors: Mapping[str, np.ndarray]) -> None:
-        if op == "sleep":
-            t0 = time.perf_counter()
-            time.sleep(self.sleep_s)
-            self.spans.append((t0, time.perf_counter()))
-
-
-class NullJob:
-    """``n`` independent tiles of 64 floats in and out; prep and commit touch one value each."""
-
-    def __init__(self, n: int, floats: int = 64, op: str = "null"):
-        spec = ArraySpec((floats,))
-        self._tiles = tuple(Tile(i, op, (), (spec,), (spec,), label=f"{op} {i}") for i in range(n))
-
-    @property
-    def tiles(self) -> Sequence[Tile]:
-        return self._tiles
-
-    @property
-    def tensor_specs(self) -> Mapping[str, ArraySpec]:
-        return {}
-
-    def prepare(self, tile: Tile, host_in: Sequence[np.ndarray]) -> None:
-        host_in[0][0] = tile.index
-
-    def commit(self, tile: Tile, host_out: Sequence[np.ndarray]) -> None:
-        return None
-
-
-SLEEP_KERNEL_S = 0.5e-3  # the fixed-length kernel of the lane-gap measurement
-
-
-async def null_overhead(depth: int, tiles: int, repeats: int) -> dict[str, Any]:
-    """Per-tile runtime cost (µs) of each stage with a kernel that does nothing, on the CPU device.
-
-    Two runs per repeat through the same ``Pipeline``: ``tiles`` null kernels (each stage's own time per
-    tile, the kernel stage's event-loop cost ``dispatch_s``, its launch-to-completion-seen latency, and the
-    wall time per tile), and ``tiles // 4`` fixed 0.5 ms kernels, whose back-to-back gaps on the lane are the
-    device time lost to dispatch once the pipeline keeps the lane fed.
-    """
-    from aiowhisper_npu.devices.cpu import CpuDevice
-    from aiowhisper_npu.pipeline.pipeline import Pipeline
-    from aiowhisper_npu.pipeline.pool import BufferPool
-    from aiowhisper_npu.pipeline.stats import StatsRecorder
-    from aiowhisper_npu.pipeline.tiles import slot_nbytes
-
-    program = NullProgram(SLEEP_KERNEL_S)
-    device = CpuDevice(1, blas_threads=1)
-    device.load(program)
-    job0 = NullJob(tiles)
-    ins, outs = slot_nbytes(job0.tiles)
-    pool = BufferPool(device, ins, outs, depth)
-    pipe = Pipeline(device, pool, lanes=1, max_active_jobs=1)
-    runs: list[RunSample] = []
-    gaps: list[float] = []
-    n_sleep = max(20, tiles // 4)
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(pipe.serve)
-            await pipe.run([NullJob(min(tiles, 50))], StatsRecorder())  # warm-up
-            for _ in range(repeats):
-                rec = StatsRecorder()
-                settle(0.0)
-                t0 = time.perf_counter()
-                await pipe.run([NullJob(tiles)], rec)
-                runs.append(RunSample(time.perf_counter() - t0, rec.snapshot()))
-                program.spans.clear()
-                await pipe.run([NullJob(n_sleep, op="sleep")], StatsRecorder())
-                sp = program.spans[n_sleep // 10:]  # steady state: the lane's queue has filled
-                gaps.append(float(np.median([b[0] - a[1] for a, b in zip(sp, sp[1:])])))
-            tg.cancel_scope.cancel()
-    finally:
-        pool.close()
-        device.close()
-    best = min(runs, key=lambda r: r.wall_s)  # overhead: the least-disturbed run is the honest floor
-    us = {s: float(best.durations[s].mean() * 1e6) for s in STAGES}
-    cost = dict(us, kernel=best.stats.dispatch_s / tiles * 1e6)  # kernel stage: its own loop time
-    gap_us = float(np.median(gaps) * 1e6)
-    worst = max(*cost.values(), gap_us)
-    return {
-        "depth": depth, "tiles": tiles, "repeats": repeats,
-        "stage_us_mean": us,
-        "stage_us_p50": {s: pct(best.durations[s], 50) * 1e6 for s in STAGES},
-        "stage_cost_us": cost,
-        "kernel_latency_us": us["kernel"],
-        "lane_gap_us": gap_us,
-        "lane_gap_kernel_ms": SLEEP_KERNEL_S * 1e3,
-        "device_kernel_us": best.stats.device_kernel_s / tiles * 1e6,
-        "wall_us_per_tile": {"best": best.wall_s / tiles * 1e6,
-                             "p50": pct([r.wall_s / tiles * 1e6 for r in runs], 50)},
-        "unattributed_us_per_tile": best.makespan_s / tiles * 1e6 - sum(us.values()),
-        "max_stage_us": worst,
-        "goal_us": 30.0,
-        "meets_goal": worst <= 30.0,
-    }
-
-
 def timeline_rel(events: Sequence[StageEvent]) -> list[dict[str, Any]]:
     """The timeline relative to its first event, in ms, as JSON-able rows (for the plot and the JSON)."""
     if not events:
@@ -383,3 +229,9 @@ def timeline_rel(events: Sequence[StageEvent]) -> list[dict[str, Any]]:
     t0 = min(e.start for e in events)
     return [{"job": e.job, "tile": e.tile, "op": e.op, "stage": e.stage, "lane": e.lane,
              "start_ms": (e.start - t0) * 1e3, "end_ms": (e.end - t0) * 1e3} for e in events]
+
+
+def median_timeline(samples: Sequence[RunSample]) -> list[dict[str, Any]]:
+    """The timeline of the run whose wall time is the median (the plotted, representative run)."""
+    ordered = sorted(samples, key=lambda s: s.wall_s)
+    return timeline_rel(ordered[len(ordered) // 2].stats.timeline) if ordered else []
