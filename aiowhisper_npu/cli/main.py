@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 import numpy as np
@@ -29,7 +30,7 @@ def run_async(fn: Callable[[], Awaitable[Any]], loop: str = "auto") -> Any:
             use_uvloop = True
         except ImportError:
             if loop == "uvloop":
-                raise AiowhisperError("uvloop is not installed: pip install 'aiowhisper-npu[uvloop]'")
+                raise AiowhisperError("uvloop is not installed: pip install 'aiowhisper-npu[uvloop]'") from None
     return anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
 
 
