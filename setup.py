@@ -3,16 +3,16 @@
 ``aiowhisper_npu.native._fastmath`` fuses the CPU kernels' element-wise passes (exp, bias + exact-erf GELU, layer norm);
 ``aiowhisper_npu.native._gemm`` multiplies activations by weights packed once at load time (``_gemm_bf16``: the
 same in bf16, AVX512_BF16 with an AVX-512F fallback, chosen at run time) and
-``aiowhisper_npu.native._attention`` runs attention heads in one kernel each (both AVX-512); ``aiowhisper_npu.native._gemv`` multiplies a few decoder
-rows by (out, in) weights (AVX2 + FMA, portable fallback). All are optional: if one
-cannot be compiled, installation goes on and the kernels use their numpy forms (tests/test_runtime.py checks
-that they built on x86-64 Linux).
+``aiowhisper_npu.native._attention`` runs attention heads in one kernel each (both AVX-512);
+``aiowhisper_npu.native._gemv`` multiplies a few decoder rows by (out, in) weights (AVX2 + FMA, portable
+fallback). All are optional: if one cannot be compiled, installation goes on and the kernels use their numpy
+forms (tests/test_runtime.py checks that they built on x86-64 Linux).
 """
 
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-HEADERS = ["aiowhisper_npu/native/_attention_bf16.h", "aiowhisper_npu/native/_buffers.h", "aiowhisper_npu/native/_poly.h", "aiowhisper_npu/native/_simd.h"]
+HEADERS = [f"aiowhisper_npu/native/{name}.h" for name in ("_attention_bf16", "_buffers", "_poly", "_simd")]
 
 setup(
     ext_modules=[

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 __all__ = ["FORMATS", "format_timestamp", "to_text", "to_srt", "to_vtt", "segment_dict", "to_json", "render"]
 

@@ -185,7 +185,7 @@ def _parse_riff(path: Path) -> tuple[int, int, int, int, bytes]:
         raise AudioError(f"{path}: damaged WAV file (no valid 'fmt ' chunk)")
     if data is None:
         raise AudioError(f"{path}: damaged WAV file (no 'data' chunk)")
-    tag, ch, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
+    tag, ch, rate, _, block_align, _bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
         tag = int.from_bytes(fmt[24:26], "little")  # first two bytes of the SubFormat GUID
     if ch == 0 or rate == 0 or block_align == 0 or block_align % ch:

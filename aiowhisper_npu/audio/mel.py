@@ -22,8 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .io import HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE, split_windows, validate_audio
 from ..errors import AudioError
+from .io import HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE, split_windows, validate_audio
 
 __all__ = [
     "N_FREQS",

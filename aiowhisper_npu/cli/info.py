@@ -48,7 +48,8 @@ def collect_info() -> dict[str, Any]:
         "model_cache": str(cache_dir()),
         "models": {k: (str(v) if v else None) for k, v in installed_models().items()},
         "blas": blas_libraries(),
-        "element_wise": "C (aiowhisper_npu.native._fastmath)" if kernels.native_available() else "numpy (C extension not built)",
+        "element_wise": ("C (aiowhisper_npu.native._fastmath)" if kernels.native_available()
+                         else "numpy (C extension not built)"),
         "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu.native._gemm)" if kernels.packed_gemm_available()
                           else "numpy.matmul (BLAS): the packed GEMM is not built or this CPU lacks AVX-512"),
         "bf16_linear_layers": {"avx512bf16": "AVX512_BF16 vdpbf16ps GEMM (aiowhisper_npu.native._gemm_bf16)",

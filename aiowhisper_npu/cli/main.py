@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 import numpy as np
@@ -28,7 +29,7 @@ def run_async(fn: Callable[[], Awaitable[Any]], loop: str = "auto") -> Any:
             use_uvloop = True
         except ImportError:
             if loop == "uvloop":
-                raise AiowhisperError("uvloop is not installed: pip install 'aiowhisper-npu[uvloop]'")
+                raise AiowhisperError("uvloop is not installed: pip install 'aiowhisper-npu[uvloop]'") from None
     return anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 import numpy as np

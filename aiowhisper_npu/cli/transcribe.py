@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ..formats import FORMATS, format_timestamp, render
 

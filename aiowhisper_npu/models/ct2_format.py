@@ -177,9 +177,9 @@ class Ct2File:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._buf = self._map(self.path)
+        self._buf: mmap.mmap | None = self._map(self.path)  # None once closed
         try:
-            self._parse()
+            self._parse(self._buf)
         except BaseException:
             self.close()
             raise
@@ -194,8 +194,8 @@ class Ct2File:
         except OSError as exc:
             raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    def _parse(self) -> None:
-        cur = _Cursor(self._buf, self.path)
+    def _parse(self, buf: mmap.mmap) -> None:
+        cur = _Cursor(buf, self.path)
         self.binary_version = cur.unpack("<I", "binary version")
         if not 1 <= self.binary_version <= MAX_BINARY_VERSION:
             raise cur.fail(

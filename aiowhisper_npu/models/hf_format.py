@@ -121,9 +121,9 @@ class _SafetensorsReader:
 def _stacked(r: _SafetensorsReader, att: str, parts: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """The ``parts`` (e.g. ``"qkv"``) projections of ``att`` stacked on the output axis; a missing key bias is 0."""
     ws = [r.get(f"{att}.{x}_proj.weight", 2) for x in parts]
-    bs = [r.get(f"{att}.{x}_proj.bias", 1) if x != "k" or r.has(f"{att}.k_proj.bias") else None for x in parts]
-    ref = next(b for b in bs if b is not None)
-    bs = [b if b is not None else np.zeros_like(ref) for b in bs]
+    found = [r.get(f"{att}.{x}_proj.bias", 1) if x != "k" or r.has(f"{att}.k_proj.bias") else None for x in parts]
+    ref = next(b for b in found if b is not None)
+    bs = [b if b is not None else np.zeros_like(ref) for b in found]
     if len({w.shape for w in ws}) != 1 or len({b.shape for b in bs}) != 1:
         raise ModelError(f"{r.path}: {where} has {'/'.join(parts)} projections of different shapes: corrupt checkpoint")
     return np.concatenate(ws, axis=0), np.concatenate(bs)
@@ -244,7 +244,7 @@ def load_hf_whisper(model_dir: str | os.PathLike[str]
 
 
 def _check_decoder_config(dec: DecoderWeights, config: dict[str, Any], path: Path) -> None:
-    n_vocab, d = dec.token_embedding.shape
+    n_vocab, _d_model = dec.token_embedding.shape
     for key, actual in (("vocab_size", n_vocab), ("decoder_layers", len(dec.blocks)),
                         ("max_target_positions", dec.positional_embedding.shape[0])):
         stated = _config_int(config, key, path)

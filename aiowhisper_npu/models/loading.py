@@ -156,7 +156,8 @@ def load_model(name_or_path: str | os.PathLike[str] | WhisperModel) -> WhisperMo
     if isinstance(name_or_path, WhisperModel):
         return name_or_path
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise ModelError(f"load_model expects a model name, a path or a WhisperModel, got {type(name_or_path).__name__}")
+        raise ModelError("load_model expects a model name, a path or a WhisperModel, "
+                         f"got {type(name_or_path).__name__}")
     name, model_dir = _locate(name_or_path)
     fmt = detect_format(model_dir)
     key = _cache_key(name, model_dir, fmt)

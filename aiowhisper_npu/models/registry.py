@@ -223,7 +223,7 @@ def _stamp_path() -> Path:
 def _load_stamps() -> set[tuple[str, int, int, int, str]]:
     try:
         entries = json.loads(_stamp_path().read_text(encoding="utf-8"))
-        return {tuple(e) for e in entries if isinstance(e, list) and len(e) == 5}  # type: ignore[misc]
+        return {tuple(e) for e in entries if isinstance(e, list) and len(e) == 5}
     except (OSError, ValueError, TypeError):
         return set()
 
