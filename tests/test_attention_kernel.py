@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aiowhisper_npu import numerics
 from aiowhisper_npu.encoder import kernels
 
 at = pytest.importorskip("aiowhisper_npu.native._attention")
@@ -36,7 +37,7 @@ def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def test_is_built_and_used_by_default() -> None:
-    assert kernels.fused_attention_available()
+    assert numerics.fused_attention_available()
 
 
 @pytest.mark.parametrize("n, t, hd", [(1, 1, 8), (5, 9, 16), (48, 64, 64), (49, 1500, 64), (375, 1500, 64),
@@ -114,11 +115,11 @@ def test_kernels_attention_agrees_with_the_blas_path() -> None:
     ws = kernels.Workspace(dims, 100)
     fused, blas = np.empty((100, d), np.float32), np.empty((100, d), np.float32)
     kernels._attention(qkv, 50, 100, heads, ws, fused)
-    previous = kernels.use_native(False)
+    previous = numerics.use_native(False)
     try:
         kernels._attention(qkv, 50, 100, heads, ws, blas)
     finally:
-        kernels.use_native(previous)
+        numerics.use_native(previous)
     assert _rel_l2(fused, blas) <= REL
 
 
