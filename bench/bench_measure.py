@@ -25,7 +25,7 @@ import numpy as np
 
 from aiowhisper_npu.audio.io import SAMPLE_RATE, load_audio
 from aiowhisper_npu.pipeline.stats import STAGES, PipelineStats, StageEvent
-from aiowhisper_npu.pipeline.tiles import ArraySpec, Tile
+from aiowhisper_npu.tiles import ArraySpec, Tile
 
 __all__ = ["REPO", "Variant", "VARIANTS", "RunSample", "speech_audio", "blas_limit", "c_kernels", "stage_table", "aggregate",
            "pct", "ct2_peer", "null_overhead", "settle", "timeline_rel"]
@@ -263,7 +263,7 @@ def ct2_peer(model: Any, threads: int) -> tuple[Ct2Peer | None, str]:
 
 # -- runtime overhead with a null kernel ------------------------------------------------------------------
 class NullProgram:
-    """A :class:`~aiowhisper_npu.pipeline.tiles.KernelProgram`: ``null`` does nothing; ``sleep`` sleeps ``sleep_s``
+    """A :class:`~aiowhisper_npu.tiles.KernelProgram`: ``null`` does nothing; ``sleep`` sleeps ``sleep_s``
     (GIL released, like a device kernel) and records when it ran, on the lane thread."""
 
     def __init__(self, sleep_s: float = 0.0):
@@ -323,7 +323,7 @@ async def null_overhead(depth: int, tiles: int, repeats: int) -> dict[str, Any]:
     from aiowhisper_npu.pipeline.pipeline import Pipeline
     from aiowhisper_npu.pipeline.pool import BufferPool
     from aiowhisper_npu.pipeline.stats import StatsRecorder
-    from aiowhisper_npu.pipeline.tiles import slot_nbytes
+    from aiowhisper_npu.tiles import slot_nbytes
 
     program = NullProgram(SLEEP_KERNEL_S)
     device = CpuDevice(1, blas_threads=1)
