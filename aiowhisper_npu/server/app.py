@@ -18,9 +18,11 @@ from ..runtime.runtime import Runtime
 from .config import ServerConfig
 from .errors import install_error_handlers
 from .limits import UploadLimit
-from .state import ServerState, server_state
+from .http_routes import router as http_router
+from .state import ServerState
+from .websocket import router as ws_router
 
-__all__ = ["ServerState", "create_app", "server_state"]
+__all__ = ["create_app"]
 
 
 def _lifespan(state: ServerState, announce: bool) -> Any:
@@ -56,9 +58,6 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> FastAPI:
     events on (uvicorn's default). ``announce``: print the ``ready on URL`` line once the runtime is open (the
     replicas of ``serve --ray`` do not: the command prints it once every replica is up).
     """
-    from .http_routes import router as http_router
-    from .websocket import router as ws_router
-
     state = ServerState(config)
     app = FastAPI(title="aiowhisper-npu", version=__version__, lifespan=_lifespan(state, announce),
                   description="OpenAI-compatible speech-to-text and a WebSocket live-caption stream.")

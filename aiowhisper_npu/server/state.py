@@ -26,7 +26,7 @@ class Drainable(Protocol):
 
 
 class ServerState:
-    """What the routes of one app share. Created by :func:`create_app`; lives in ``app.state.server``."""
+    """What the routes of one app share. Created by :func:`~.app.create_app`; lives in ``app.state.server``."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
