@@ -155,11 +155,11 @@ def test_attention_products_in_bf16_fused_and_numpy_agree() -> None:
     numerics.round_bf16_(qkv)
     ws = kernels.Workspace(dims, n, "bf16")
     fused = np.empty((n, heads * hd), np.float32)
-    kernels._attention(qkv, 0, n, heads, ws, fused)
+    kernels.attention(qkv, 0, n, heads, ws, fused)
     previous = numerics.use_native(False)
     try:
         slow = np.empty_like(fused)
-        kernels._attention(qkv, 0, n, heads, ws, slow)
+        kernels.attention(qkv, 0, n, heads, ws, slow)
     finally:
         numerics.use_native(previous)
     # numpy's exp and the kernel's differ by an ulp now and then, which can move a P value to the next
@@ -177,5 +177,5 @@ def test_attention_products_in_bf16_fused_and_numpy_agree() -> None:
     assert all(np.array_equal(o, fused) for o in outs)
     # and it is the bf16 form, not fp32's: unrounded P differs far more than that
     fp32 = np.empty_like(fused)
-    kernels._attention(qkv, 0, n, heads, kernels.Workspace(dims, n, "fp32"), fp32)
+    kernels.attention(qkv, 0, n, heads, kernels.Workspace(dims, n, "fp32"), fp32)
     assert _rel_l2(fused, fp32) > 3e-4, _rel_l2(fused, fp32)

@@ -53,7 +53,7 @@ from ..numerics import (PRECISIONS, add_norm_, bias_gelu_, bf16_gemm_available, 
                         switches)
 
 __all__ = ["PACKED", "PACKED_BF16", "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "linear_",
-           "stem", "qkv", "attn_mlp", "OPS"]
+           "attention", "stem", "qkv", "attn_mlp", "OPS"]
 
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
 SHIFT_FREE_BOUND = 60.0  # |score| <= 60: exp() neither overflows (88) nor underflows a whole row (-87)
@@ -245,7 +245,7 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
     return shift or bool(np.isfinite(o1).all())
 
 
-def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
+def attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
     """Multi-head attention of rows ``r0:r0+n`` against every position; heads land in ``merged`` (n, d)."""
     t, d = qkv_in.shape[0], merged.shape[1]
     hd = d // heads
@@ -278,7 +278,7 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     n, d = x.shape
     heads = qkv_in.shape[1] - 3 * d  # the inverse of qkv_columns: one ones column per head
     merged = ws.ln[:n]
-    _attention(qkv_in, r0, n, heads, ws, merged)
+    attention(qkv_in, r0, n, heads, ws, merged)
     x1 = linear_(res, f"{layer}.out_w", merged, ws.proj[:n], ws)
     ln = ws.ln[:n]
     add_norm_(x1, res[f"{layer}.out_b"], x, ln)  # bias, residual, then the MLP's layer norm
