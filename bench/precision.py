@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import aiowhisper_npu as aw
 from aiowhisper_npu.benchmark.harness import interleaved, speech_audio, write_report
 from aiowhisper_npu.devices.cpu import set_blas_threads
-from aiowhisper_npu.encoder import kernels
+from aiowhisper_npu import numerics
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 from aiowhisper_npu.runtime.runtime import CPU_TILE_ROWS
 
@@ -29,7 +29,7 @@ def measure(model_name: str, repeats: int) -> dict[str, Any]:
     set_blas_threads(1)
     mel = aw.log_mel_windows(speech_audio(30.0))[0]
     plan = EncoderPlan(model.dims, CPU_TILE_ROWS)
-    programs = {p: EncoderProgram(model, CPU_TILE_ROWS, p) for p in kernels.PRECISIONS}
+    programs = {p: EncoderProgram(model, CPU_TILE_ROWS, p) for p in numerics.PRECISIONS}
     rounds: dict[str, list[tuple[float, float]]] = {p: [] for p in programs}
     for p, prog in programs.items():  # warm-up: workspaces, page-in
         encode_window_sequential(prog, plan, mel)
@@ -40,7 +40,7 @@ def measure(model_name: str, repeats: int) -> dict[str, Any]:
             rounds[p].append((time.thread_time() - c0, time.perf_counter() - w0))
     cpu = [b[0] / f[0] for f, b in zip(rounds["fp32"], rounds["bf16"])]
     wall = [b[1] / f[1] for f, b in zip(rounds["fp32"], rounds["bf16"])]
-    return {"model": model.name, "repeats": repeats, "bf16_kernel": kernels.bf16_gemm_kernel(),
+    return {"model": model.name, "repeats": repeats, "bf16_kernel": numerics.bf16_gemm_kernel(),
             "cpu_s": {p: statistics.median(c for c, _ in v) for p, v in rounds.items()},
             "wall_s": {p: statistics.median(w for _, w in v) for p, v in rounds.items()},
             "cpu_ratio": statistics.median(cpu), "cpu_ratio_range": [min(cpu), max(cpu)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aiowhisper_npu import numerics
 from aiowhisper_npu.encoder import kernels
 
 at = pytest.importorskip("aiowhisper_npu.native._attention")
@@ -36,7 +37,7 @@ def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def test_is_built_and_used_by_default() -> None:
-    assert kernels.fused_attention_available()
+    assert numerics.fused_attention_available()
 
 
 @pytest.mark.parametrize("n, t, hd", [(1, 1, 8), (5, 9, 16), (48, 64, 64), (49, 1500, 64), (375, 1500, 64),
@@ -101,7 +102,7 @@ def test_heads_beyond_the_bound_or_not_finite_are_left_to_the_caller() -> None:
 
 
 def test_kernels_attention_agrees_with_the_blas_path() -> None:
-    """kernels._attention with the fused kernel against the same call on the BLAS + exp path."""
+    """kernels.attention with the fused kernel against the same call on the BLAS + exp path."""
     rng = np.random.default_rng(3)
     t, d, heads = 300, 128, 2
     qkv = rng.standard_normal((t, kernels.qkv_columns(d, heads)), dtype=np.float32) * 0.3
@@ -113,12 +114,12 @@ def test_kernels_attention_agrees_with_the_blas_path() -> None:
     dims = ModelDimensions(n_mels=80, n_audio_ctx=t, n_audio_state=d, n_audio_head=heads, n_audio_layer=1)
     ws = kernels.Workspace(dims, 100)
     fused, blas = np.empty((100, d), np.float32), np.empty((100, d), np.float32)
-    kernels._attention(qkv, 50, 100, heads, ws, fused)
-    previous = kernels.use_native(False)
+    kernels.attention(qkv, 50, 100, heads, ws, fused)
+    previous = numerics.use_native(False)
     try:
-        kernels._attention(qkv, 50, 100, heads, ws, blas)
+        kernels.attention(qkv, 50, 100, heads, ws, blas)
     finally:
-        kernels.use_native(previous)
+        numerics.use_native(previous)
     assert _rel_l2(fused, blas) <= REL
 
 

@@ -212,9 +212,9 @@ def test_cli_bench_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_c_kernel_microbenchmark_runs_and_agrees(capsys: pytest.CaptureFixture[str]) -> None:
     """``bench/c_kernels.py``: every linear layer row and the attention row, and the fused output agrees."""
     import c_kernels
-    from aiowhisper_npu.encoder import kernels
+    from aiowhisper_npu import numerics
 
-    if not (kernels.packed_gemm_available() and kernels.fused_attention_available()):
+    if not (numerics.packed_gemm_available() and numerics.fused_attention_available()):
         pytest.skip("the C matrix kernels need AVX-512")
     assert c_kernels.main(["--model", "tiny.en", "--rows", "64", "--repeats", "1"]) == 0
     out = capsys.readouterr().out

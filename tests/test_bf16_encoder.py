@@ -9,7 +9,7 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import split_windows
-from aiowhisper_npu.encoder import kernels
+from aiowhisper_npu import numerics
 
 from conftest import CLIPS, CT2Reference, rel_l2
 
@@ -30,7 +30,7 @@ async def test_cpu_bf16_is_the_simulated_npu(tiny: aw.WhisperModel, clip_paths: 
     cpu = await _encode(tiny, audio, precision="bf16")
     sim = await _encode(tiny, audio, backend="sim")
     assert rel_l2(cpu, sim) <= 1e-3
-    if kernels.packed_gemm_available():
+    if numerics.packed_gemm_available():
         assert np.array_equal(cpu, sim)
     fp32 = await _encode(tiny, audio)
     assert rel_l2(fp32, sim) > 1e-3  # the test can tell fp32 from bf16
@@ -58,17 +58,17 @@ async def test_bf16_numpy_forms_and_fallback_kernel_match_ctranslate2(
     operands) the bf16 encoder meets the same bound, and the FMA kernel gives the same bits."""
     audio = aw.load_audio(clip_paths["weather.wav"])
     fast = await _encode(tiny, audio, precision="bf16")
-    if kernels.packed_gemm_available():
-        previous = kernels.use_bf16_kernel("fma")
+    if numerics.packed_gemm_available():
+        previous = numerics.use_bf16_kernel("fma")
         try:
             assert np.array_equal(await _encode(tiny, audio, precision="bf16"), fast)
         finally:
-            kernels.use_bf16_kernel(previous)
-    previous_native = kernels.use_native(False)
+            numerics.use_bf16_kernel(previous)
+    previous_native = numerics.use_native(False)
     try:
         await _check_ct2(tiny, ct2_tiny, clip_paths, ["weather.wav"])
     finally:
-        kernels.use_native(previous_native)
+        numerics.use_native(previous_native)
 
 
 @pytest.mark.timeout(300)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aiowhisper_npu import numerics
 from aiowhisper_npu.encoder import kernels
 from aiowhisper_npu.bf16 import round_bf16, to_bf16_bits
 
@@ -53,14 +54,14 @@ def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
 def test_dispatch_follows_the_cpu() -> None:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     assert HAS_BF16 == (" avx512_bf16" in flags)
-    assert kernels.bf16_gemm_kernel() == ("avx512bf16" if HAS_BF16 else "fma")
-    previous = kernels.use_bf16_kernel("fma")
+    assert numerics.bf16_gemm_kernel() == ("avx512bf16" if HAS_BF16 else "fma")
+    previous = numerics.use_bf16_kernel("fma")
     try:
-        assert kernels.bf16_gemm_kernel() == "fma"
+        assert numerics.bf16_gemm_kernel() == "fma"
     finally:
-        kernels.use_bf16_kernel(previous)
+        numerics.use_bf16_kernel(previous)
     with pytest.raises(ValueError):
-        kernels.use_bf16_kernel("avx2")
+        numerics.use_bf16_kernel("avx2")
 
 
 @pytest.mark.parametrize("m, k, n", [
@@ -95,11 +96,11 @@ def test_epilogue_and_the_numpy_form_of_linear() -> None:
                          "bf16": True})()
     fast = kernels.linear_(res, "0.fc1_w", a, np.empty((50, 200), np.float32), ws, b, gelu=True)  # type: ignore[arg-type]
     assert np.array_equal(fast, outs[-1])
-    previous = kernels.use_native(False)
+    previous = numerics.use_native(False)
     try:
         slow = kernels.linear_(res, "0.fc1_w", a, np.empty((50, 200), np.float32), ws, b, gelu=True)  # type: ignore[arg-type]
     finally:
-        kernels.use_native(previous)
+        numerics.use_native(previous)
     assert np.max(np.abs(fast - slow)) <= 1e-5 * max(1.0, float(np.abs(slow).max()))
 
 
@@ -141,7 +142,7 @@ def test_bad_input_raises() -> None:
 def test_attention_products_in_bf16_fused_and_numpy_agree() -> None:
     """P = exp(q k^T) enters P [V, 1] rounded to bf16 (the denominators sum the rounded values): the fused C
     kernel and the numpy form compute the same thing, up to summation order."""
-    if not kernels.fused_attention_available():
+    if not numerics.fused_attention_available():
         pytest.skip("the fused attention needs AVX-512")
     from aiowhisper_npu.models.model import ModelDimensions
 
@@ -151,16 +152,16 @@ def test_attention_products_in_bf16_fused_and_numpy_agree() -> None:
     qkv = (rng.standard_normal((t, kernels.qkv_columns(heads * hd, heads)), dtype=np.float32) * 0.4)
     for h in range(heads):
         qkv[:, 2 * heads * hd + h * (hd + 1) + hd] = 1.0
-    kernels.round_bf16_(qkv)
+    numerics.round_bf16_(qkv)
     ws = kernels.Workspace(dims, n, "bf16")
     fused = np.empty((n, heads * hd), np.float32)
-    kernels._attention(qkv, 0, n, heads, ws, fused)
-    previous = kernels.use_native(False)
+    kernels.attention(qkv, 0, n, heads, ws, fused)
+    previous = numerics.use_native(False)
     try:
         slow = np.empty_like(fused)
-        kernels._attention(qkv, 0, n, heads, ws, slow)
+        kernels.attention(qkv, 0, n, heads, ws, slow)
     finally:
-        kernels.use_native(previous)
+        numerics.use_native(previous)
     # numpy's exp and the kernel's differ by an ulp now and then, which can move a P value to the next
     # bf16 (2^-8 relative): measured 8e-6
     assert _rel_l2(fused, slow) <= 3e-5
@@ -176,5 +177,5 @@ def test_attention_products_in_bf16_fused_and_numpy_agree() -> None:
     assert all(np.array_equal(o, fused) for o in outs)
     # and it is the bf16 form, not fp32's: unrounded P differs far more than that
     fp32 = np.empty_like(fused)
-    kernels._attention(qkv, 0, n, heads, kernels.Workspace(dims, n, "fp32"), fp32)
+    kernels.attention(qkv, 0, n, heads, kernels.Workspace(dims, n, "fp32"), fp32)
     assert _rel_l2(fused, fp32) > 3e-4, _rel_l2(fused, fp32)

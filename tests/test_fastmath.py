@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiowhisper_npu.encoder import kernels
+from aiowhisper_npu import numerics
 
 fm = pytest.importorskip("aiowhisper_npu.native._fastmath")
 
@@ -17,10 +17,10 @@ def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def test_is_built_and_used_by_default() -> None:
-    assert kernels.native_available()
-    previous = kernels.use_native(True)
+    assert numerics.native_available()
+    previous = numerics.use_native(True)
     assert previous is True  # the kernels use it unless told otherwise
-    kernels.use_native(previous)
+    numerics.use_native(previous)
 
 
 def test_exp_is_accurate_over_the_normal_range() -> None:
@@ -64,7 +64,7 @@ def test_bias_gelu_matches_the_numpy_form() -> None:
     buf[0, :8] = [0.0, -0.0, 6.0, -6.0, 30.0, -30.0, 1e-30, np.nan]
     b = rng.standard_normal(520).astype(np.float32)
     want = buf[:, :520] + b
-    kernels.gelu_(want, np.empty(3 * want.size, np.float32))
+    numerics.gelu_(want, np.empty(3 * want.size, np.float32))
     orig = buf.copy()
     fm.bias_gelu(buf[:, :520], b)
     got = buf[:, :520]
@@ -105,16 +105,16 @@ def test_add_norm_adds_exactly_and_normalises_like_numpy() -> None:
     big = rng.standard_normal((40, 600)).astype(np.float32)
     r = big[:33, :520]  # a strided residual
     want_sum = (x + b) + r
-    want_ln = kernels._layer_norm(want_sum, np.empty_like(want_sum))
+    want_ln = numerics.layer_norm(want_sum, np.empty_like(want_sum))
     out_buf = np.full((33, 530), 7.0, np.float32)
     got = x.copy()
-    fm.add_norm(got, b, r, out_buf[:, :520], kernels.LN_EPS)
+    fm.add_norm(got, b, r, out_buf[:, :520], numerics.LN_EPS)
     assert np.array_equal(got, want_sum)  # the same two float32 additions, in the same order
     assert np.max(np.abs(out_buf[:, :520] - want_ln)) <= 2e-6
     assert np.all(out_buf[:, 520:] == 7.0)
     only_ln = np.empty_like(x)
-    fm.add_norm(x, None, None, only_ln, kernels.LN_EPS)  # x untouched
-    assert np.max(np.abs(only_ln - kernels._layer_norm(x, np.empty_like(x)))) <= 2e-6
+    fm.add_norm(x, None, None, only_ln, numerics.LN_EPS)  # x untouched
+    assert np.max(np.abs(only_ln - numerics.layer_norm(x, np.empty_like(x)))) <= 2e-6
     assert np.allclose(only_ln.mean(axis=1), 0, atol=1e-6) and np.allclose(only_ln.std(axis=1), 1, atol=1e-4)
 
 
@@ -133,7 +133,7 @@ def test_add_norm_reads_a_read_only_input_when_only_normalising() -> None:
     x = np.arange(12, dtype=np.float32).reshape(2, 6)
     x.flags.writeable = False  # e.g. a device buffer mapped for reading
     out = np.empty_like(x)
-    fm.add_norm(x, None, None, out, kernels.LN_EPS)
-    assert np.max(np.abs(out - kernels._layer_norm(x, np.empty_like(x)))) <= 2e-6
+    fm.add_norm(x, None, None, out, numerics.LN_EPS)
+    assert np.max(np.abs(out - numerics.layer_norm(x, np.empty_like(x)))) <= 2e-6
     with pytest.raises((TypeError, ValueError)):
-        fm.add_norm(x, np.zeros(6, np.float32), None, None, kernels.LN_EPS)
+        fm.add_norm(x, np.zeros(6, np.float32), None, None, numerics.LN_EPS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aiowhisper_npu import numerics
 from aiowhisper_npu.encoder import kernels
 
 gm = pytest.importorskip("aiowhisper_npu.native._gemm")
@@ -29,7 +30,7 @@ def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def test_is_built_and_used_by_default() -> None:
-    assert kernels.packed_gemm_available()
+    assert numerics.packed_gemm_available()
     assert gm.packed_shape(512, 1544) == (25, 512, gm.NR)
 
 
@@ -66,7 +67,7 @@ def test_bias_and_gelu_epilogue_match_the_numpy_forms() -> None:
     assert _rel_l2(got, want) <= REL
     gm.gemm(a, _packed(w), got, b, True, _scratch())
     g = want.copy()
-    kernels.gelu_(g, np.empty(3 * g.size, np.float32))
+    numerics.gelu_(g, np.empty(3 * g.size, np.float32))
     assert np.max(np.abs(got - g)) <= 1e-5 * max(1.0, float(np.abs(g).max()))
     assert np.any(got < 0) and np.all(got > -0.2)  # GELU was applied: its minimum is about -0.17
 
@@ -108,11 +109,11 @@ def test_kernels_linear_uses_it_and_agrees_with_matmul() -> None:
     ws = type("WS", (), {"c_scratch": _scratch(), "gelu": np.empty(3 * 10 * 96, np.float32)})()
     x = rng.standard_normal((10, 128), dtype=np.float32)
     fast = kernels.linear_(res, "l", x, np.empty((10, 96), np.float32), ws, b, gelu=True)  # type: ignore[arg-type]
-    previous = kernels.use_native(False)
+    previous = numerics.use_native(False)
     try:
         slow = kernels.linear_(res, "l", x, np.empty((10, 96), np.float32), ws, b, gelu=True)  # type: ignore[arg-type]
     finally:
-        kernels.use_native(previous)
+        numerics.use_native(previous)
     assert np.max(np.abs(fast - slow)) <= 1e-4
 
 

@@ -24,8 +24,7 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices import xrt as xrt_backend
-from aiowhisper_npu.devices.base import BufferView
-from aiowhisper_npu.pipeline.tiles import ArraySpec
+from aiowhisper_npu.tiles import ArraySpec, BufferView
 from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.sim.enums import PyEnum
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu.encoder import kernels
+from aiowhisper_npu import numerics
 from aiowhisper_npu.audio.io import split_windows
 
 from conftest import CLIPS, CT2Reference, rel_l2
@@ -44,11 +44,11 @@ async def test_numpy_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT
                                              clip_paths: dict[str, Path]) -> None:
     """The kernels' numpy forms (numpy passes and numpy.matmul, used when the C extensions are not built or
     the CPU lacks AVX-512) meet the same tolerance."""
-    previous = kernels.use_native(False)
+    previous = numerics.use_native(False)
     try:
         await _check_model(tiny, ct2_tiny, clip_paths)
     finally:
-        kernels.use_native(previous)
+        numerics.use_native(previous)
 
 
 @pytest.mark.anyio

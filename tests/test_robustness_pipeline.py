@@ -17,7 +17,7 @@ from aiowhisper_npu.devices.cpu import CpuDevice
 from aiowhisper_npu.encoder.plan import EncoderPlan, WindowJob
 from aiowhisper_npu.pipeline.pipeline import Pipeline
 from aiowhisper_npu.pipeline.pool import BufferPool
-from aiowhisper_npu.pipeline.tiles import ArraySpec, Tile, slot_nbytes
+from aiowhisper_npu.tiles import ArraySpec, Tile, slot_nbytes
 
 from loop_helpers import ALL_LOOPS, run_guarded
 

@@ -150,12 +150,12 @@ def test_c_extensions_are_built(name: str) -> None:
 
 
 def test_info_reports_which_element_wise_kernels_run() -> None:
-    from aiowhisper_npu.encoder import kernels
+    from aiowhisper_npu import numerics
     from aiowhisper_npu.cli.info import collect_info, format_info
 
     info = collect_info()
-    assert info["element_wise"].startswith("C ") == kernels.native_available()
+    assert info["element_wise"].startswith("C ") == numerics.native_available()
     assert f"element-wise kernels: {info['element_wise']}" in format_info(info)
-    assert info["linear_layers"].startswith("packed") == kernels.packed_gemm_available()
+    assert info["linear_layers"].startswith("packed") == numerics.packed_gemm_available()
     assert f"linear layers: {info['linear_layers']}" in format_info(info)
-    assert info["attention"].startswith("fused") == kernels.fused_attention_available()
+    assert info["attention"].startswith("fused") == numerics.fused_attention_available()

@@ -28,7 +28,7 @@ from aiowhisper_npu.encoder.plan import EncoderProgram
 from aiowhisper_npu.pipeline.pool import BufferPool
 from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.pipeline.stats import StatsRecorder
-from aiowhisper_npu.pipeline.tiles import ArraySpec, Tile, slot_nbytes
+from aiowhisper_npu.tiles import ArraySpec, Tile, slot_nbytes
 
 DATA = Path(__file__).parent / "data"
 CLIP = "door.wav"

@@ -74,14 +74,14 @@ VARIANTS: tuple[Variant, ...] = (
 
 @contextlib.contextmanager
 def c_kernels(native: bool) -> Iterator[None]:
-    """Run one measured call with the C kernels (``kernels.use_native``) on (when built) or off."""
-    from ..encoder import kernels
+    """Run one measured call with the C kernels (``numerics.use_native``) on (when built) or off."""
+    from .. import numerics
 
-    previous = kernels.use_native(native)
+    previous = numerics.use_native(native)
     try:
         yield
     finally:
-        kernels.use_native(previous)
+        numerics.use_native(previous)
 
 
 

@@ -13,7 +13,7 @@ from ..devices import make_device
 from ..pipeline.pipeline import Pipeline
 from ..pipeline.pool import BufferPool
 from ..pipeline.stats import STAGES, StatsRecorder
-from ..pipeline.tiles import ArraySpec, Tile, slot_nbytes
+from ..tiles import ArraySpec, Tile, slot_nbytes
 from .harness import settle
 from .measure import RunSample, pct
 
@@ -21,7 +21,7 @@ __all__ = ["NullProgram", "NullJob", "SLEEP_KERNEL_S", "null_overhead"]
 
 
 class NullProgram:
-    """A :class:`~aiowhisper_npu.pipeline.tiles.KernelProgram`: ``null`` does nothing; ``sleep`` sleeps ``sleep_s``
+    """A :class:`~aiowhisper_npu.tiles.KernelProgram`: ``null`` does nothing; ``sleep`` sleeps ``sleep_s``
     (GIL released, like a device kernel) and records when it ran, on the lane thread."""
 
     def __init__(self, sleep_s: float = 0.0):

@@ -25,11 +25,11 @@ def _pyxrt() -> dict[str, Any]:
 
 
 def _bf16_decoder() -> str:
-    try:
-        from ..native import _gemv
-    except ImportError:
+    from ..native import gemv
+
+    if gemv is None:
         return "numpy.matmul (BLAS) on bf16-rounded operands: the few-row kernel is not built"
-    if _gemv.native_bf16():
+    if gemv.native_bf16():
         return "AVX512_BF16 vdpbf16ps few-row kernel (aiowhisper_npu.native._gemv)"
     return "few-row kernel on widened bf16 weights (aiowhisper_npu.native._gemv; AVX2 FMA or portable C)"
 
@@ -37,7 +37,7 @@ def _bf16_decoder() -> str:
 def collect_info() -> dict[str, Any]:
     """A JSON-able description of the backends, pyxrt, model cache, installed models and BLAS."""
     from .. import __version__
-    from ..encoder import kernels
+    from .. import numerics
     from ..models.registry import cache_dir, installed_models
 
     pyxrt = _pyxrt()
@@ -48,17 +48,17 @@ def collect_info() -> dict[str, Any]:
         "model_cache": str(cache_dir()),
         "models": {k: (str(v) if v else None) for k, v in installed_models().items()},
         "blas": blas_libraries(),
-        "element_wise": ("C (aiowhisper_npu.native._fastmath)" if kernels.native_available()
+        "element_wise": ("C (aiowhisper_npu.native._fastmath)" if numerics.native_available()
                          else "numpy (C extension not built)"),
-        "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu.native._gemm)" if kernels.packed_gemm_available()
+        "linear_layers": ("packed-weight AVX-512 GEMM (aiowhisper_npu.native._gemm)" if numerics.packed_gemm_available()
                           else "numpy.matmul (BLAS): the packed GEMM is not built or this CPU lacks AVX-512"),
         "bf16_linear_layers": {"avx512bf16": "AVX512_BF16 vdpbf16ps GEMM (aiowhisper_npu.native._gemm_bf16)",
                                "fma": "AVX-512F FMA on bf16 values (aiowhisper_npu.native._gemm_bf16; this CPU "
                                       "lacks AVX512_BF16; same bits)",
                                "numpy": "numpy.matmul (BLAS) on bf16-rounded operands: the bf16 GEMM is not "
-                                        "built or this CPU lacks AVX-512"}[kernels.bf16_gemm_kernel()],
+                                        "built or this CPU lacks AVX-512"}[numerics.bf16_gemm_kernel()],
         "bf16_decoder": _bf16_decoder(),
-        "attention": ("fused AVX-512 kernel (aiowhisper_npu.native._attention)" if kernels.fused_attention_available()
+        "attention": ("fused AVX-512 kernel (aiowhisper_npu.native._attention)" if numerics.fused_attention_available()
                       else "BLAS GEMMs around the exp: the fused kernel is not built or this CPU lacks AVX-512"),
     }
 

@@ -12,11 +12,11 @@ Per block, as in openai-whisper's ``ResidualAttentionBlock``: ``x += SelfAttn(LN
 the token embedding (tied). Layer-norm scales and the attention scale ``head_dim ** -0.5`` are folded into
 the following linear layers once, in :func:`prepare_decoder` (rounding only; well inside the 1e-3 tolerance
 against CTranslate2). Element-wise work (bias + GELU, bias + residual + layer norm, the softmax's ``exp``)
-goes through the encoder's fused kernels (:mod:`aiowhisper_npu.encoder.kernels`, C when built).
+goes through the shared kernels of :mod:`aiowhisper_npu.numerics` (C when built).
 
 With ``precision="bf16"`` (docs/precision.md) every weight, the token embedding included, is kept as bf16
 bit patterns (``uint16``: half the bytes a step streams) and every product takes bf16 operands with fp32
-sums: the activations are rounded to bf16 as they enter a linear layer (inside ``_gemv.matmul_nt_bf16``),
+sums: the activations are rounded to bf16 as they enter a linear layer (inside ``native.gemv.matmul_nt_bf16``),
 Q/K/V and the cross-attention keys/values are rounded once when computed, and the softmax probabilities
 are rounded before ``P V``. Layer norms, softmax, GELU and residuals stay fp32.
 """
@@ -28,20 +28,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..encoder import kernels as ek
-from ..models.model import DecoderWeights, ModelDimensions
 from ..bf16 import from_bf16_bits, round_bf16, to_bf16_bits
+from ..models.model import DecoderWeights, ModelDimensions
+from ..native import gemv
+from ..numerics import PRECISIONS, add_norm_, bias_gelu_, exp_rows_, round_bf16_, switches
 from .cache import CrossCache, KVCache
-
-try:
-    from ..native import _gemv
-except ImportError:  # not built: every product goes through numpy.matmul (BLAS)
-    _gemv = None
 
 __all__ = ["PreparedLayer", "PreparedDecoder", "prepare_decoder", "Pass", "PassOutput", "cross_cache", "forward",
            "linear", "use_gemv", "gemv_available", "GEMV_MAX_ROWS"]
 
-#: Products with at most this many rows use the few-row kernel (:mod:`aiowhisper_npu.native._gemv`); more rows
+#: Products with at most this many rows use the few-row kernel (``native.gemv``); more rows
 #: (prefills, cross-attention keys) go to BLAS, which is faster there.
 GEMV_MAX_ROWS = 24
 _use_gemv = True
@@ -49,7 +45,7 @@ _use_gemv = True
 
 def gemv_available() -> bool:
     """True when the few-row product kernel is built (it runs everywhere: AVX2 + FMA, else portable C)."""
-    return _gemv is not None
+    return gemv is not None
 
 
 def use_gemv(enabled: bool) -> bool:
@@ -64,8 +60,8 @@ def _bf16_product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.nd
                   n1: int | None = None) -> None:
     """``out[:, n0:n1] = bf16(x) @ w[n0:n1].T (+ b)`` for bf16 weight bits ``w`` (``uint16`` ``(out, in)``): the
     C kernel, or its numpy form (BLAS on the same bf16 values; another summation order)."""
-    if _gemv is not None and _use_gemv:
-        _gemv.matmul_nt_bf16(x, w, out, b, n0, w.shape[0] if n1 is None else n1, ek._bf16_kernel)
+    if gemv is not None and _use_gemv:
+        gemv.matmul_nt_bf16(x, w, out, b, n0, w.shape[0] if n1 is None else n1, switches.bf16_kernel)
         return
     np.matmul(round_bf16(x), from_bf16_bits(w).T, out=out)
     if b is not None:
@@ -74,7 +70,7 @@ def _bf16_product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.nd
 
 def _round_(a: np.ndarray) -> np.ndarray:
     """Round a C-contiguous float32 array to bf16 values in place."""
-    ek.round_bf16_(a.reshape(-1, a.shape[-1]))
+    round_bf16_(a.reshape(-1, a.shape[-1]))
     return a
 
 
@@ -85,8 +81,8 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     if w.dtype == np.uint16:
         _bf16_product(x, w, b, out)
         return out
-    if _gemv is not None and _use_gemv and x.shape[0] <= GEMV_MAX_ROWS:
-        _gemv.matmul_nt(x, w, out, b)
+    if gemv is not None and _use_gemv and x.shape[0] <= GEMV_MAX_ROWS:
+        gemv.matmul_nt(x, w, out, b)
         return out
     np.matmul(x, w.T, out=out)
     if b is not None:
@@ -150,8 +146,8 @@ def _fold(w: np.ndarray, b: np.ndarray, ln_w: np.ndarray, ln_b: np.ndarray) -> t
 def prepare_decoder(w: DecoderWeights, dims: ModelDimensions, precision: str = "fp32") -> PreparedDecoder:
     """Lay the decoder weights out for :func:`forward` (done once per model); ``precision="bf16"`` keeps the
     weights and the token embedding as bf16 bits (rounded to nearest even once, here)."""
-    if precision not in ek.PRECISIONS:
-        raise ValueError(f"precision must be one of {ek.PRECISIONS}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bf16 = precision == "bf16"
     d = dims.n_text_state
     scale = np.float64(dims.text_head_dim) ** -0.5
@@ -223,17 +219,13 @@ class PassOutput:
 def _softmax_(s: np.ndarray) -> np.ndarray:
     """In-place softmax over the last axis of a C-contiguous array."""
     flat = s.reshape(-1, s.shape[-1])
-    if ek.native_available() and ek._native:
-        ek._fastmath.exp_rows(flat, True)
-    else:
-        flat -= flat.max(axis=1, keepdims=True)
-        np.exp(flat, out=flat)
+    exp_rows_(flat, True)
     flat /= flat.sum(axis=1, keepdims=True)
     return s
 
 
 def _layer_norm(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    ek.add_norm_(x, None, None, out)
+    add_norm_(x, None, None, out)
     return out
 
 
@@ -284,17 +276,17 @@ def _cross_attention(p: Pass, layer: int, q_rows: np.ndarray, out: np.ndarray, w
     h, hd = p.cache.heads, p.cache.head_dim
     rows = q_rows.shape[0]
     k, v_t = cross.k[layer], cross.v_t[layer]  # (h, T, hd), (h, hd, T)
-    if few and _gemv is not None and _use_gemv:
+    if few and gemv is not None and _use_gemv:
         s = np.empty((h, rows, k.shape[1]), np.float32)
         for i in range(h):
-            _gemv.matmul_nt(q_rows[:, i * hd : (i + 1) * hd], k[i], s[i])
+            gemv.matmul_nt(q_rows[:, i * hd : (i + 1) * hd], k[i], s[i])
         for head in want:
             res._heads.append(s[head].copy())
         _softmax_(s)
         if bf16:
             _round_(s)
         for i in range(h):
-            _gemv.matmul_nt(s[i], v_t[i], out[:, i * hd : (i + 1) * hd])
+            gemv.matmul_nt(s[i], v_t[i], out[:, i * hd : (i + 1) * hd])
         return
     q = q_rows.reshape(rows, h, hd).transpose(1, 0, 2)  # (h, rows, hd)
     s = np.matmul(q, k.transpose(0, 2, 1))  # (h, rows, T)
@@ -319,14 +311,14 @@ def _product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray
     """``out = x @ w.T (+ b)``: the few-row kernel for step rows (each row's result independent of the others
     and of the column range, so a split is bit-identical), BLAS for a prefill's rows. A bf16 weight takes the
     bf16 few-row kernel for every row count."""
-    native = _gemv is not None and _use_gemv
+    native = gemv is not None and _use_gemv
     columns: Callable[[int, int], None]
     if w.dtype == np.uint16:
         def columns(n0: int, n1: int) -> None:
             _bf16_product(x, w, b, out, n0, n1)
     elif few and native:
         def columns(n0: int, n1: int) -> None:
-            _gemv.matmul_nt(x, w, out, b, n0, n1)
+            gemv.matmul_nt(x, w, out, b, n0, n1)
     else:
         np.matmul(x, w.T, out=out)
         if b is not None:
@@ -401,17 +393,17 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass], parallel: Parallel | N
             _round_(qkv)
         for p, (r0, r1), slot in zip(passes, spans, slots):
             _self_attention(p, i, qkv[r0:r1], attn[r0:r1], slot, bf16)
-        ek.add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments, parallel), None)  # x += attn W_o + b_o
+        add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments, parallel), None)  # x += attn W_o + b_o
         q = _linear_rows(_layer_norm(x, h_norm), layer.q_w, layer.q_b, segments, parallel)
         if bf16:
             _round_(q)
         for p, (r0, r1), res, slot in zip(passes, spans, results, slots):
             want = [head for (lay, head) in sorted(p.cross_heads) if lay == i]
             _cross_attention(p, i, q[r0:r1], attn[r0:r1], want, res, slot >= 0, bf16)
-        ek.add_norm_(x, layer.cross_out_b, _linear_rows(attn, layer.cross_out_w, None, segments, parallel), None)
+        add_norm_(x, layer.cross_out_b, _linear_rows(attn, layer.cross_out_w, None, segments, parallel), None)
         hidden = _linear_rows(_layer_norm(x, h_norm), layer.fc1_w, None, segments, parallel)
-        ek.bias_gelu_(hidden, layer.fc1_b, np.empty(3 * hidden.size, np.float32))
-        ek.add_norm_(x, layer.fc2_b, _linear_rows(hidden, layer.fc2_w, None, segments, parallel), None)
+        bias_gelu_(hidden, layer.fc1_b, np.empty(3 * hidden.size, np.float32))
+        add_norm_(x, layer.fc2_b, _linear_rows(hidden, layer.fc2_w, None, segments, parallel), None)
     for p, slot in zip(passes, slots):
         if slot >= 0:
             p.cache.commit()

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..encoder import kernels as ek
+from ..native import fastmath
 
 #: Beam candidates are first looked for within these many nats of the best continuation (the 2b-th best is
 #: rarely more than 10 below it), then among all: a shortcut, exact whenever it applies.
@@ -43,12 +43,12 @@ __all__ = ["logsumexp_rows", "Sampler", "BestSampler", "RandomSampler", "Advance
 
 def logsumexp_rows(x: np.ndarray) -> np.ndarray:
     """``log(sum(exp(row)))`` of each row of a float32 ``(rows, n)`` array (``(rows,)`` float32): the
-    log-softmax of a row is ``row - logsumexp``. The shifted ``exp`` goes through the encoder's fused
-    kernel when it is built."""
+    log-softmax of a row is ``row - logsumexp``. The shifted ``exp`` is the fused C kernel
+    (``native.fastmath``) whenever it is built, whatever ``numerics.use_native`` says."""
     peak = x.max(axis=1)
-    if ek.native_available():
+    if fastmath is not None:
         shifted = np.array(x, np.float32)
-        ek._fastmath.exp_rows(shifted, True)
+        fastmath.exp_rows(shifted, True)
     else:
         shifted = x - peak[:, None]
         np.exp(shifted, out=shifted)

@@ -1,11 +1,12 @@
-"""Devices behind one small protocol (:mod:`.base`): ``cpu``, ``xrt`` (real NPU) and ``sim`` (stand-in)."""
+"""Devices behind one small protocol (:class:`aiowhisper_npu.tiles.Device`): ``cpu``, ``xrt`` (real NPU) and
+``sim`` (stand-in). They import the protocol and the simulated NPU, never the pipeline that drives them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import BackendUnavailable
-from .base import ALIGN, BufferView, Device, DeviceBuffer, Run, aligned_empty
+from ..tiles import ALIGN, BufferView, Device, DeviceBuffer, Run, aligned_empty
 from .cpu import CpuDevice
 
 __all__ = ["ALIGN", "BACKENDS", "BufferView", "CpuDevice", "Device", "DeviceBuffer", "Run", "aligned_empty",

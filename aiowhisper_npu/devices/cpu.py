@@ -23,8 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import DeviceError
-from ..pipeline.tiles import ArraySpec, KernelProgram
-from .base import BufferView, aligned_empty
+from ..tiles import ArraySpec, BufferView, KernelProgram, aligned_empty
 
 __all__ = ["CpuBuffer", "CpuRun", "CpuDevice", "set_blas_threads"]
 

@@ -332,15 +332,10 @@ def program_constants(program: Any) -> dict[str, int]:
 
 
 def program_ops(program: Any) -> tuple[str, ...] | None:
-    """The ops a program implements: its ``ops`` attribute, the encoder's ops, or None (unknown)."""
+    """The ops a program implements: its ``ops`` attribute (the encoder's program has one), or None
+    (unknown)."""
     ops = getattr(program, "ops", None)
-    if ops is not None:
-        return tuple(ops)
-    if hasattr(program, "dims") and hasattr(program, "tile_rows"):  # the encoder program
-        from ..encoder.kernels import OPS
-
-        return tuple(OPS)
-    return None
+    return None if ops is None else tuple(ops)
 
 
 def check_program(manifest: Manifest, program: Any) -> None:

@@ -46,9 +46,8 @@ import numpy as np
 
 from ..errors import BackendUnavailable, DeviceError
 from ..sim.config import gil_copy
-from ..pipeline.tiles import KernelProgram
 from ..sim.layout import pack_offsets
-from .base import BufferView
+from ..tiles import BufferView, KernelProgram
 from .manifest import (ArgSpec, Manifest, ManifestError, check_program, load_manifest, pack_instances,
                        program_constants, read_insts, weight_names)
 from .xrt_memory import XrtBuffer, chunks, live, typed, weight_data

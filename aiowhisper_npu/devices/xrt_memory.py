@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeviceError
-from ..pipeline.tiles import KernelProgram
 from ..bf16 import to_bf16_bits
-from .base import BufferView
+from ..errors import DeviceError
+from ..tiles import BufferView, KernelProgram
 
 __all__ = ["SYNC_SLICE", "MappedBO", "XrtBuffer", "chunks", "live", "typed", "weight_data"]
 

@@ -20,19 +20,19 @@ ones column makes the softmax denominator come out of the ``P @ [V, 1]`` GEMM, o
 of a separate pass (the prepared weights have zero columns with bias 1 there, so the GEMM writes exact ones).
 When ``max|q_i| * max|k_j|`` bounds every score of a head by ``SHIFT_FREE_BOUND``, ``exp`` cannot overflow
 or lose a row, so the row-max subtraction is skipped; a non-finite result falls back to the shifted form.
-With :mod:`aiowhisper_npu.native._attention` (AVX-512) every head that passes that check runs in one C call for the
+With ``native.attention`` (AVX-512) every head that passes that check runs in one C call for the
 tile: both products and the exp in one kernel whose scores stay in L2 (it checks the bound itself and sums
 its own denominators; the ones column is unused); the heads it leaves take the path above.
 
-Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) runs in one fused
-pass each when the optional C extension :mod:`aiowhisper_npu.native._fastmath` is built (it is, by ``pip install``),
-else as numpy passes with the same formulas. The linear layers (convolutions as GEMMs, Q/K/V, output
-projection, fc1, fc2) go through :func:`linear_`: with :mod:`aiowhisper_npu.native._gemm` (AVX-512) the weights are
-packed once (:func:`pack_weights`) and bias, or bias + GELU, is applied as each output block is stored;
-otherwise ``numpy.matmul`` (BLAS). :func:`use_native` switches between the C forms and the numpy forms.
+Element-wise work (bias + GELU, the softmax's shift and exp, bias + residual + layer norm) is
+:mod:`aiowhisper_npu.numerics`' (one fused C pass each when built, else numpy passes with the same formulas).
+The linear layers (convolutions as GEMMs, Q/K/V, output projection, fc1, fc2) go through :func:`linear_`:
+with ``native.gemm`` (AVX-512) the weights are packed once (:func:`pack_weights`) and bias, or bias + GELU, is
+applied as each output block is stored; otherwise ``numpy.matmul`` (BLAS). ``numerics.use_native`` switches
+between the C forms and the numpy forms.
 
 ``Workspace(precision="bf16")`` runs every product on bf16 operands with fp32 sums (docs/precision.md): the
-weights are rounded once (:func:`prepare_weights`) and packed as bf16 for :mod:`aiowhisper_npu.native._gemm_bf16`,
+weights are rounded once (:func:`prepare_weights`) and packed as bf16 for ``native.gemm_bf16``,
 each linear layer's input is rounded as it is packed (numpy form: a rounded copy), Q/K/V are rounded in the
 ``qkv`` tensor, and P is rounded before ``P [V, 1]`` (the fused kernel's bf16 form, or the numpy path).
 """
@@ -44,125 +44,22 @@ from typing import Mapping
 
 import numpy as np
 
-from ..models.model import EncoderWeights, ModelDimensions
 from ..bf16 import round_bf16
+from ..models.model import EncoderWeights, ModelDimensions
+from ..native import attention as attention_c
+from ..native import gemm, gemm_bf16
+from ..numerics import (PRECISIONS, add_norm_, bias_gelu_, bf16_gemm_available, exp_rows_,
+                        fused_attention_available, gelu_, layer_norm_affine, packed_gemm_available, round_bf16_,
+                        switches)
 
-try:
-    from ..native import _fastmath
-except ImportError:  # the C extension was not built: the numpy forms below are used
-    _fastmath = None
-try:
-    from ..native import _gemm
-except ImportError:  # not built: the linear layers use numpy.matmul (BLAS)
-    _gemm = None
-try:
-    from ..native import _gemm_bf16
-except ImportError:  # not built: precision="bf16" uses the numpy form (BLAS on bf16-rounded operands)
-    _gemm_bf16 = None
-try:
-    from ..native import _attention as _attention_c
-except ImportError:  # not built: attention runs as BLAS GEMMs around the element-wise exp
-    _attention_c = None
+__all__ = ["PACKED", "PACKED_BF16", "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "linear_",
+           "attention", "stem", "qkv", "attn_mlp", "OPS"]
 
-__all__ = ["LN_EPS", "PACKED", "PACKED_BF16", "PRECISIONS", "native_available", "packed_gemm_available",
-           "fused_attention_available", "bf16_gemm_kernel", "use_bf16_kernel", "round_bf16_", "use_native",
-           "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "gelu_", "bias_gelu_", "add_norm_",
-           "linear_", "stem", "qkv", "attn_mlp", "OPS"]
-
-LN_EPS = 1e-5
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
 SHIFT_FREE_BOUND = 60.0  # |score| <= 60: exp() neither overflows (88) nor underflows a whole row (-87)
-_SQRT1_2 = np.float32(0.7071067811865476)
-
-# Rational approximation of erf on [-4, 4] (the float32 form used by Eigen and XLA; a few ulp from the true
-# erf, far below the fp32 rounding of the GEMMs around it). Coefficients are pre-halved so the kernel
-# evaluates 0.5 * erf(t) directly.
-_ERF_ALPHA = tuple(np.float32(0.5 * c) for c in (
-    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-    -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02,
-))
-_ERF_BETA = tuple(np.float32(c) for c in (
-    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-    -1.42647390514189e-02,
-))
-
-
 PACKED = ":packed"  # suffix of a weight's packed copy in the resident mapping (see pack_weights)
 PACKED_BF16 = ":packed_bf16"  # suffix of its packed bf16 copy (precision="bf16", see pack_weights)
-PRECISIONS = ("fp32", "bf16")
-BF16_KERNELS = {"auto": 0, "fma": 1, "avx512bf16": 2}  # _gemm_bf16.gemm's kernel argument
 _GEMM_WEIGHTS = ("conv1_w", "conv2_w", "qkv_w", "out_w", "fc1_w", "fc2_w")  # names, or suffixes after "{i}."
-
-
-def native_available() -> bool:
-    """True when the fused C element-wise kernels (:mod:`aiowhisper_npu.native._fastmath`) are built."""
-    return _fastmath is not None
-
-
-def packed_gemm_available() -> bool:
-    """True when the packed-weight GEMM (:mod:`aiowhisper_npu.native._gemm`) is built and this CPU can run it."""
-    return _gemm is not None and _gemm.available()
-
-
-def fused_attention_available() -> bool:
-    """True when the fused attention kernel (:mod:`aiowhisper_npu.native._attention`) is built and can run here."""
-    return _attention_c is not None and _attention_c.available()
-
-
-_native = native_available()
-_native_gemm = packed_gemm_available()
-_native_attention = fused_attention_available()
-_native_bf16 = _gemm_bf16 is not None and _gemm_bf16.available()
-_bf16_kernel = 0
-
-
-def bf16_gemm_kernel() -> str:
-    """The kernel that runs precision="bf16"'s linear layers here: ``"avx512bf16"`` (``vdpbf16ps``), ``"fma"``
-    (AVX-512F FMAs on bf16-rounded values, bit-identical) or ``"numpy"`` (BLAS on bf16-rounded operands)."""
-    if not _native_bf16:
-        return "numpy"
-    if _bf16_kernel == 1 or (_bf16_kernel == 0 and not _gemm_bf16.native_bf16()):
-        return "fma"
-    return "avx512bf16"
-
-
-def use_bf16_kernel(kernel: str) -> str:
-    """Force the bf16 GEMM kernel: ``"auto"`` (default: the best this CPU runs), ``"fma"`` or
-    ``"avx512bf16"`` (ValueError where the CPU lacks it). Process-wide, for tests and benchmarks; returns
-    the previous setting."""
-    global _bf16_kernel
-    if kernel not in BF16_KERNELS:
-        raise ValueError(f"kernel must be one of {sorted(BF16_KERNELS)}, got {kernel!r}")
-    if kernel == "avx512bf16" and not (_gemm_bf16 is not None and _gemm_bf16.native_bf16()):
-        raise ValueError("this CPU (or build) has no AVX512_BF16 kernel")
-    previous = next(k for k, v in BF16_KERNELS.items() if v == _bf16_kernel)
-    _bf16_kernel = BF16_KERNELS[kernel]
-    return previous
-
-
-def round_bf16_(x: np.ndarray) -> np.ndarray:
-    """Round a 2-D float32 array (contiguous rows) to bf16 values in place, ties to even."""
-    if _native_bf16:
-        _gemm_bf16.round_(x)
-    else:
-        x[...] = round_bf16(x)
-    return x
-
-
-def use_native(enabled: bool) -> bool:
-    """Use the C kernels (``True``, the default when built): the fused element-wise passes, the
-    packed-weight GEMM and the fused attention; or (``False``) their numpy forms: numpy passes and BLAS.
-
-    Process-wide; returns the previous setting. The two agree to float32 rounding, not bit for bit, so
-    switch only while no encoder kernels run (tests use it to check the numpy forms too).
-    """
-    global _native, _native_gemm, _native_attention, _native_bf16
-    previous = _native or _native_gemm or _native_attention
-    _native = bool(enabled) and native_available()
-    _native_gemm = bool(enabled) and packed_gemm_available()
-    _native_attention = bool(enabled) and fused_attention_available()
-    _native_bf16 = bool(enabled) and _gemm_bf16 is not None and _gemm_bf16.available()
-    return previous
 
 
 def qkv_columns(d: int, heads: int) -> int:
@@ -228,10 +125,10 @@ def pack_weights(resident: Mapping[str, np.ndarray], precision: str = "fp32") ->
 
     Empty when the packed GEMM is not available. The canonical ``(in, out)`` matrices stay in the resident
     mapping too: other devices (and the numpy forms) use those. With ``precision="bf16"``: bf16 copies for
-    :mod:`aiowhisper_npu.native._gemm_bf16`, keyed ``name + PACKED_BF16`` (half the bytes).
+    ``native.gemm_bf16``, keyed ``name + PACKED_BF16`` (half the bytes).
     """
     bf16 = precision == "bf16"
-    lib = _gemm_bf16 if bf16 else _gemm
+    lib = gemm_bf16 if bf16 else gemm
     if lib is None or not lib.available():
         return {}
     out = {}
@@ -270,47 +167,12 @@ class Workspace:
         self.gelu = np.empty(3 * max((2 * n + 1) * d, n * self.dims.n_mlp), np.float32)
         c_scratch = [0]  # for the C kernels: packed activation rows, attention's Q^T and P^T panels
         if packed_gemm_available():
-            c_scratch.append(_gemm.SCRATCH_FLOATS)
-        if _gemm_bf16 is not None and _gemm_bf16.available():
-            c_scratch.append(_gemm_bf16.SCRATCH_FLOATS)
+            c_scratch.append(gemm.SCRATCH_FLOATS)
+        if bf16_gemm_available():
+            c_scratch.append(gemm_bf16.SCRATCH_FLOATS)
         if fused_attention_available():
-            c_scratch.append(_attention_c.scratch_floats(t, self.dims.head_dim))
+            c_scratch.append(attention_c.scratch_floats(t, self.dims.head_dim))
         self.c_scratch = np.empty(max(c_scratch), np.float32)
-
-
-def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """In-place exact (erf) GELU, ``x * 0.5 * (1 + erf(x / sqrt(2)))``.
-
-    ``scratch`` is a flat float32 array of at least ``3 * x.size`` elements (no allocation per call).
-    """
-    t, x2, p = (scratch[i * x.size : (i + 1) * x.size].reshape(x.shape) for i in range(3))
-    np.multiply(x, _SQRT1_2, out=t)
-    np.clip(t, -4.0, 4.0, out=t)
-    np.multiply(t, t, out=x2)
-    np.multiply(x2, _ERF_ALPHA[0], out=p)
-    for c in _ERF_ALPHA[1:-1]:
-        p += c
-        p *= x2
-    p += _ERF_ALPHA[-1]
-    p *= t  # 0.5 * numerator; t is free from here on
-    q = np.multiply(x2, _ERF_BETA[0], out=t)
-    for c in _ERF_BETA[1:-1]:
-        q += c
-        q *= x2
-    q += _ERF_BETA[-1]
-    p /= q  # 0.5 * erf(x / sqrt(2))
-    p += np.float32(0.5)
-    x *= p
-    return x
-
-
-def bias_gelu_(x: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """In place ``x = gelu(x + b)`` for a 2-D ``x`` with contiguous rows; ``scratch`` as for :func:`gelu_`."""
-    if _native:
-        _fastmath.bias_gelu(x, b)
-        return x
-    x += b
-    return gelu_(x, scratch)
 
 
 def linear_(res: Mapping[str, np.ndarray], name: str, x: np.ndarray, out: np.ndarray, ws: Workspace,
@@ -320,13 +182,13 @@ def linear_(res: Mapping[str, np.ndarray], name: str, x: np.ndarray, out: np.nda
     kernels. With ``ws.bf16``, ``x`` enters the product rounded to bf16 (the weights are bf16 values already):
     the packed bf16 GEMM, or BLAS on a rounded copy."""
     if getattr(ws, "bf16", False):  # (a Workspace has it; light stand-ins in tests may not)
-        packed = res.get(name + PACKED_BF16) if _native_bf16 else None
+        packed = res.get(name + PACKED_BF16) if switches.bf16_gemm else None
         if packed is not None:
-            _gemm_bf16.gemm(x, packed, out, bias, gelu, ws.c_scratch, _bf16_kernel)
+            gemm_bf16.gemm(x, packed, out, bias, gelu, ws.c_scratch, switches.bf16_kernel)
             return out
         np.matmul(round_bf16(x), res[name], out=out)
-    elif (packed := res.get(name + PACKED) if _native_gemm else None) is not None:
-        _gemm.gemm(x, packed, out, bias, gelu, ws.c_scratch)
+    elif (packed := res.get(name + PACKED) if switches.gemm else None) is not None:
+        gemm.gemm(x, packed, out, bias, gelu, ws.c_scratch)
         return out
     else:
         np.matmul(x, res[name], out=out)
@@ -336,39 +198,6 @@ def linear_(res: Mapping[str, np.ndarray], name: str, x: np.ndarray, out: np.nda
         out += bias
     elif gelu:
         gelu_(out, ws.gelu)
-    return out
-
-
-def _layer_norm(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Normalise rows of ``x`` into ``out`` (no affine part: it is folded into the next linear layer)."""
-    mean = x.mean(axis=1, keepdims=True)
-    np.subtract(x, mean, out=out)
-    var = np.einsum("ij,ij->i", out, out)[:, None]
-    var *= np.float32(1.0 / x.shape[1])
-    var += np.float32(LN_EPS)
-    np.sqrt(var, out=var)
-    out /= var
-    return out
-
-
-def add_norm_(x: np.ndarray, b: np.ndarray | None, r: np.ndarray | None, out: np.ndarray | None) -> None:
-    """In place ``x += b`` and ``x += r`` (each when given), then ``out = layer_norm(x)`` when ``out`` is given
-    (no affine part). One fused pass per row with the C extension, else numpy passes."""
-    if _native:
-        _fastmath.add_norm(x, b, r, out, LN_EPS)
-        return
-    if b is not None:
-        x += b
-    if r is not None:
-        x += r
-    if out is not None:
-        _layer_norm(x, out)
-
-
-def _layer_norm_affine(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    _layer_norm(x, out)
-    out *= w
-    out += b
     return out
 
 
@@ -408,12 +237,7 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
     """``out = softmax(q k^T) v`` for one head and a chunk of rows; ``v1`` is ``[v, 1]``. False if not finite."""
     rows, hd = q.shape
     s = np.matmul(q, k.T, out=ws.scores[:rows, : k.shape[0]])
-    if _native:
-        _fastmath.exp_rows(s, shift)
-    else:
-        if shift:
-            s -= np.max(s, axis=1, keepdims=True, out=ws.rowvec[:rows])
-        np.exp(s, out=s)
+    exp_rows_(s, shift, ws.rowvec[:rows])
     if ws.bf16:  # P enters the P [V, 1] product as bf16: the denominators sum the rounded values
         round_bf16_(s)
     o1 = np.matmul(s, v1, out=ws.av[:rows])  # last column: the softmax denominator
@@ -421,15 +245,15 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
     return shift or bool(np.isfinite(o1).all())
 
 
-def _attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
+def attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
     """Multi-head attention of rows ``r0:r0+n`` against every position; heads land in ``merged`` (n, d)."""
     t, d = qkv_in.shape[0], merged.shape[1]
     hd = d // heads
     todo: list[int] = list(range(heads))
-    if _native_attention:  # every head it can run without the max shift; the rest come back
-        todo = _attention_c.heads(qkv_in[r0 : r0 + n, :d], qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], merged,
+    if switches.attention:  # every head it can run without the max shift; the rest come back
+        todo = attention_c.heads(qkv_in[r0 : r0 + n, :d], qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], merged,
                                   heads, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch, ws.bf16,
-                                  _bf16_kernel)
+                                  switches.bf16_kernel)
         if not todo:
             return
     k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)
@@ -454,7 +278,7 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     n, d = x.shape
     heads = qkv_in.shape[1] - 3 * d  # the inverse of qkv_columns: one ones column per head
     merged = ws.ln[:n]
-    _attention(qkv_in, r0, n, heads, ws, merged)
+    attention(qkv_in, r0, n, heads, ws, merged)
     x1 = linear_(res, f"{layer}.out_w", merged, ws.proj[:n], ws)
     ln = ws.ln[:n]
     add_norm_(x1, res[f"{layer}.out_b"], x, ln)  # bias, residual, then the MLP's layer norm
@@ -462,7 +286,7 @@ def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.nda
     if final:
         y = linear_(res, f"{layer}.fc2_w", hid, ws.tmp[:n], ws)
         add_norm_(y, res[f"{layer}.fc2_b"], x1, None)
-        _layer_norm_affine(y, res["ln_post_w"], res["ln_post_b"], out)
+        layer_norm_affine(y, res["ln_post_w"], res["ln_post_b"], out)
     else:
         linear_(res, f"{layer}.fc2_w", hid, out, ws)
         add_norm_(out, res[f"{layer}.fc2_b"], x1, None)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import kernels
 from ..models.model import ModelDimensions, WhisperModel
-from ..pipeline.tiles import ArraySpec, Tile
+from ..tiles import ArraySpec, Tile
 
 __all__ = ["DEFAULT_TILE_ROWS", "EncoderPlan", "EncoderProgram", "WindowJob", "encode_window_sequential"]
 
@@ -89,6 +89,8 @@ class EncoderPlan:
 
 class EncoderProgram:
     """The encoder's kernels and resident weights, as a device runs them (see ``tiles.KernelProgram``)."""
+
+    ops = kernels.OPS  # the ops :meth:`run` implements (a device's manifest may name only these)
 
     def __init__(self, model: WhisperModel, tile_rows: int = DEFAULT_TILE_ROWS, precision: str = "fp32"):
         self.dims = model.dims

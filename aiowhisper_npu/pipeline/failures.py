@@ -8,9 +8,8 @@ anything else becomes a :class:`~aiowhisper_npu.errors.DeviceError`.
 
 from __future__ import annotations
 
-from ..devices.base import Device
 from ..errors import AiowhisperError, DeviceError
-from .tiles import Tile
+from ..tiles import Device, Tile
 
 __all__ = ["request_error", "tile_error"]
 

@@ -32,14 +32,13 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..devices.base import Device
+from ..tiles import Device, Job, Tile
 from .failures import tile_error
 from .lanes import LaneThreads
 from .loop import current_loop
 from .pool import BufferPool, Slot
 from .scheduler import JobState, Scheduler
 from .stats import StageEvent, StatsRecorder
-from .tiles import Job, Tile
 
 __all__ = ["Pipeline"]
 

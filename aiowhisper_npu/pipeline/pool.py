@@ -13,8 +13,7 @@ from typing import Any, NamedTuple, Sequence
 import anyio
 import numpy as np
 
-from ..devices.base import BufferView, Device, aligned_empty
-from .tiles import ArraySpec, Tile
+from ..tiles import ArraySpec, BufferView, Device, Tile, aligned_empty
 
 __all__ = ["PoolStats", "Slot", "BufferPool"]
 

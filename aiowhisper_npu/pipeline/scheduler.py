@@ -24,10 +24,9 @@ from typing import Callable, Hashable, Sequence
 
 import anyio
 
-from ..devices.base import BufferView, Device
+from ..tiles import BufferView, Device, Job, Tile
 from .failures import request_error
 from .stats import StatsRecorder
-from .tiles import Job, Tile
 
 __all__ = ["JobState", "Scheduler"]
 

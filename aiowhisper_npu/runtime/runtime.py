@@ -24,7 +24,7 @@ import numpy as np
 from ..audio.io import SAMPLE_RATE, load_audio, validate_audio
 from ..audio.mel import log_mel_windows
 from ..devices import make_device
-from ..devices.base import Device
+from ..tiles import Device
 from ..encoder.kernels import PRECISIONS
 from ..encoder.plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram, WindowJob
 from ..models.loading import load_model
@@ -32,7 +32,7 @@ from ..models.model import ModelDimensions, WhisperModel
 from ..pipeline.pipeline import Pipeline
 from ..pipeline.pool import BufferPool
 from ..pipeline.stats import PipelineStats, StatsRecorder
-from ..pipeline.tiles import slot_nbytes
+from ..tiles import slot_nbytes
 from ..streaming.captions import CaptionStream
 from ..streaming.stream import AudioStream
 from ..decoder.engine import EngineStats

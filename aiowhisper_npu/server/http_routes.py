@@ -21,10 +21,10 @@ from ..decoder.languages import language_code
 from ..errors import AudioError
 from ..runtime.runtime import Runtime
 from ..transcription.results import TranscriptionResult
-from .app import ServerState, server_state
 from .auth import check_key
 from .errors import APIError
 from .responses import RESPONSE_FORMATS, render_response
+from .state import ServerState, server_state
 
 __all__ = ["router", "TranscriptionRequest", "parse_form"]
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import uvicorn
 
-from .app import ServerState, create_app
+from .app import create_app
 from .auth import open_binding_warning
 from .config import ServerConfig
+from .state import ServerState
 
 __all__ = ["GracefulServer", "bind_socket", "serve"]
 

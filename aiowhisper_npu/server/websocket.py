@@ -39,10 +39,10 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from ..decoder.languages import language_code
 from ..errors import AudioError
 from ..runtime.runtime import Runtime
-from .app import ServerState, server_state
 from .auth import check_key
 from .config import ServerConfig
 from .errors import APIError
+from .state import ServerState, server_state
 
 __all__ = ["router", "StreamParams", "FrameError", "decode_frame", "Outbox"]
 

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from ..bf16 import from_bf16_bits, round_bf16
+from ..encoder import kernels
+from ..models.model import ModelDimensions
 from .layout import pack_offsets
 from .xclbin import DTYPES, ArgDesc, KernelDesc
 
@@ -114,20 +116,16 @@ def convert(a: ArgDesc, raw: np.ndarray) -> np.ndarray:
 
 # -- the encoder's ops ------------------------------------------------------------------------------------
 
-def _dims(call: KernelCall, positions: int) -> Any:
-    from ..models.model import ModelDimensions
-
+def _dims(call: KernelCall, positions: int) -> ModelDimensions:
     p = call.params
     return ModelDimensions(p.get("n_mels", 1), positions, p["n_audio_state"], p["n_audio_head"], 1)
 
 
-def _workspace(call: KernelCall, dims: Any, n: int) -> Any:
-    from ..encoder.kernels import Workspace
-
+def _workspace(call: KernelCall, dims: ModelDimensions, n: int) -> kernels.Workspace:
     key = ("ws", dims, n, call.kernel.precision)
     ws = call.scratch.get(key)
     if ws is None:  # a bf16 kernel computes with the bf16 numerics of docs/precision.md, product by product
-        ws = call.scratch[key] = Workspace(dims, n, call.kernel.precision)
+        ws = call.scratch[key] = kernels.Workspace(dims, n, call.kernel.precision)
     return ws
 
 
@@ -144,8 +142,6 @@ def _weights(call: KernelCall, arg: str, layer: int | None, shapes: Mapping[str,
 def _packed_bf16(call: KernelCall, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The CPU's packed bf16 copies of the linear layers' weights (the same kernels, so the same bits as
     ``Runtime(precision="bf16")``), packed once per converted weight (the read cache keeps it one object)."""
-    from ..encoder import kernels
-
     out = {}
     for name, w in weights.items():
         key = ("packed_bf16", name)
@@ -186,8 +182,6 @@ class _Stem:
         return float(macs), io + _packed_bytes(c, "w", self._shapes(p), self._W)
 
     def run(self, c: KernelCall) -> None:
-        from ..encoder import kernels
-
         p = c.params
         n, m, d, r0 = p["n"], p["n_mels"], p["n_audio_state"], p["r0"]
         res = _weights(c, "w", None, self._shapes(p))
@@ -203,8 +197,6 @@ class _Qkv:
     """
 
     def cost(self, c: KernelCall) -> tuple[float, int]:
-        from ..encoder import kernels
-
         p = c.params
         n, d = p["n"], p["n_audio_state"]
         w = kernels.qkv_columns(d, p["n_audio_head"])
@@ -212,8 +204,6 @@ class _Qkv:
         return float(n * d * 3 * d), (n * d + 3 * n * d) * 4 + _packed_bytes(c, "w", shapes, ("qkv_w", "qkv_b"))
 
     def run(self, c: KernelCall) -> None:
-        from ..encoder import kernels
-
         p = c.params
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
         w = kernels.qkv_columns(d, h)
@@ -240,8 +230,6 @@ class _AttnMlp:
 
     def cost(self, c: KernelCall) -> tuple[float, int]:
         p = c.params
-        from ..encoder import kernels
-
         n, d = p["n"], p["n_audio_state"]
         t = c.nbytes("qkv") // (4 * kernels.qkv_columns(d, p["n_audio_head"]))
         macs = 2 * n * t * d + n * d * d + 2 * n * d * 4 * d
@@ -249,8 +237,6 @@ class _AttnMlp:
         return float(macs), io + _packed_bytes(c, "w", self._shapes(d), self._W)
 
     def run(self, c: KernelCall) -> None:
-        from ..encoder import kernels
-
         p = c.params
         n, d, h, layer, r0 = p["n"], p["n_audio_state"], p["n_audio_head"], p["layer"], p["r0"]
         w = kernels.qkv_columns(d, h)
