@@ -10,6 +10,7 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import split_windows
 from aiowhisper_npu import numerics
+from aiowhisper_npu.models.model import BlockWeights, EncoderWeights
 
 from conftest import CLIPS, CT2Reference, rel_l2
 
@@ -22,17 +23,55 @@ async def _encode(model: aw.WhisperModel, audio: np.ndarray, **options: object) 
         return (await rt.encode(audio)).hidden_states
 
 
-async def test_cpu_bf16_is_the_simulated_npu(tiny: aw.WhisperModel, clip_paths: dict[str, Path]) -> None:
-    """The same definition product by product, and the sim runs the same kernels: the same bits (the issue's
-    bound is rel-L2 <= 1e-3; two bf16 computations that differ only in fp32 summation order already drift
-    ~2e-3 apart over four layers, because a rounding flip is 2^-9 relative, so only equal bits meet it)."""
+def random_model(d: int = 640, heads: int = 10, n_mels: int = 128, layers: int = 2, qk_scale: float = 2.0,
+                 seed: int = 0) -> aw.WhisperModel:
+    """A randomly initialised encoder of another shape than tiny.en's and base's (large models' d_model 640 with
+    10 heads, 128 mel bins). ``qk_scale`` 2 makes some positions' attention scores exceed the shift-free bound
+    and others not, so rows of one tile take both attention paths."""
+    rng = np.random.default_rng(seed)
+
+    def f(*shape: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    blocks = []
+    for _ in range(layers):
+        qkv = f(3 * d, d, scale=d**-0.5)
+        qkv[: 2 * d] *= qk_scale
+        blocks.append(BlockWeights(1 + f(d, scale=0.1), f(d, scale=0.1), qkv, f(3 * d, scale=0.1),
+                                   f(d, d, scale=d**-0.5), f(d, scale=0.1), 1 + f(d, scale=0.1), f(d, scale=0.1),
+                                   f(4 * d, d, scale=d**-0.5), f(4 * d, scale=0.1), f(d, 4 * d, scale=(4 * d) ** -0.5),
+                                   f(d, scale=0.1)))
+    weights = EncoderWeights(f(d, n_mels, 3, scale=(3 * n_mels) ** -0.5), f(d, scale=0.1),
+                             f(d, d, 3, scale=(3 * d) ** -0.5), f(d, scale=0.1), f(1500, d, scale=0.5), tuple(blocks),
+                             1 + f(d, scale=0.1), f(d, scale=0.1))
+    return aw.WhisperModel(f"random-{d}", Path("."), weights.dims(heads), weights, "ctranslate2")
+
+
+@pytest.mark.parametrize("model_name", ["tiny.en", pytest.param("base", marks=pytest.mark.slow), "random-640"])
+@pytest.mark.parametrize("bf16_kernel", ["auto", "fma"])
+async def test_cpu_bf16_is_the_simulated_npu(model_name: str, bf16_kernel: str, request: pytest.FixtureRequest,
+                                             clip_paths: dict[str, Path]) -> None:
+    """The same definition product by product, and the sim runs the same kernels: the same bits, on every model
+    shape and with either bf16 kernel (the issue's bound is rel-L2 <= 1e-3; two bf16 computations that differ
+    only in fp32 summation order already drift ~2e-3 apart over four layers, because a rounding flip is 2^-9
+    relative, so only equal bits meet it). The CPU's 375-row tiles and the sim's 64-row tiles group the rows
+    differently, so this also proves a row's result does not depend on the rows it shares a tile with."""
+    if bf16_kernel == "fma" and not numerics.packed_gemm_available():
+        pytest.skip("the FMA form of the bf16 kernels needs AVX-512F")
+    model = random_model() if model_name.startswith("random") else request.getfixturevalue(
+        "tiny" if model_name == "tiny.en" else "base")
     audio = aw.load_audio(clip_paths["numbers.wav"])
-    cpu = await _encode(tiny, audio, precision="bf16")
-    sim = await _encode(tiny, audio, backend="sim")
+    previous = numerics.use_bf16_kernel(bf16_kernel) if bf16_kernel != "auto" else None
+    try:
+        cpu = await _encode(model, audio, precision="bf16")
+        sim = await _encode(model, audio, backend="sim")
+    finally:
+        if previous is not None:
+            numerics.use_bf16_kernel(previous)
     assert rel_l2(cpu, sim) <= 1e-3
     if numerics.packed_gemm_available():
         assert np.array_equal(cpu, sim)
-    fp32 = await _encode(tiny, audio)
+    fp32 = await _encode(model, audio)
     assert rel_l2(fp32, sim) > 1e-3  # the test can tell fp32 from bf16
 
 

@@ -57,6 +57,8 @@ __all__ = ["PACKED", "PACKED_BF16", "qkv_columns", "prepare_weights", "pack_weig
 
 ATTN_ROWS = 512  # attention is computed in chunks of at most this many query rows
 SHIFT_FREE_BOUND = 60.0  # |score| <= 60: exp() neither overflows (88) nor underflows a whole row (-87)
+BF16_SHIFT_FREE_BOUND = 59.0  # bf16's per-row test, a margin below the C kernel's own per-call check
+BLAS_MIN_ROWS = 16  # OpenBLAS sums a row of a product of 1-10 rows in another order than of more (measured)
 PACKED = ":packed"  # suffix of a weight's packed copy in the resident mapping (see pack_weights)
 PACKED_BF16 = ":packed_bf16"  # suffix of its packed bf16 copy (precision="bf16", see pack_weights)
 _GEMM_WEIGHTS = ("conv1_w", "conv2_w", "qkv_w", "out_w", "fc1_w", "fc2_w")  # names, or suffixes after "{i}."
@@ -153,7 +155,7 @@ class Workspace:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.bf16 = self.precision == "bf16"
         d, n, t, h = self.dims.n_audio_state, self.tile_rows, self.dims.n_audio_ctx, self.dims.n_audio_head
-        rows = min(n, ATTN_ROWS)
+        rows = max(BLAS_MIN_ROWS, min(n, ATTN_ROWS))
         self.conv1 = np.empty((2 * n + 1, d), np.float32)
         self.cols = np.empty((2 * n + 1, 3 * max(d, self.dims.n_mels)), np.float32)
         self.ln = np.empty((n, d), np.float32)
@@ -247,6 +249,9 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
 
 def attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
     """Multi-head attention of rows ``r0:r0+n`` against every position; heads land in ``merged`` (n, d)."""
+    if ws.bf16:
+        _attention_bf16(qkv_in, r0, n, heads, ws, merged)
+        return
     t, d = qkv_in.shape[0], merged.shape[1]
     hd = d // heads
     todo: list[int] = list(range(heads))
@@ -270,6 +275,46 @@ def attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, me
             shift = float(q_sq[c0:c1, h].max() * k_sq[h]) > SHIFT_FREE_BOUND**2
             if not _head_attention(q[c0:c1], k, v1, ws, out, shift):
                 _head_attention(q[c0:c1], k, v1, ws, out, True)
+
+
+def _attention_bf16(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
+    """:func:`attention` in bf16, decided row by row, so that a row's result does not depend on the rows it
+    shares a tile with (P is rounded to bf16, and ``round(exp(s))`` and ``round(exp(s - max))`` differ, so
+    whether a row is shifted must depend on that row alone). A row whose every head's scores are bounded by
+    ``BF16_SHIFT_FREE_BOUND`` (Cauchy-Schwarz; below ``SHIFT_FREE_BOUND``, so the C kernel's own check over
+    the rows it is given always passes) runs unshifted, in the C kernel where it is built; every other row is
+    shifted by its row maximum. BLAS sums a row of a product of fewer than ~11 rows in another order than of
+    more, so a small group of rows is padded with zero rows to ``BLAS_MIN_ROWS``."""
+    t, d = qkv_in.shape[0], merged.shape[1]
+    hd = d // heads
+    k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)
+    q3 = qkv_in[r0 : r0 + n, :d].reshape(n, heads, hd)
+    k_sq = np.einsum("thd,thd->th", k3, k3, out=ws.norms[:t]).max(axis=0)  # per head: max |k|^2
+    q_sq = np.einsum("thd,thd->th", q3, q3, out=ws.norms[t : t + n])  # per row and head: |q|^2
+    free = (q_sq * k_sq).max(axis=1) <= BF16_SHIFT_FREE_BOUND**2
+    free_rows, shifted_rows = np.flatnonzero(free), np.flatnonzero(~free)
+    free_todo: list[int] = list(range(heads))  # heads the free rows still need
+    if switches.attention and free_rows.size:
+        whole = free_rows.size == n
+        q = qkv_in[r0 : r0 + n, :d] if whole else qkv_in[r0 + free_rows, :d]
+        out = merged if whole else np.empty((free_rows.size, d), np.float32)
+        free_todo = attention_c.heads(q, qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], out, heads, hd + 1,
+                                      SHIFT_FREE_BOUND, ws.c_scratch, True, switches.bf16_kernel)
+        if not whole:
+            merged[free_rows] = out
+    for rows, shift, todo in ((free_rows, False, free_todo), (shifted_rows, True, list(range(heads)))):
+        for c0 in range(0, rows.size, ATTN_ROWS):
+            idx = rows[c0 : c0 + ATTN_ROWS]
+            m = max(idx.size, BLAS_MIN_ROWS)
+            q = np.zeros((m, hd), np.float32)
+            out = np.empty((m, hd), np.float32)
+            for h in todo:
+                q[: idx.size] = qkv_in[r0 + idx, h * hd : (h + 1) * hd]
+                k = qkv_in[:, d + h * hd : d + (h + 1) * hd]
+                v1 = qkv_in[:, 2 * d + h * (hd + 1) : 2 * d + (h + 1) * (hd + 1)]
+                if not _head_attention(q, k, v1, ws, out, shift):
+                    _head_attention(q, k, v1, ws, out, True)
+                merged[idx, h * hd : (h + 1) * hd] = out[: idx.size]
 
 
 def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray, r0: int,
