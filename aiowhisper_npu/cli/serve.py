@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    ray = p.add_argument_group("scale-out on Ray Serve (the 'ray' extra; README: Scale out)")
+    ray = p.add_argument_group("scale-out on Ray Serve (the 'ray' extra; docs/serving.md)")
     ray.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment (one runtime per replica)")
     ray.add_argument("--ray-address", default=None,
                      help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, "

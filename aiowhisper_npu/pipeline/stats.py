@@ -1,6 +1,6 @@
 """Pipeline statistics: what each stage did, when, and where the kernel sat idle.
 
-Definitions (also in the README):
+Definitions (also in docs/architecture.md):
 
 - ``stage_busy_s[stage]``: the summed duration of that stage's work items. A ``kernel`` item lasts from
   its launch (or, when it was queued behind the lane's previous run, from the moment that run was seen

@@ -76,7 +76,7 @@ def start_serve(config: ServerConfig, scale: ScaleOut, *, log_level: str = "info
 
     The proxies get :func:`~.ray_routing.proxy_middlewares` (502 / close 1012 for a request whose replica
     died) through the controller's environment; a Serve instance started by someone else keeps its own
-    proxy settings (start it with ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` set, see the README).
+    proxy settings (start it with ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` set, see docs/serving.md).
     """
     if config.port == 0:
         raise ValueError("--port 0 is not supported with --ray: Serve's proxy needs a fixed port")
