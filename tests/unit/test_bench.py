@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import latency  # noqa: E402  (bench/latency.py: the checkout's entry to aiowhisper_npu.benchmark.latency)
@@ -231,7 +231,7 @@ def test_transcribe_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture
     import transcribe as bench_transcribe
 
     out = tmp_path / "t.json"
-    assert bench_transcribe.main(["--audio", str(Path(__file__).parent / "data" / "jfk.wav"), "--repeats", "1",
+    assert bench_transcribe.main(["--audio", str(Path(__file__).parents[1] / "data" / "jfk.wav"), "--repeats", "1",
                                   "--peers", "", "--concurrent", "2", "--beam-size", "1", "--precisions", "fp32,bf16",
                                   "--json", str(out)]) == 0
     res = json.loads(out.read_text())

@@ -20,7 +20,7 @@ from aiowhisper_npu.audio.mel import (
 )
 from aiowhisper_npu.audio.mel_stream import IncrementalLogMel, LogMelStream
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

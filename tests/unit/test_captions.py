@@ -360,7 +360,7 @@ def test_example_live_captions_runs() -> None:
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run([sys.executable, str(root / "examples" / "live_captions.py"), "--no-realtime"],
                          capture_output=True, text=True, timeout=300, cwd=root, env=env)

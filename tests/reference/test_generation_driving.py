@@ -195,7 +195,7 @@ def test_decoder_step_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     import decoder_step
 
     assert decoder_step.main(["--max-length", "12", "--repeats", "1"]) == 0

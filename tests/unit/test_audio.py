@@ -15,7 +15,7 @@ from aiowhisper_npu.audio import io as A
 from aiowhisper_npu.audio.io import N_SAMPLES, load_audio, resample, split_windows, validate_audio
 from aiowhisper_npu.errors import AudioError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def _no_module(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
@@ -303,7 +303,7 @@ def test_bundled_clips() -> None:
         assert x.dtype == np.float32 and x.ndim == 1 and 0.05 < np.abs(x).max() <= 1.0
         seconds = x.size / 16000
         assert (30 < seconds < 45) if name == "long_40s.wav" else (2 <= seconds <= 8), (name, seconds)
-    assert 2 <= load_audio(Path(__file__).parents[1] / "examples" / "hello.wav").size / 16000 <= 8
+    assert 2 <= load_audio(Path(__file__).parents[2] / "examples" / "hello.wav").size / 16000 <= 8
     assert sum(p.stat().st_size for p in DATA.iterdir()) < 3_000_000
 
 

@@ -30,7 +30,7 @@ from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.pipeline.stats import StatsRecorder
 from aiowhisper_npu.tiles import ArraySpec, Tile, slot_nbytes
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 CLIP = "door.wav"
 ROWS = 300  # 5 row tiles: 45 tiles per window for tiny.en
 REL_L2_BF16 = 1e-2  # measured ≈ 4e-3 for tiny.en with bf16 GEMM operands, fp32 accumulation

@@ -28,7 +28,7 @@ from aiowhisper_npu.tiles import ArraySpec, BufferView
 from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.sim.enums import PyEnum
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 SURFACE = json.loads((DATA / "pyxrt_surface.json").read_text())
 VERSIONS = tuple(SURFACE["versions"])
 Use = tuple[str, str, "int | None"]  # (owner: "" for the module, "bo", "bo.flags", ...; name; arity or None)

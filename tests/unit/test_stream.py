@@ -27,7 +27,7 @@ from conftest import rel_l2
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["quick_fox.wav", "numbers.wav", "weather.wav", "door.wav"]
 # exactness does not depend on the event loop: those tests run on asyncio only (the suite must stay fast);
 # flow control, sharing, cancellation and errors run on every loop of conftest's anyio_backend
