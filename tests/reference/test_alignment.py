@@ -17,7 +17,7 @@ from aiowhisper_npu.decoder.options import AlignmentResult
 from aiowhisper_npu.transcription.timing import words_from_alignment
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
 
-from conftest import DATA
+from tests.support import DATA
 
 
 def dtw_reference(x: np.ndarray) -> list[tuple[int, int]]:

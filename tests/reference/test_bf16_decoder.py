@@ -14,8 +14,8 @@ from aiowhisper_npu.decoder.cache import KVCache
 from aiowhisper_npu.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
 from aiowhisper_npu.transcription.metrics import word_error_rate, words as metric_words
 
-from conftest import CLIPS
-from test_decoder_forward import Reference
+from tests.support import CLIPS
+from tests.support.ct2_reference import GreedyReference
 
 gemv = pytest.importorskip("aiowhisper_npu.native._gemv")
 MONO_CLIPS = [c for c in CLIPS if "stereo" not in c]
@@ -60,13 +60,13 @@ def test_bf16_weights_take_half_the_bytes(tiny: aw.WhisperModel) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_reference() -> tuple[aw.WhisperModel, Reference]:
+def tiny_reference() -> tuple[aw.WhisperModel, GreedyReference]:
     model = aw.load_model("tiny.en")
-    return model, Reference(model, "long_40s.wav")
+    return model, GreedyReference(model, "long_40s.wav")
 
 
 @pytest.mark.parametrize("use_kernel", [True, False], ids=["few-row-kernel", "numpy"])
-def test_bf16_step_logits_near_ctranslate2_fp32(tiny_reference: tuple[aw.WhisperModel, Reference],
+def test_bf16_step_logits_near_ctranslate2_fp32(tiny_reference: tuple[aw.WhisperModel, GreedyReference],
                                                 use_kernel: bool) -> None:
     model, ref = tiny_reference
     previous = dk.use_gemv(use_kernel)

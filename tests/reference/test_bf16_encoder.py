@@ -12,7 +12,8 @@ from aiowhisper_npu.audio.io import split_windows
 from aiowhisper_npu import numerics
 from aiowhisper_npu.models.model import BlockWeights, EncoderWeights
 
-from conftest import CLIPS, CT2Reference, rel_l2
+from tests.support import CLIPS, rel_l2
+from tests.support.ct2_reference import CT2Reference
 
 MONO_CLIPS = [c for c in CLIPS if "stereo" not in c]
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)]

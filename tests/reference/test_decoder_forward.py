@@ -10,9 +10,8 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.decoder import kernels as dk
 from aiowhisper_npu.decoder.cache import KVCache
-from aiowhisper_npu.decoder.tokenizer import Tokenizer
 
-from conftest import DATA
+from tests.support.ct2_reference import GreedyReference
 
 
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
@@ -27,32 +26,13 @@ def test_both_models_load_their_decoder(name: str) -> None:
     assert not m.decoder.token_embedding.flags.writeable  # shared by every caller of load_model
 
 
-class Reference:
-    """CTranslate2's encoder output and greedy decode (with per-step logits) of one 30 s window."""
-
-    def __init__(self, model: aw.WhisperModel, clip: str):
-        import ctranslate2
-        from faster_whisper.feature_extractor import FeatureExtractor
-
-        audio = aw.load_audio(DATA / clip)[: 30 * 16000]
-        mel = FeatureExtractor(feature_size=80)(audio, padding=0)[:, :3000].astype(np.float32)
-        ct = ctranslate2.models.Whisper(str(model.path), compute_type="float32", intra_threads=2)
-        self.encoder_output = np.array(ct.encode(ctranslate2.StorageView.from_array(mel[None]), to_cpu=True))[0]
-        tok = Tokenizer.for_model(model.path, model.dims.n_vocab, language="en")
-        self.prompt = [*tok.sot_sequence, tok.no_timestamps]
-        res = ct.generate(ctranslate2.StorageView.from_array(self.encoder_output[None]), [self.prompt],
-                          beam_size=1, return_logits_vocab=True, suppress_blank=False, suppress_tokens=[])[0]
-        self.tokens = list(res.sequences_ids[0])
-        self.logits = [np.array(x) for x in res.logits[0]]
-
-
 @pytest.fixture(scope="module", params=["tiny.en", "base"])
-def reference(request: pytest.FixtureRequest) -> tuple[aw.WhisperModel, Reference]:
+def reference(request: pytest.FixtureRequest) -> tuple[aw.WhisperModel, GreedyReference]:
     model = aw.load_model(request.param)
-    return model, Reference(model, "long_40s.wav")
+    return model, GreedyReference(model, "long_40s.wav")
 
 
-def _teacher_forced(model: aw.WhisperModel, ref: Reference) -> list[np.ndarray]:
+def _teacher_forced(model: aw.WhisperModel, ref: GreedyReference) -> list[np.ndarray]:
     dec = dk.prepare_decoder(model.decoder, model.dims)
     d = model.dims
     cache = KVCache(dk.cross_cache(dec, ref.encoder_output), d.n_text_layer, d.n_text_head, d.text_head_dim,
@@ -64,7 +44,7 @@ def _teacher_forced(model: aw.WhisperModel, ref: Reference) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("gemv", [True, False], ids=["few-row-kernel", "numpy"])
-def test_step_logits_match_ctranslate2(reference: tuple[aw.WhisperModel, Reference], gemv: bool) -> None:
+def test_step_logits_match_ctranslate2(reference: tuple[aw.WhisperModel, GreedyReference], gemv: bool) -> None:
     """Per-step logits along CTranslate2's own greedy path, with our C kernels and with the numpy forms."""
     model, ref = reference
     previous = dk.use_gemv(gemv)

@@ -18,7 +18,7 @@ from aiowhisper_npu.decoder.generation import Generation, generate, parse_prompt
 from aiowhisper_npu.decoder.kernels import Pass, forward
 from aiowhisper_npu.decoder.options import GenerationOptions
 from aiowhisper_npu.decoder.tasks import new_cache
-from generation_peer import Peer
+from tests.support.generation_peer import Peer
 
 GREEDY = GenerationOptions(beam_size=1, suppress_tokens=(-1,))
 

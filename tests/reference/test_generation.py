@@ -1,13 +1,13 @@
 """``generate`` against CTranslate2 4.8.5's ``Whisper.generate`` (what faster-whisper drives), on the same
 encoder output: greedy and beam search, every prompt form, every logit rule (each in a case where it changes
-the output), and the no-speech probability. The comparison helper is in generation_peer.py."""
+the output), and the no-speech probability. The comparison helper is in tests/support/generation_peer.py."""
 
 from __future__ import annotations
 
 import pytest
 
 import aiowhisper_npu as aw
-from generation_peer import Peer
+from tests.support.generation_peer import Peer
 
 LONG = "long_40s.wav"  # its first 30 s: ten sentences, about 90 tokens
 

@@ -12,7 +12,7 @@ from aiowhisper_npu.decoder import generation as gen_module
 from aiowhisper_npu.decoder.generation import Generation, detect_language, generate, resolve_suppress_tokens
 from aiowhisper_npu.decoder.kernels import forward
 from aiowhisper_npu.decoder.options import GenerationOptions
-from generation_peer import Peer, check_grammar
+from tests.support.generation_peer import Peer, check_grammar
 
 LONG = "long_40s.wav"
 

@@ -28,7 +28,8 @@ from aiowhisper_npu.devices.manifest import ManifestError
 from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.sim.layout import MAX_DATA_BOS, pack_offsets
 
-from conftest import CLIPS, DATA, CT2Reference, rel_l2
+from tests.support import CLIPS, DATA, rel_l2
+from tests.support.ct2_reference import CT2Reference
 
 CLIP = "door.wav"
 ROWS = 300

@@ -11,7 +11,8 @@ import aiowhisper_npu as aw
 from aiowhisper_npu import numerics
 from aiowhisper_npu.audio.io import split_windows
 
-from conftest import CLIPS, CT2Reference, rel_l2
+from tests.support import CLIPS, rel_l2
+from tests.support.ct2_reference import CT2Reference
 
 MONO_CLIPS = [c for c in CLIPS if "stereo" not in c]
 

@@ -14,7 +14,8 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE
 
-from conftest import CT2Reference, rel_l2
+from tests.support import rel_l2
+from tests.support.ct2_reference import CT2Reference
 
 pytestmark = pytest.mark.anyio
 

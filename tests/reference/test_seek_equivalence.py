@@ -1,4 +1,4 @@
-"""Our seek loop against faster-whisper's, on a scripted model (tests/fake_ct2.py): both run over the same
+"""Our seek loop against faster-whisper's, on a scripted model (tests/support/fake_ct2.py): both run over the same
 random answers, so every segment, word, time and probability must be equal bit for bit, and both must ask
 the model the same things (windows, prompts, generation options, alignments). Random options and audio
 lengths reach every branch of faster-whisper's ``generate_segments``; no model runs, so this is fast."""
@@ -15,20 +15,12 @@ import pytest
 
 from aiowhisper_npu.transcription.seek import transcribe
 from aiowhisper_npu.transcription.options import TranscriptionOptions
-from aiowhisper_npu.models.model import ModelDimensions
 from aiowhisper_npu.models.registry import resolve_model_dir
 
-from ct2_backend import CT2WindowDecoder
-from fake_ct2 import ScriptedWhisper
+from tests.support.ct2_backend import CT2WindowDecoder
+from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _dims(n_vocab: int) -> ModelDimensions:
-    return ModelDimensions(80, 1500, 384, 6, 4, n_vocab, 448, 384, 6, 4)
-
-
-VOCAB = {"tiny.en": 51864, "base": 51865}
 
 
 def faster_whisper_on(fake: ScriptedWhisper, model_dir: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -104,7 +96,7 @@ def run_both(model: str, seed: int, audio: np.ndarray, kw: dict[str, Any], monke
     fw = faster_whisper_on(theirs_model, path, monkeypatch)
     segments, info = fw.transcribe(audio, **copy.deepcopy(kw))
     theirs = list(segments)
-    decoder = CT2WindowDecoder(ours_model, _dims(VOCAB[model]), path)
+    decoder = CT2WindowDecoder(ours_model, scripted_dims(VOCAB[model]), path)
     result = anyio.run(transcribe, decoder, audio, TranscriptionOptions(**kw))
     assert decoder.open_windows == 0
     return (theirs, info, theirs_model.log), (result.segments, result.info, ours_model.log)

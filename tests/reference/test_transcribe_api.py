@@ -1,6 +1,6 @@
 """The transcription API around the seek loop: TranscriptionOptions (faster-whisper's names and defaults,
 validation), the features' layout, typed errors for bad input, and windows closed on every exit
-(errors, cancellation, an abandoned iteration). Runs on the scripted model (tests/fake_ct2.py)."""
+(errors, cancellation, an abandoned iteration). Runs on the scripted model (tests/support/fake_ct2.py)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,16 @@ from aiowhisper_npu.transcription.seek import Transcription, transcribe, transcr
 from aiowhisper_npu.transcription.options import TranscriptionOptions, parse_clip_timestamps
 from aiowhisper_npu.models.registry import resolve_model_dir
 
-from conftest import DATA
-from ct2_backend import CT2WindowDecoder
-from fake_ct2 import ScriptedWhisper
-from test_seek_equivalence import VOCAB, _dims
+from tests.support import DATA
+from tests.support.ct2_backend import CT2WindowDecoder
+from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
 
 pytestmark = pytest.mark.anyio
 
 
 def scripted(model: str = "tiny.en", seed: int = 0, cls: type = CT2WindowDecoder) -> Any:
     tok = Tokenizer.for_model(resolve_model_dir(model), VOCAB[model])
-    return cls(ScriptedWhisper(tok, seed), _dims(VOCAB[model]), resolve_model_dir(model))
+    return cls(ScriptedWhisper(tok, seed), scripted_dims(VOCAB[model]), resolve_model_dir(model))
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -239,6 +238,6 @@ async def test_a_window_that_does_not_advance_is_skipped(monkeypatch: pytest.Mon
     fw = faster_whisper_on(Stuck(tok, 0), path, monkeypatch)
     with pytest.raises(RuntimeError, match="looping"):
         list(fw.transcribe(noise(40), temperature=0.0)[0])
-    decoder = CT2WindowDecoder(Stuck(tok, 0), _dims(VOCAB["tiny.en"]), path)
+    decoder = CT2WindowDecoder(Stuck(tok, 0), scripted_dims(VOCAB["tiny.en"]), path)
     result = await transcribe(decoder, noise(40), TranscriptionOptions(temperature=0.0))
     assert result.segments == [] and sum(1 for c in decoder.calls if c[0] == "generate") == 2

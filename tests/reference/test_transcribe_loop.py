@@ -1,4 +1,4 @@
-"""The seek loop over CTranslate2 (tests/ct2_backend.py) against faster-whisper on the same model: the
+"""The seek loop over CTranslate2 (tests/support/ct2_backend.py) against faster-whisper on the same model: the
 same text, tokens and segment boundaries, the same decoding statistics and word timings.
 
 Both run on one ``ctranslate2.models.Whisper`` (faster-whisper's own), so any difference comes from the loop
@@ -19,8 +19,8 @@ from aiowhisper_npu.transcription.results import TranscriptionResult
 from aiowhisper_npu.transcription.seek import transcribe
 from aiowhisper_npu.transcription.options import TranscriptionOptions
 
-from conftest import CLIPS, DATA
-from ct2_backend import CT2WindowDecoder
+from tests.support import CLIPS, DATA
+from tests.support.ct2_backend import CT2WindowDecoder
 
 GREEDY = dict(beam_size=1, temperature=0.0)
 

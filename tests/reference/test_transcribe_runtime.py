@@ -18,7 +18,8 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
 
-from conftest import CLIPS, DATA, LOOPS
+from tests.support import CLIPS, DATA
+from tests.support.loops import LOOPS
 
 GREEDY = dict(beam_size=1, temperature=0.0)
 

@@ -30,8 +30,8 @@ websockets = pytest.importorskip("websockets", reason="the browser test needs th
 pytest.importorskip("fastapi", reason="the server needs the server extra (fastapi, uvicorn)")
 
 import aiowhisper_npu as aw  # noqa: E402
-from conftest import CLIPS, DATA  # noqa: E402
-from server_harness import ServerProcess  # noqa: E402
+from tests.support import CLIPS, DATA  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")

@@ -23,8 +23,8 @@ import aiowhisper_npu as aw  # noqa: E402
 from aiowhisper_npu.formats import format_timestamp  # noqa: E402
 from aiowhisper_npu.server.auth import bearer_token, is_loopback, key_matches, open_binding_warning  # noqa: E402
 
-from conftest import DATA  # noqa: E402
-from server_harness import ServerProcess, wait_until  # noqa: E402
+from tests.support import DATA  # noqa: E402
+from tests.support.server import ServerProcess, wait_until  # noqa: E402
 
 KEY = "test-key-8f3a"
 MAX_QUEUE = 8

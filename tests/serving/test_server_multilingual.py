@@ -17,8 +17,8 @@ import pytest
 openai = pytest.importorskip("openai", reason="the server tests need the openai package (test extra)")
 pytest.importorskip("fastapi", reason="the server needs the server extra (fastapi, uvicorn)")
 
-from conftest import DATA  # noqa: E402
-from server_harness import ServerProcess  # noqa: E402
+from tests.support import DATA  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
 
 ENGLISH = {"the", "and", "i", "you", "is", "will", "with", "it", "to", "of", "in", "we", "a"}
 

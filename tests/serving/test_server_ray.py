@@ -35,8 +35,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from aiowhisper_npu.audio.io import load_audio  # noqa: E402
 from aiowhisper_npu.server.scaleout import APP_NAME, NODE_HEADER, REPLICA_HEADER  # noqa: E402
-from conftest import CLIPS, DATA  # noqa: E402
-from server_harness import ServerProcess, wait_until  # noqa: E402
+from tests.support import CLIPS, DATA  # noqa: E402
+from tests.support.server import ServerProcess, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ pytest.importorskip("fastapi", reason="the server needs the server extra (fastap
 
 import aiowhisper_npu as aw  # noqa: E402
 
-from conftest import DATA  # noqa: E402
-from server_harness import ServerProcess, wait_until  # noqa: E402
+from tests.support import DATA  # noqa: E402
+from tests.support.server import ServerProcess, wait_until  # noqa: E402
 
 
 def _health(srv: ServerProcess) -> dict[str, Any]:

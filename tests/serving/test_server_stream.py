@@ -17,8 +17,8 @@ pytest.importorskip("fastapi", reason="the server needs the server extra (fastap
 
 import aiowhisper_npu as aw  # noqa: E402
 from aiowhisper_npu.server.websocket import FrameError, Outbox, decode_frame  # noqa: E402
-from conftest import CLIPS, DATA  # noqa: E402
-from server_harness import ServerProcess  # noqa: E402
+from tests.support import CLIPS, DATA  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
 
 KEY = "stream-key-1c9e"
 MAX_STREAMS = 2

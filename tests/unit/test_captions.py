@@ -23,8 +23,8 @@ from aiowhisper_npu.streaming.hypothesis import DecodeSettings, decode_buffer
 from aiowhisper_npu.transcription.fallback import resolve_suppress_tokens
 from aiowhisper_npu.transcription.metrics import word_error_rate as wer
 
-from conftest import DATA, LOOPS
-from loop_helpers import live_tasks, settle
+from tests.support import DATA
+from tests.support.loops import LOOPS, live_tasks, settle
 
 ASYNCIO = LOOPS[:1]
 

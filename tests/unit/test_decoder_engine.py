@@ -16,7 +16,7 @@ from aiowhisper_npu.decoder.cache import KVCache
 from aiowhisper_npu.decoder.engine import DecoderEngine, TaskCancelled
 from aiowhisper_npu.runtime.recognizer import run_task
 
-from conftest import LOOPS
+from tests.support.loops import LOOPS
 
 ENGINE_LOOPS = [*LOOPS, pytest.param(("trio", {}), id="trio")]
 

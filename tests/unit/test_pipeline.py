@@ -18,7 +18,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.devices.cpu import CpuDevice, set_blas_threads
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 
-from conftest import rel_l2
+from tests.support import rel_l2
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ from aiowhisper_npu.pipeline.pipeline import Pipeline
 from aiowhisper_npu.pipeline.pool import BufferPool
 from aiowhisper_npu.tiles import ArraySpec, Tile, slot_nbytes
 
-from loop_helpers import ALL_LOOPS, run_guarded
+from tests.support.loops import ALL_LOOPS, run_guarded
 
 SPEC = ArraySpec((16,))
 

@@ -18,7 +18,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 from aiowhisper_npu.devices.cpu import CpuDevice
 
-from loop_helpers import all_loops, join_thread, lane_threads, live_tasks, settle
+from tests.support.loops import all_loops, join_thread, lane_threads, live_tasks, settle
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from aiowhisper_npu.models.model import ModelDimensions
 from aiowhisper_npu.pipeline.stats import PipelineStats
 from aiowhisper_npu.streaming.stream import AudioStream
 
-from loop_helpers import HANG_S, all_loops, lane_threads, live_tasks, on_trio, settle
+from tests.support.loops import HANG_S, all_loops, lane_threads, live_tasks, on_trio, settle
 
 pytestmark = pytest.mark.anyio
 

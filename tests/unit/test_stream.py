@@ -23,7 +23,7 @@ from aiowhisper_npu.devices.cpu import CpuDevice
 from aiowhisper_npu.streaming.stream import AudioStream, StreamUpdate, context_positions
 from aiowhisper_npu.streaming.flow import StreamResampler
 
-from conftest import rel_l2
+from tests.support import rel_l2
 
 pytestmark = pytest.mark.anyio
 

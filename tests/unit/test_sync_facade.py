@@ -15,7 +15,7 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 
-from loop_helpers import lane_threads, run_guarded
+from tests.support.loops import lane_threads, run_guarded
 
 CLIPS = ["quick_fox.wav", "numbers.wav", "weather.wav", "door.wav"]
 

@@ -13,6 +13,9 @@ from typing import Any, Callable
 import anyio
 import pytest
 
+# Async tests run on asyncio and on asyncio+uvloop (anyio's pytest plugin: conftest's anyio_backend)
+LOOPS = [pytest.param(("asyncio", {}), id="asyncio"),
+         pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
 # asyncio, asyncio + uvloop and trio: for the tests where the defect involves the event loop
 ALL_LOOPS = [pytest.param(("asyncio", {}), id="asyncio"),
              pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),

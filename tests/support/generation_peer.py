@@ -8,7 +8,6 @@ OpenMP pool spins and runs an order of magnitude slower, and the thread count do
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,8 +19,8 @@ from aiowhisper_npu.decoder.cache import CrossCache
 from aiowhisper_npu.decoder.generation import generate
 from aiowhisper_npu.decoder.options import GenerationOptions, GenerationResult
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
+from tests.support import DATA
 
-DATA = Path(__file__).parent / "data"
 SR = 16000
 
 

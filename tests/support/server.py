@@ -14,10 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 READY = re.compile(r"aiowhisper-npu serve: ready on (http://\S+)")
 START_TIMEOUT_S = 180.0  # a hang guard for a loaded machine, not a timing assertion
 

@@ -2,10 +2,11 @@
 (``encode``, ``generate``, ``detect_language``, ``align``), answering with random but well-formed results drawn
 from a seeded generator **in call order**, and logging every call.
 
-faster-whisper (built around it) and our seek loop (over :class:`ct2_backend.CT2WindowDecoder` around it) then
-see the same answers as long as they make the same calls, so their outputs must be equal bit for bit and their
-call logs equal; the answers are chosen to reach every branch of the seek loop (timestamp patterns, fallback,
-silence, anomalous words, truncated paths, unfinished segments...) without running a model.
+faster-whisper (built around it) and our seek loop (over
+:class:`tests.support.ct2_backend.CT2WindowDecoder` around it) then see the same answers as long as they make
+the same calls, so their outputs must be equal bit for bit and their call logs equal; the answers are chosen
+to reach every branch of the seek loop (timestamp patterns, fallback, silence, anomalous words, truncated
+paths, unfinished segments...) without running a model.
 """
 
 from __future__ import annotations
@@ -16,12 +17,22 @@ from typing import Any, Sequence
 import numpy as np
 
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
+from aiowhisper_npu.models.model import ModelDimensions
 
 #: CTranslate2's defaults for ``Whisper.generate``, to compare calls that spell options differently.
 GENERATE_DEFAULTS: dict[str, Any] = dict(
     beam_size=5, patience=1, num_hypotheses=1, length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0,
     max_length=448, return_scores=False, return_no_speech_prob=False, max_initial_timestamp_index=50,
     suppress_blank=True, suppress_tokens=[-1], sampling_topk=1, sampling_temperature=1)
+
+#: the vocabulary size of each installed model the scripted model stands in for
+VOCAB = {"tiny.en": 51864, "base": 51865}
+
+
+def scripted_dims(n_vocab: int) -> ModelDimensions:
+    """Model dimensions for a scripted model with ``n_vocab`` tokens (tiny's layer sizes; nothing runs them)."""
+    return ModelDimensions(80, 1500, 384, 6, 4, n_vocab, 448, 384, 6, 4)
+
 
 _TEXT = ("Every morning I walk to the station, and buy a newspaper. Is it (really) \"late\"? Yes! "
          "We need bread, milk and eggs... The quick brown fox jumps over the lazy dog.")
