@@ -16,6 +16,7 @@ from aiowhisper_npu.transcription.metrics import word_error_rate, words as metri
 
 from tests.support import CLIPS
 from tests.support.ct2_reference import GreedyReference
+from tests.support.loops import asyncio_only
 
 gemv = pytest.importorskip("aiowhisper_npu.native._gemv")
 MONO_CLIPS = [c for c in CLIPS if "stereo" not in c]
@@ -117,7 +118,7 @@ def test_bf16_batched_passes_are_bit_identical_to_single_passes(tiny: aw.Whisper
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)
+@asyncio_only
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("model_name, clips", [("tiny.en", MONO_CLIPS), ("base", ["quick_fox.wav", "long_40s.wav"])])
 async def test_greedy_transcripts_equal_fp32(model_name: str, clips: list[str], clip_paths: dict[str, Path]) -> None:

@@ -14,9 +14,10 @@ from aiowhisper_npu.models.model import BlockWeights, EncoderWeights
 
 from tests.support import CLIPS, rel_l2
 from tests.support.ct2_reference import CT2Reference
+from tests.support.loops import asyncio_only
 
 MONO_CLIPS = [c for c in CLIPS if "stereo" not in c]
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)]
+pytestmark = [pytest.mark.anyio, asyncio_only]
 
 
 async def _encode(model: aw.WhisperModel, audio: np.ndarray, **options: object) -> np.ndarray:

@@ -13,6 +13,7 @@ from aiowhisper_npu.audio.io import split_windows
 
 from tests.support import CLIPS, rel_l2
 from tests.support.ct2_reference import CT2Reference
+from tests.support.loops import asyncio_only
 
 MONO_CLIPS = [c for c in CLIPS if "stereo" not in c]
 
@@ -33,14 +34,14 @@ async def _check_model(model: aw.WhisperModel, ref: CT2Reference, clip_paths: di
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)
+@asyncio_only
 async def test_tiny_en_matches_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
                                            clip_paths: dict[str, Path]) -> None:
     await _check_model(tiny, ct2_tiny, clip_paths)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)
+@asyncio_only
 async def test_numpy_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
                                              clip_paths: dict[str, Path]) -> None:
     """The kernels' numpy forms (numpy passes and numpy.matmul, used when the C extensions are not built or
@@ -53,7 +54,7 @@ async def test_numpy_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [("asyncio", {})], indirect=True)
+@asyncio_only
 @pytest.mark.timeout(300)  # the slowest test: ~27 s on an idle 2-core machine, ~66 s loaded
 async def test_base_matches_ctranslate2(base: aw.WhisperModel, ct2_base: CT2Reference,
                                         clip_paths: dict[str, Path]) -> None:

@@ -25,6 +25,7 @@ from aiowhisper_npu.models.registry import resolve_model_dir
 from tests.support import DATA
 from tests.support.ct2_backend import CT2WindowDecoder
 from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
+from tests.support.loops import ASYNCIO, TRIO, on_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +191,7 @@ class Blocking(CT2WindowDecoder):
         return await super().generate(window, prompt, options)
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@on_loops(ASYNCIO, TRIO)
 async def test_cancellation_closes_the_window() -> None:
     decoder = scripted(seed=2, cls=Blocking)
     decoder.entered = anyio.Event()

@@ -19,7 +19,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
 
 from tests.support import CLIPS, DATA
-from tests.support.loops import LOOPS
+from tests.support.loops import all_loops, asyncio_only
 
 GREEDY = dict(beam_size=1, temperature=0.0)
 
@@ -154,7 +154,7 @@ def test_translate_needs_a_multilingual_model(tiny: aw.WhisperModel) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [*LOOPS, pytest.param(("trio", {}), id="trio")])
+@all_loops
 async def test_concurrent_calls_share_the_engine_and_get_their_own_results(tiny: aw.WhisperModel) -> None:
     """Four concurrent calls (different clips, one with words) give exactly what each gives alone, their
     decoding steps batched together."""
@@ -181,7 +181,7 @@ async def test_concurrent_calls_share_the_engine_and_get_their_own_results(tiny:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [*LOOPS, pytest.param(("trio", {}), id="trio")])
+@all_loops
 async def test_cancelling_a_call_releases_everything(tiny: aw.WhisperModel) -> None:
     long = load_audio(DATA / "long_40s.wav")
     async with aw.Runtime(tiny) as rt:
@@ -215,7 +215,7 @@ def _decoder_threads() -> list[str]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [*LOOPS, pytest.param(("trio", {}), id="trio")])
+@all_loops
 async def test_closing_the_runtime_joins_the_decoder_threads(tiny: aw.WhisperModel) -> None:
     """The decoder engine's threads end with the runtime: after a failed call, after a call cancelled while
     the engine was being built (its first use), and after a completed one. (The runtime's host closes its
@@ -235,7 +235,7 @@ async def test_closing_the_runtime_joins_the_decoder_threads(tiny: aw.WhisperMod
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", LOOPS[:1])
+@asyncio_only
 async def test_bad_audio_fails_only_its_call(tiny: aw.WhisperModel) -> None:
     async with aw.Runtime(tiny) as rt:
         for bad in (np.array([0.1, np.nan], np.float32), np.zeros((2, 100), np.float32), np.zeros(0, np.float32),
@@ -250,7 +250,7 @@ async def test_bad_audio_fails_only_its_call(tiny: aw.WhisperModel) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", LOOPS[:1])
+@asyncio_only
 async def test_transcribe_iter_yields_segments_as_windows_are_decoded(tiny: aw.WhisperModel) -> None:
     async with aw.Runtime(tiny) as rt:
         whole = await rt.transcribe(DATA / "long_40s.wav")

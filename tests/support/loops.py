@@ -1,4 +1,8 @@
-"""Helpers for the robustness tests: every event loop, live tasks and threads, and hang guards.
+"""The event loops the tests run on (the one place that names them), live tasks and threads, and hang guards.
+
+An async test (``@pytest.mark.anyio``) runs on :data:`LOOPS` by default (conftest's ``anyio_backend``
+fixture); ``@asyncio_only``, ``@all_loops`` or ``@on_loops(...)`` choose others. A sync test that starts a
+loop itself takes one of these parameters too (``(backend, options)`` for ``anyio.run``).
 
 A hang guard is not a timed assertion: it only turns "this never returns" (the failure mode of several of
 the defects these tests pin down) into a test failure instead of a stuck test run.
@@ -13,14 +17,22 @@ from typing import Any, Callable
 import anyio
 import pytest
 
-# Async tests run on asyncio and on asyncio+uvloop (anyio's pytest plugin: conftest's anyio_backend)
-LOOPS = [pytest.param(("asyncio", {}), id="asyncio"),
-         pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
-# asyncio, asyncio + uvloop and trio: for the tests where the defect involves the event loop
-ALL_LOOPS = [pytest.param(("asyncio", {}), id="asyncio"),
-             pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-             pytest.param(("trio", {}), id="trio")]
-all_loops = pytest.mark.parametrize("anyio_backend", ALL_LOOPS, indirect=True)
+# one loop each: (anyio backend, its options), as anyio's pytest plugin and anyio.run take them
+ASYNCIO = pytest.param(("asyncio", {}), id="asyncio")
+UVLOOP = pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")
+TRIO = pytest.param(("trio", {}), id="trio")
+
+LOOPS = [ASYNCIO, UVLOOP]  # the default of every async test
+ALL_LOOPS = [ASYNCIO, UVLOOP, TRIO]  # where the behaviour under test involves the event loop
+
+
+def on_loops(*loops: Any) -> pytest.MarkDecorator:
+    """Run an async test on ``loops`` (e.g. ``on_loops(ASYNCIO, TRIO)``) instead of :data:`LOOPS`."""
+    return pytest.mark.parametrize("anyio_backend", list(loops), indirect=True)
+
+
+asyncio_only = on_loops(ASYNCIO)  # results that do not depend on the loop (keeps the suite fast)
+all_loops = on_loops(*ALL_LOOPS)
 
 HANG_S = 120.0  # far beyond any healthy run of these tests on a loaded 2-core machine
 

@@ -24,9 +24,7 @@ from aiowhisper_npu.transcription.fallback import resolve_suppress_tokens
 from aiowhisper_npu.transcription.metrics import word_error_rate as wer
 
 from tests.support import DATA
-from tests.support.loops import LOOPS, live_tasks, settle
-
-ASYNCIO = LOOPS[:1]
+from tests.support.loops import all_loops, asyncio_only, live_tasks, settle
 
 
 
@@ -100,7 +98,7 @@ def test_agreement_drops_repeated_committed_words_and_commits_before_a_cut() -> 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@asyncio_only
 @pytest.mark.timeout(300)
 async def test_committed_text_only_grows_and_final_text_matches_offline(tiny: aw.WhisperModel) -> None:
     jfk, long = load_audio(DATA / "jfk.wav"), load_audio(DATA / "long_40s.wav")
@@ -123,7 +121,7 @@ async def test_committed_text_only_grows_and_final_text_matches_offline(tiny: aw
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@asyncio_only
 @pytest.mark.timeout(300)
 async def test_silence_and_noise_commit_nothing(tiny: aw.WhisperModel) -> None:
     rng = np.random.default_rng(7)
@@ -140,7 +138,7 @@ async def test_silence_and_noise_commit_nothing(tiny: aw.WhisperModel) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@asyncio_only
 @pytest.mark.timeout(300)
 async def test_a_nan_chunk_fails_only_its_stream(tiny: aw.WhisperModel) -> None:
     jfk = load_audio(DATA / "jfk.wav")
@@ -179,7 +177,7 @@ async def paced(audio: np.ndarray, chunk: int, pause_s: float) -> AsyncIterator[
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [*LOOPS, pytest.param(("trio", {}), id="trio")])
+@all_loops
 @pytest.mark.timeout(300)
 async def test_cancelling_or_closing_at_any_point_returns_everything(tiny: aw.WhisperModel) -> None:
     long = load_audio(DATA / "long_40s.wav")
@@ -213,7 +211,7 @@ async def test_cancelling_or_closing_at_any_point_returns_everything(tiny: aw.Wh
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@asyncio_only
 @pytest.mark.timeout(600)
 async def test_a_long_stream_keeps_work_and_memory_per_update_bounded(tiny: aw.WhisperModel) -> None:
     clips = [load_audio(DATA / f) for f in ("jfk.wav", "quick_fox.wav", "weather.wav", "door.wav")]
@@ -249,7 +247,7 @@ async def test_a_long_stream_keeps_work_and_memory_per_update_bounded(tiny: aw.W
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@asyncio_only
 @pytest.mark.timeout(300)
 async def test_a_busy_stream_cuts_its_buffer_at_the_shorter_bounds(tiny: aw.WhisperModel) -> None:
     """Under load (compute per audio second over the last updates above ``busy_above``) the buffer is cut at
@@ -294,7 +292,7 @@ async def test_a_busy_stream_cuts_its_buffer_at_the_shorter_bounds(tiny: aw.Whis
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+@asyncio_only
 @pytest.mark.timeout(300)
 async def test_drafts_give_the_words_of_decoding_from_scratch(tiny: aw.WhisperModel) -> None:
     """A growing caption buffer (0.5 s steps, as the updates see it), each decoded with the previous

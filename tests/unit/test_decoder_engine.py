@@ -16,9 +16,8 @@ from aiowhisper_npu.decoder.cache import KVCache
 from aiowhisper_npu.decoder.engine import DecoderEngine, TaskCancelled
 from aiowhisper_npu.runtime.recognizer import run_task
 
-from tests.support.loops import LOOPS
+from tests.support.loops import all_loops
 
-ENGINE_LOOPS = [*LOOPS, pytest.param(("trio", {}), id="trio")]
 
 
 class Greedy:
@@ -74,7 +73,7 @@ def _alone(dec: dk.PreparedDecoder, crosses: list[Any], i: int, steps: int) -> l
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ENGINE_LOOPS)
+@all_loops
 @pytest.mark.parametrize("threads", [1, 2])
 async def test_concurrent_tasks_get_their_own_results(setup: Any, threads: int) -> None:
     """Batched, and with the large products split over two threads, every task gets exactly its result alone."""
@@ -160,7 +159,7 @@ def test_a_failing_task_fails_alone(setup: Any) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ENGINE_LOOPS)
+@all_loops
 async def test_cancelled_call_releases_its_task(setup: Any) -> None:
     """Cancelling run_task returns only after the engine closed the task; the others finish normally."""
     dec, crosses = setup

@@ -19,6 +19,7 @@ from aiowhisper_npu.devices.cpu import CpuDevice, set_blas_threads
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 
 from tests.support import rel_l2
+from tests.support.loops import TRIO, asyncio_only, on_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -166,7 +167,7 @@ async def test_bit_identical_at_every_depth(tiny: aw.WhisperModel, speech: np.nd
     await _bit_identical_at_every_depth(tiny, speech, sequential(tile_rows), tile_rows, lanes=1)
 
 
-@pytest.mark.parametrize("anyio_backend", [("asyncio", {})], ids=["asyncio"], indirect=True)  # numbers only
+@asyncio_only  # numbers only
 @pytest.mark.parametrize("tile_rows", [64, 100, 375])
 async def test_bit_identical_at_every_depth_on_two_lanes(tiny: aw.WhisperModel, speech: np.ndarray,
                                                          sequential: Callable[[int], np.ndarray],
@@ -449,7 +450,7 @@ async def test_buffer_pool_addresses_aligned_and_distinct(tiny: aw.WhisperModel,
     assert device.overlaps == 0
 
 
-@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+@on_loops(TRIO)
 async def test_runs_on_trio(tiny: aw.WhisperModel, speech: np.ndarray,
                            sequential: Callable[[int], np.ndarray]) -> None:
     ref = sequential(64)

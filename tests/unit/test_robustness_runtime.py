@@ -18,7 +18,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 from aiowhisper_npu.devices.cpu import CpuDevice
 
-from tests.support.loops import all_loops, join_thread, lane_threads, live_tasks, settle
+from tests.support.loops import ASYNCIO, TRIO, all_loops, join_thread, lane_threads, live_tasks, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -49,8 +49,9 @@ class Source:
 
 
 @all_loops
-@pytest.mark.parametrize("other", ["asyncio", "trio"])
-async def test_a_call_from_another_event_loop_is_refused_at_once(tiny: aw.WhisperModel, other: str) -> None:
+@pytest.mark.parametrize("other", [ASYNCIO, TRIO])
+async def test_a_call_from_another_event_loop_is_refused_at_once(tiny: aw.WhisperModel,
+                                                                 other: tuple[str, dict[str, Any]]) -> None:
     """Open in one loop, call from another thread's ``anyio.run``: a clear error naming the facade, and the
     owning loop keeps serving (before: the caller hung on asyncio; trio asserted and wedged the runtime)."""
     async with aw.Runtime(tiny, lanes=1) as rt:
@@ -70,7 +71,7 @@ async def test_a_call_from_another_event_loop_is_refused_at_once(tiny: aw.Whispe
                     except BaseException as exc:  # noqa: BLE001 - checked below
                         outcome[name] = exc
 
-            anyio.run(go, backend=other)
+            anyio.run(go, backend=other[0], backend_options=other[1])
 
         t = threading.Thread(target=foreign, daemon=True)
         t.start()

@@ -22,7 +22,7 @@ from aiowhisper_npu.models.model import ModelDimensions
 from aiowhisper_npu.pipeline.stats import PipelineStats
 from aiowhisper_npu.streaming.stream import AudioStream
 
-from tests.support.loops import HANG_S, all_loops, lane_threads, live_tasks, on_trio, settle
+from tests.support.loops import HANG_S, all_loops, asyncio_only, lane_threads, live_tasks, on_trio, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -181,7 +181,7 @@ class RecordingEncoder:
         raise AssertionError("these tests use 'async with' streams")
 
 
-@pytest.mark.parametrize("anyio_backend", [("asyncio", {})], ids=["asyncio"], indirect=True)
+@asyncio_only
 async def test_pending_finals_stay_bounded_with_long_chunks(tiny: aw.WhisperModel) -> None:
     """60 s chunks, finals only: before, each step drained everything queued but emitted one final, so
     pending finals grew with the input (12 chunks -> 13 pending, ~12 MB of log-mel)."""

@@ -24,14 +24,14 @@ from aiowhisper_npu.streaming.stream import AudioStream, StreamUpdate, context_p
 from aiowhisper_npu.streaming.flow import StreamResampler
 
 from tests.support import rel_l2
+from tests.support.loops import asyncio_only
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["quick_fox.wav", "numbers.wav", "weather.wav", "door.wav"]
 # exactness does not depend on the event loop: those tests run on asyncio only (the suite must stay fast);
-# flow control, sharing, cancellation and errors run on every loop of conftest's anyio_backend
-asyncio_only = pytest.mark.parametrize("anyio_backend", [("asyncio", {})], ids=["asyncio"])
+# flow control, sharing, cancellation and errors run on the default loops (tests.support.loops.LOOPS)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

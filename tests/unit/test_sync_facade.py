@@ -15,7 +15,7 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 
-from tests.support.loops import lane_threads, run_guarded
+from tests.support.loops import TRIO, UVLOOP, lane_threads, run_guarded
 
 CLIPS = ["quick_fox.wav", "numbers.wav", "weather.wav", "door.wav"]
 
@@ -112,11 +112,11 @@ def test_many_threads_share_one_facade(tiny: aw.WhisperModel, audios: dict[str, 
     assert _portal_threads() == [] and lane_threads() == []
 
 
-@pytest.mark.parametrize("loop, options", [("trio", {}), ("asyncio", {"use_uvloop": True})], ids=["trio", "uvloop"])
+@pytest.mark.parametrize("loop", [TRIO, UVLOOP])
 def test_facade_on_other_event_loops(tiny: aw.WhisperModel, audios: dict[str, np.ndarray],
-                                     refs: dict[str, np.ndarray], loop: str, options: dict[str, Any]) -> None:
+                                     refs: dict[str, np.ndarray], loop: tuple[str, dict[str, Any]]) -> None:
     closed: list[bool] = []
-    with aw.SyncRuntime(tiny, event_loop=loop, event_loop_options=options) as rt:
+    with aw.SyncRuntime(tiny, event_loop=loop[0], event_loop_options=loop[1]) as rt:
         both: list[np.ndarray] = []
         threads = [threading.Thread(target=lambda n=n: both.append(rt.encode(audios[n]).hidden_states))
                    for n in ("door.wav", "door.wav")]
