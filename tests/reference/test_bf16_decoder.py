@@ -117,6 +117,7 @@ def test_bf16_batched_passes_are_bit_identical_to_single_passes(tiny: aw.Whisper
 
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 @pytest.mark.timeout(300)

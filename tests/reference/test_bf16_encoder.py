@@ -112,6 +112,7 @@ async def test_bf16_numpy_forms_and_fallback_kernel_match_ctranslate2(
         numerics.use_native(previous_native)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_base_bf16_matches_ctranslate2_fp32(base: aw.WhisperModel, ct2_base: CT2Reference,
                                                   clip_paths: dict[str, Path]) -> None:

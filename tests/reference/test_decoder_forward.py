@@ -14,7 +14,7 @@ from aiowhisper_npu.decoder.cache import KVCache
 from tests.support.ct2_reference import GreedyReference
 
 
-@pytest.mark.parametrize("name", ["tiny.en", "base"])
+@pytest.mark.parametrize("name", ["tiny.en", pytest.param("base", marks=pytest.mark.slow)])
 def test_both_models_load_their_decoder(name: str) -> None:
     m = aw.load_model(name)
     d = m.dims
@@ -26,7 +26,7 @@ def test_both_models_load_their_decoder(name: str) -> None:
     assert not m.decoder.token_embedding.flags.writeable  # shared by every caller of load_model
 
 
-@pytest.fixture(scope="module", params=["tiny.en", "base"])
+@pytest.fixture(scope="module", params=["tiny.en", pytest.param("base", marks=pytest.mark.slow)])
 def reference(request: pytest.FixtureRequest) -> tuple[aw.WhisperModel, GreedyReference]:
     model = aw.load_model(request.param)
     return model, GreedyReference(model, "long_40s.wav")

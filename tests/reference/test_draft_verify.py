@@ -47,7 +47,7 @@ def drafts(tokens: list[int]) -> dict[str, tuple[list[int], int]]:
 
 
 @pytest.mark.parametrize(("name", "kind"), [("jfk.wav", "ts"), ("jfk.wav", "prev_ts"), ("jfk.wav", "nots"),
-                                           ("long_40s.wav", "prev_ts")])
+                                           pytest.param("long_40s.wav", "prev_ts", marks=pytest.mark.slow)])
 def test_draft_verify_gives_plain_greedy(peer: Peer, name: str, kind: str) -> None:
     prompt, cross = peer.prompt(kind), peer.cross(name)
     plain = Generation(peer.dec, cross, peer.tok, prompt, GREEDY)
@@ -67,6 +67,7 @@ def test_draft_verify_gives_plain_greedy(peer: Peer, name: str, kind: str) -> No
         assert passes == 1 + len(tokens) - confirmed, label
 
 
+@pytest.mark.slow
 def test_a_prefix_and_beam_search_and_the_length_limit(peer: Peer) -> None:
     cross = peer.cross("long_40s.wav")
     prompt = peer.prompt("prefix_ts")  # a forced prefix: the draft is what follows it

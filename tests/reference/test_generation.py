@@ -17,6 +17,7 @@ def peer(tiny: aw.WhisperModel) -> Peer:
     return Peer(tiny)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 5])
 @pytest.mark.parametrize("kind", ["nots", "ts"])
 def test_long_window_matches_ctranslate2(peer: Peer, kind: str, beam: int) -> None:
@@ -42,6 +43,7 @@ def test_timestamps_are_monotonic_across_segments(peer: Peer) -> None:
     assert len(ts) >= 6 and ts[3] > ts[2] and ts[5] > ts[4]  # <|0.00|>, then pairs (end, next start)
 
 
+@pytest.mark.slow
 def test_hypotheses_match_ctranslate2(peer: Peer) -> None:
     out = peer.compare(LONG, "nots", beam_size=5, num_hypotheses=5)
     assert len(out.sequences_ids) == 5
@@ -49,6 +51,7 @@ def test_hypotheses_match_ctranslate2(peer: Peer) -> None:
     assert out.scores == sorted(out.scores, reverse=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 5])
 def test_max_initial_timestamp(peer: Peer, beam: int) -> None:
     """After 4 s of silence the model would open with ~<|4.20|>; the option caps the first timestamp."""
@@ -70,6 +73,7 @@ def test_suppress_blank(peer: Peer, beam: int) -> None:
     assert on.sequences_ids != off.sequences_ids
 
 
+@pytest.mark.slow
 def test_suppress_tokens(peer: Peer) -> None:
     base = peer.compare(LONG, "nots", beam_size=1)
     banned = base.sequences_ids[0][3]
@@ -80,6 +84,7 @@ def test_suppress_tokens(peer: Peer) -> None:
     assert plain.sequences_ids != peer.ours("noise", peer.prompt("ts"), beam_size=1).sequences_ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 5])
 def test_repetition_penalty(peer: Peer, beam: int) -> None:
     base = peer.ours(LONG, peer.prompt("ts"), beam_size=beam)
@@ -88,6 +93,7 @@ def test_repetition_penalty(peer: Peer, beam: int) -> None:
     peer.compare("numbers.wav", "prefix_ts", beam_size=beam, repetition_penalty=1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kind", "beam"), [("noise", "prefix_nots", 1), ("noise", "ts", 5)])
 def test_no_repeat_ngram(peer: Peer, name: str, kind: str, beam: int) -> None:
     base = peer.ours(name, peer.prompt(kind), beam_size=beam)
@@ -95,6 +101,7 @@ def test_no_repeat_ngram(peer: Peer, name: str, kind: str, beam: int) -> None:
     assert out.sequences_ids != base.sequences_ids
 
 
+@pytest.mark.slow
 def test_length_penalty_and_patience(peer: Peer) -> None:
     base = peer.ours(LONG, peer.prompt("nots"), beam_size=5)
     early = peer.compare(LONG, "nots", beam_size=5, length_penalty=0)  # stops when the top beam ends

@@ -33,6 +33,7 @@ def _options(**kw: object) -> GenerationOptions:
 
 
 # -- the state machine ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_passes_one_at_a_time(peer: Peer) -> None:
     prompt = peer.prompt("prev_nots")
     g = Generation(peer.dec, peer.cross(LONG), peer.tok, prompt, _options(beam_size=5))
@@ -102,6 +103,7 @@ def test_bad_prompts_and_options_are_value_errors(peer: Peer) -> None:
         Generation(peer.dec, cross, tok, peer.prompt("ts"), _options(suppress_tokens=(tok.timestamp_end + 1,)))
 
 
+@pytest.mark.slow
 def test_generations_batched_in_one_forward_match_alone(peer: Peer) -> None:
     specs = [(LONG, "nots", _options(beam_size=1)), (LONG, "ts", _options(beam_size=5)),
              ("numbers.wav", "prefix_ts", _options(beam_size=5, num_hypotheses=2)),
@@ -124,6 +126,7 @@ def test_generations_batched_in_one_forward_match_alone(peer: Peer) -> None:
 
 
 # -- random sampling -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sampling_is_reproducible_with_a_seed(peer: Peer) -> None:
     opts = dict(beam_size=1, sampling_topk=0, sampling_temperature=1.0, num_hypotheses=3, max_length=80)
     a = peer.ours(LONG, peer.prompt("ts"), seed=123, **opts)
@@ -132,6 +135,7 @@ def test_sampling_is_reproducible_with_a_seed(peer: Peer) -> None:
     assert a.scores == sorted(a.scores, reverse=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("topk", [0, 5])
 def test_sampling_at_a_very_low_temperature_is_greedy(peer: Peer, topk: int) -> None:
     greedy = peer.ours(LONG, peer.prompt("ts"), beam_size=1)
@@ -190,6 +194,7 @@ def test_base_rules_and_translation_match_ctranslate2(base_peer: Peer) -> None:
     base_peer.compare("numbers.wav", list(tok.sot_sequence), beam_size=5)
 
 
+@pytest.mark.slow
 def test_decoder_step_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """``bench/decoder_step.py`` (the per-step cost of the decoding logic) runs and prints its table."""
     import sys

@@ -187,12 +187,13 @@ def test_tiny_en_dims() -> None:
     assert m.format == "ctranslate2" and m.name == TINY and (m.path / "model.bin").is_file()
 
 
+@pytest.mark.slow
 def test_base_dims() -> None:
     d = load_model("base").dims
     assert (d.n_audio_state, d.n_audio_layer, d.n_audio_head, d.n_mels, d.n_audio_ctx) == (512, 6, 8, 80, 1500)
 
 
-@pytest.mark.parametrize("name", [TINY, "base"])
+@pytest.mark.parametrize("name", [TINY, pytest.param("base", marks=pytest.mark.slow)])
 def test_weights_equal_raw_float16(name: str) -> None:
     m = load_model(name)
     path, w = m.path / "model.bin", m.weights
@@ -215,6 +216,7 @@ def test_ctranslate2_independent_facts() -> None:
         assert not blk.qkv_b[d : 2 * d].any() and blk.qkv_b[:d].any()
 
 
+@pytest.mark.slow
 def test_tiny_en_matches_ctranslate2_encoder() -> None:
     m = load_model(TINY)
     mel = np.random.default_rng(0).standard_normal((80, 3000)).astype(np.float32) * 0.5
@@ -303,6 +305,7 @@ def test_stamp_skips_rehash_until_file_changes(monkeypatch: pytest.MonkeyPatch, 
         registry.resolve_model_dir(TINY)
 
 
+@pytest.mark.slow
 def test_xdg_cache_home_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     registry.clear_verification_cache()
@@ -320,6 +323,7 @@ def test_xdg_cache_home_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
+@pytest.mark.slow
 def test_corrupt_cached_base_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     out = registry.resolve_model_dir("base")
@@ -349,6 +353,7 @@ def test_truncated_model_bin(tiny_copy: Path, tmp_path: Path, where: str) -> Non
         load_model(bad)
 
 
+@pytest.mark.slow
 def test_every_prefix_of_a_small_file_is_rejected(tmp_path: Path) -> None:
     data = ct2_bytes([(n, a, 0) for n, a in synthetic_encoder(layers=1).items()], [("x/alias", "encoder/conv1/bias")])
     path = tmp_path / "model.bin"

@@ -162,6 +162,7 @@ def test_ninstr_in_bytes_runs_only_when_declared(tiny: aw.WhisperModel, audio: n
         assert runs and ("whisper_qkv", 4) in launches  # it was launched, and the device refused it
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the misaligned kernel computes with garbage
 def test_pack_offsets_are_the_kernels(tiny: aw.WhisperModel, audio: np.ndarray, tmp_path: Path,
                                       sim_run: tuple[np.ndarray, list[tuple[str, int]]]) -> None:

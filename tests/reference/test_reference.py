@@ -33,6 +33,7 @@ async def _check_model(model: aw.WhisperModel, ref: CT2Reference, clip_paths: di
                 assert ref.decode(ours) == ref.decode(theirs), f"{model.name} {name} window {i}"
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 async def test_tiny_en_matches_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
@@ -40,6 +41,7 @@ async def test_tiny_en_matches_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2R
     await _check_model(tiny, ct2_tiny, clip_paths)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 async def test_numpy_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
@@ -53,6 +55,7 @@ async def test_numpy_forms_match_ctranslate2(tiny: aw.WhisperModel, ct2_tiny: CT
         numerics.use_native(previous)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 @pytest.mark.timeout(300)  # the slowest test: ~27 s on an idle 2-core machine, ~66 s loaded
@@ -61,6 +64,7 @@ async def test_base_matches_ctranslate2(base: aw.WhisperModel, ct2_base: CT2Refe
     await _check_model(base, ct2_base, clip_paths)
 
 
+@pytest.mark.slow
 def test_decoded_text_is_the_spoken_text(tiny: aw.WhisperModel, ct2_base: CT2Reference,
                                          base: aw.WhisperModel, clip_paths: dict[str, Path]) -> None:
     """Sanity on the data itself: base decodes the short clips' own words from our hidden states."""

@@ -16,10 +16,12 @@ from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE
 
 from tests.support import rel_l2
 from tests.support.ct2_reference import CT2Reference
+from tests.support.loops import loops_fast_on_asyncio
 
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.slow
 async def test_encode_array_and_path_agree(tiny: aw.WhisperModel, clip_paths: dict[str, Path]) -> None:
     path = clip_paths["quick_fox.wav"]
     async with aw.Runtime(tiny) as rt:
@@ -33,12 +35,14 @@ async def test_encode_array_and_path_agree(tiny: aw.WhisperModel, clip_paths: di
     assert by_path.audio_s == pytest.approx(aw.load_audio(path).size / SAMPLE_RATE)
 
 
+@loops_fast_on_asyncio
 async def test_runtime_accepts_a_model_name() -> None:
     async with aw.Runtime("tiny.en") as rt:
         out = await rt.encode(np.zeros(SAMPLE_RATE, np.float32))
     assert out.hidden_states.shape == (1, 1500, 384)
 
 
+@pytest.mark.slow
 async def test_windows_are_independent_30s_windows(tiny: aw.WhisperModel, clip_paths: dict[str, Path]) -> None:
     """hidden_states[i] is window i encoded on its own, normalised by its own maximum."""
     audio = aw.load_audio(clip_paths["long_40s.wav"])
@@ -54,6 +58,7 @@ async def test_windows_are_independent_30s_windows(tiny: aw.WhisperModel, clip_p
         assert (await rt.encode(exact)).hidden_states.shape[0] == 2  # no empty third window
 
 
+@loops_fast_on_asyncio
 async def test_44k_stereo_file_encodes_like_the_16k_original(tiny: aw.WhisperModel, ct2_tiny: CT2Reference,
                                                            clip_paths: dict[str, Path]) -> None:
     async with aw.Runtime(tiny) as rt:
@@ -83,6 +88,7 @@ def good_audio(tiny: aw.WhisperModel) -> tuple[np.ndarray, np.ndarray]:
     (np.zeros((2, 100), np.float32), "shape"),
     (np.zeros(100, np.int16), "int16"),
 ])
+@loops_fast_on_asyncio
 async def test_bad_audio_is_a_typed_error_and_runtime_stays_usable(
         tiny: aw.WhisperModel, good_audio: tuple[np.ndarray, np.ndarray], bad: np.ndarray, words: str) -> None:
     """Bad audio is rejected while another request has tiles in flight, which it leaves undisturbed."""

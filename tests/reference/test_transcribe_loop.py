@@ -97,6 +97,7 @@ def test_default_options(peer_tiny: Peer, name: str) -> None:
     peer_tiny.check(clip(name))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [
     dict(without_timestamps=True),
     dict(initial_prompt="President Kennedy's inaugural address."),
@@ -111,6 +112,7 @@ def test_options(peer_tiny: Peer, kw: dict[str, Any]) -> None:
     peer_tiny.check(clip("jfk.wav"), **GREEDY, **kw)
 
 
+@pytest.mark.slow
 def test_no_speech_window_is_skipped(peer_tiny: Peer) -> None:
     """A window of silence is skipped (no segment) and the speech after it is transcribed. tiny.en writes
     " you" over 31 s of digital silence (no-speech probability 0.95, average log probability -0.81): with

@@ -19,7 +19,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
 
 from tests.support import CLIPS, DATA
-from tests.support.loops import all_loops, asyncio_only
+from tests.support.loops import all_loops, all_loops_fast_on_asyncio, asyncio_only
 
 GREEDY = dict(beam_size=1, temperature=0.0)
 
@@ -88,6 +88,7 @@ def transcribe(model: aw.WhisperModel, audio: Any, **kw: Any) -> aw.Transcriptio
 ENGLISH = ["jfk.wav", *[c for c in CLIPS if c not in ("door_44k_stereo.wav",)]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ENGLISH)
 def test_tiny_greedy_equals_faster_whisper(tiny: aw.WhisperModel, fw_tiny: FasterWhisper, name: str) -> None:
     """Greedy: identical text, tokens and segment boundaries on every English clip (real speech and
@@ -98,6 +99,7 @@ def test_tiny_greedy_equals_faster_whisper(tiny: aw.WhisperModel, fw_tiny: Faste
     assert_same_decisions(theirs, ours.segments)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["jfk.wav", "long_40s.wav"])
 def test_tiny_default_options_match_faster_whisper(tiny: aw.WhisperModel, fw_tiny: FasterWhisper, name: str) -> None:
     """faster-whisper's defaults (beam 5, temperature fallback): the same text (at most two words apart)."""
@@ -153,6 +155,7 @@ def test_translate_needs_a_multilingual_model(tiny: aw.WhisperModel) -> None:
     assert "door" in result.text.lower()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @all_loops
 async def test_concurrent_calls_share_the_engine_and_get_their_own_results(tiny: aw.WhisperModel) -> None:
@@ -180,6 +183,7 @@ async def test_concurrent_calls_share_the_engine_and_get_their_own_results(tiny:
     assert batched > 1.5  # passes of different calls really ran in the same forward
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @all_loops
 async def test_cancelling_a_call_releases_everything(tiny: aw.WhisperModel) -> None:
@@ -215,7 +219,7 @@ def _decoder_threads() -> list[str]:
 
 
 @pytest.mark.anyio
-@all_loops
+@all_loops_fast_on_asyncio
 async def test_closing_the_runtime_joins_the_decoder_threads(tiny: aw.WhisperModel) -> None:
     """The decoder engine's threads end with the runtime: after a failed call, after a call cancelled while
     the engine was being built (its first use), and after a completed one. (The runtime's host closes its
@@ -249,6 +253,7 @@ async def test_bad_audio_fails_only_its_call(tiny: aw.WhisperModel) -> None:
         assert "door" in (await rt.transcribe(DATA / "door.wav")).text.lower()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 async def test_transcribe_iter_yields_segments_as_windows_are_decoded(tiny: aw.WhisperModel) -> None:
@@ -282,6 +287,7 @@ def test_encoder_only_model_cannot_transcribe(tmp_path: Any, tiny: aw.WhisperMod
     anyio.run(go)
 
 
+@pytest.mark.slow
 def test_sync_facade_transcribes_from_several_threads(tiny: aw.WhisperModel) -> None:
     clips = ["jfk.wav", "door.wav", "weather.wav"]
     results: dict[str, str] = {}

@@ -125,6 +125,7 @@ async def _ticker_p99(model: aw.WhisperModel, audio: np.ndarray, naive: bool, cf
     return float(np.percentile(late, 99))
 
 
+@pytest.mark.slow
 def test_event_loop_stays_responsive_during_sim_encode(model: aw.WhisperModel, audio: np.ndarray) -> None:
     # best of 2 for the polling design: the machine is shared, and other load only adds lateness
     good = min(anyio.run(_ticker_p99, model, audio, False) for _ in range(2))

@@ -34,7 +34,8 @@ from tests.support import CLIPS, DATA  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")]
 
 KEY = "browser-key-77d1"
 CLIPS_SPOKEN = ("weather.wav", "door.wav")

@@ -83,6 +83,7 @@ def _wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
             + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
 
 
+@pytest.mark.slow
 def test_health_and_models(server: ServerProcess, client: openai.OpenAI) -> None:
     health = _health(server)
     assert health["status"] == "ok" and health["model"] == "tiny.en"
@@ -90,6 +91,7 @@ def test_health_and_models(server: ServerProcess, client: openai.OpenAI) -> None
     assert ids[0] == "tiny.en" and "whisper-1" in ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CLIPS)
 def test_json_matches_the_library(client: openai.OpenAI, reference: dict, name: str) -> None:
     with open(DATA / name, "rb") as f:
@@ -98,6 +100,7 @@ def test_json_matches_the_library(client: openai.OpenAI, reference: dict, name: 
     assert "close the door" in out.text or "light breeze" in out.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["text", "srt", "vtt"])
 def test_text_formats(client: openai.OpenAI, reference: dict, fmt: str) -> None:
     ref = reference["weather.wav"]
@@ -122,6 +125,7 @@ def test_text_formats(client: openai.OpenAI, reference: dict, fmt: str) -> None:
     assert texts.strip() == ref.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", [None, "word"])
 def test_verbose_json(client: openai.OpenAI, reference: dict, granularity: str | None) -> None:
     ref = reference["door.wav+words" if granularity else "door.wav"]
@@ -143,6 +147,7 @@ def test_verbose_json(client: openai.OpenAI, reference: dict, granularity: str |
     assert all(a.end <= b.start + 1e-6 for a, b in zip(out.words, out.words[1:]))
 
 
+@pytest.mark.slow
 def test_prompt_language_and_temperature_are_accepted(client: openai.OpenAI, reference: dict) -> None:
     with open(DATA / "door.wav", "rb") as f:
         out = client.audio.transcriptions.create(model="whisper-1", file=f, language="en", prompt="Doors.",
@@ -150,6 +155,7 @@ def test_prompt_language_and_temperature_are_accepted(client: openai.OpenAI, ref
     assert "door" in out.text.lower()
 
 
+@pytest.mark.slow
 def test_wrong_and_missing_key_are_401(server: ServerProcess) -> None:
     bad = openai.OpenAI(base_url=server.url + "/v1", api_key="not-the-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info, open(DATA / "door.wav", "rb") as f:
@@ -162,6 +168,7 @@ def test_wrong_and_missing_key_are_401(server: ServerProcess) -> None:
     assert status == 401 and body["error"]["code"] == "missing_api_key"
 
 
+@pytest.mark.slow
 def test_bad_audio_is_400_and_the_server_keeps_serving(client: openai.OpenAI, reference: dict) -> None:
     rng = np.random.default_rng(0)
     nan = np.zeros(16000, np.float32)
@@ -176,6 +183,7 @@ def test_bad_audio_is_400_and_the_server_keeps_serving(client: openai.OpenAI, re
         assert client.audio.transcriptions.create(model="whisper-1", file=f).text == reference["weather.wav"].text
 
 
+@pytest.mark.slow
 def test_bad_fields_are_400_or_404(client: openai.OpenAI) -> None:
     cases = [({"response_format": "xml"}, 400, "response_format"), ({"temperature": 1.5}, 400, "temperature"),
              ({"language": "klingon"}, 400, "language"), ({"model": "gpt-4o-transcribe"}, 404, "model"),
@@ -187,12 +195,14 @@ def test_bad_fields_are_400_or_404(client: openai.OpenAI) -> None:
         assert info.value.status_code == status and _error(info.value)["param"] == param, fields
 
 
+@pytest.mark.slow
 def test_translation_needs_a_multilingual_model(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info, open(DATA / "door.wav", "rb") as f:
         client.audio.translations.create(model="whisper-1", file=f)
     assert _error(info.value)["code"] == "unsupported_model"
 
 
+@pytest.mark.slow
 def test_upload_over_the_limit_is_413(server: ServerProcess, client: openai.OpenAI) -> None:
     big = np.random.default_rng(1).bytes(MAX_UPLOAD_MB * 1024 * 1024 + 1000)
     with pytest.raises(openai.APIStatusError) as info:
@@ -217,6 +227,7 @@ def test_upload_over_the_limit_is_413(server: ServerProcess, client: openai.Open
     assert wait_until(lambda: _health(server)["requests_in_progress"] == 0)
 
 
+@pytest.mark.slow
 def test_full_queue_is_503_with_retry_after(server: ServerProcess, client: openai.OpenAI, reference: dict) -> None:
     host, port = server.url.split("//")[1].split(":")
     held = []
@@ -239,6 +250,7 @@ def test_full_queue_is_503_with_retry_after(server: ServerProcess, client: opena
         assert client.audio.transcriptions.create(model="whisper-1", file=f).text == reference["door.wav"].text
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_cancels_its_transcription(server: ServerProcess) -> None:
     host, port = server.url.split("//")[1].split(":")
     audio = (DATA / "long_40s.wav").read_bytes()
@@ -257,6 +269,7 @@ def test_a_client_that_disconnects_cancels_its_transcription(server: ServerProce
     assert _health(server)["requests_in_progress"] == _health(server)["transcribing"] == 0
 
 
+@pytest.mark.slow
 def test_eight_concurrent_requests_get_the_same_text(client: openai.OpenAI, reference: dict) -> None:
     audio = (DATA / "weather.wav").read_bytes()
 

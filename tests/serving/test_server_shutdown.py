@@ -34,6 +34,7 @@ def _health(srv: ServerProcess) -> dict[str, Any]:
         return json.loads(exc.read())
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_requests_and_streams() -> None:
     """An HTTP request in flight completes; a stream gets its final message and a close with 1001."""
     with ServerProcess(["--shutdown-timeout", "120"]) as srv:

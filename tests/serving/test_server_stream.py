@@ -92,6 +92,7 @@ def _recall(text: str, clip: str) -> float:
     return sum(w in got for w in want) / len(want)
 
 
+@pytest.mark.slow
 def test_stream_pcm_s16(server: ServerProcess) -> None:
     audio = aw.load_audio(DATA / "weather.wav")
     frames: list[bytes | str] = [_s16(audio[i:i + 1600]) for i in range(0, audio.size, 1600)]
@@ -102,6 +103,7 @@ def test_stream_pcm_s16(server: ServerProcess) -> None:
     assert _recall(final["text"], "weather.wav") >= 0.6, final["text"]
 
 
+@pytest.mark.slow
 def test_stream_f32_at_44k_with_the_bearer_header(server: ServerProcess) -> None:
     audio = aw.load_audio(DATA / "door_44k_stereo.wav", sr=44100)
     frames: list[bytes | str] = [audio[i:i + 22050].astype("<f4").tobytes() for i in range(0, audio.size, 22050)]
@@ -113,6 +115,7 @@ def test_stream_f32_at_44k_with_the_bearer_header(server: ServerProcess) -> None
     assert _recall(final["text"], "door_44k_stereo.wav") >= 0.6, final["text"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding,frame,why", [
     ("pcm_s16le", b"\x00\x01\x02", "2-byte"),
     ("f32le", b"\x00" * 6, "4-byte"),
@@ -130,6 +133,7 @@ def test_malformed_frames_get_an_error_and_1007(server: ServerProcess, encoding:
     assert messages[-1]["type"] == "error" and why in messages[-1]["message"], messages
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query,headers", [("", None), ("?api_key=wrong", None),
                                            ("", {"Authorization": "Bearer wrong"})])
 def test_missing_or_wrong_key_gets_1008(server: ServerProcess, query: str, headers: dict[str, str] | None) -> None:
@@ -138,6 +142,7 @@ def test_missing_or_wrong_key_gets_1008(server: ServerProcess, query: str, heade
     assert "API key" in messages[0]["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query", ["encoding=mp3", "sample_rate=abc", "sample_rate=10", "language=klingon"])
 def test_bad_query_gets_1008(server: ServerProcess, query: str) -> None:
     messages, code = run(_session(server.ws_url + f"/v1/stream?api_key={KEY}&{query}", []))
@@ -145,6 +150,7 @@ def test_bad_query_gets_1008(server: ServerProcess, query: str) -> None:
     assert query.split("=")[0] in messages[0]["message"]
 
 
+@pytest.mark.slow
 def test_stream_limit_gets_1013_and_frees_up(server: ServerProcess) -> None:
     async def scenario() -> None:
         url = server.ws_url + f"/v1/stream?api_key={KEY}"
@@ -168,11 +174,13 @@ def test_stream_limit_gets_1013_and_frees_up(server: ServerProcess) -> None:
     run(scenario())
 
 
+@pytest.mark.slow
 def test_oversized_frame_is_closed_with_1009(server: ServerProcess) -> None:
     messages, code = run(_session(server.ws_url + f"/v1/stream?api_key={KEY}", [b"\x00" * (2 << 20)]))
     assert code == 1009, messages
 
 
+@pytest.mark.slow
 def test_idle_client_is_closed(server: ServerProcess) -> None:
     messages, code = run(_session(server.ws_url + f"/v1/stream?api_key={KEY}", [np.zeros(800, "<i2").tobytes()]))
     assert code == 1008 and messages[-1]["type"] == "error" and "no frame" in messages[-1]["message"], messages

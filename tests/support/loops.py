@@ -1,8 +1,10 @@
 """The event loops the tests run on (the one place that names them), live tasks and threads, and hang guards.
 
 An async test (``@pytest.mark.anyio``) runs on :data:`LOOPS` by default (conftest's ``anyio_backend``
-fixture); ``@asyncio_only``, ``@all_loops`` or ``@on_loops(...)`` choose others. A sync test that starts a
-loop itself takes one of these parameters too (``(backend, options)`` for ``anyio.run``).
+fixture); ``@asyncio_only``, ``@all_loops`` or ``@on_loops(...)`` choose others, and
+``@loops_fast_on_asyncio`` / ``@all_loops_fast_on_asyncio`` keep the loops but leave all but asyncio to the
+full suite (they are marked ``slow``). A sync test that starts a loop itself takes one of these parameters
+too (``(backend, options)`` for ``anyio.run``).
 
 A hang guard is not a timed assertion: it only turns "this never returns" (the failure mode of several of
 the defects these tests pin down) into a test failure instead of a stuck test run.
@@ -31,8 +33,17 @@ def on_loops(*loops: Any) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("anyio_backend", list(loops), indirect=True)
 
 
+def slow_loop(loop: Any) -> Any:
+    """``loop`` marked ``slow``: the test runs on it in the full suite only, not in ``-m "not slow"``."""
+    return pytest.param(*loop.values, marks=[*loop.marks, pytest.mark.slow], id=loop.id)
+
+
 asyncio_only = on_loops(ASYNCIO)  # results that do not depend on the loop (keeps the suite fast)
 all_loops = on_loops(*ALL_LOOPS)
+# the same loops, but the fast lane (-m "not slow") runs the test on asyncio only: for tests of a few
+# seconds whose other loops the full suite covers
+loops_fast_on_asyncio = on_loops(ASYNCIO, slow_loop(UVLOOP))
+all_loops_fast_on_asyncio = on_loops(ASYNCIO, slow_loop(UVLOOP), slow_loop(TRIO))
 
 HANG_S = 120.0  # far beyond any healthy run of these tests on a loaded 2-core machine
 

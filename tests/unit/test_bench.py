@@ -144,6 +144,7 @@ def _check_stage_sums(res: dict[str, Any]) -> None:
                 f"{per_tile:.3f} ms per tile"
 
 
+@pytest.mark.slow
 @SIM_RUN_TIMEOUT
 def test_sim_quick_schema(sim_run: tuple[dict[str, Any], Path]) -> None:
     res, _ = sim_run
@@ -159,11 +160,13 @@ def test_sim_quick_schema(sim_run: tuple[dict[str, Any], Path]) -> None:
     assert "note" in res["stream"] or "first_update_s" in res["stream"]
 
 
+@pytest.mark.slow
 @SIM_RUN_TIMEOUT
 def test_sim_png_is_an_image(sim_run: tuple[dict[str, Any], Path]) -> None:
     _check_png(sim_run[1])
 
 
+@pytest.mark.slow
 @SIM_RUN_TIMEOUT
 def test_sim_pipelined_not_slower(sim_run: tuple[dict[str, Any], Path]) -> None:
     res, _ = sim_run
@@ -174,6 +177,7 @@ def test_sim_pipelined_not_slower(sim_run: tuple[dict[str, Any], Path]) -> None:
     assert res["checks"]["best_pipelined_makespan_le_baseline"] is True
 
 
+@pytest.mark.slow
 @SIM_RUN_TIMEOUT
 def test_sim_bound_is_a_lower_bound(sim_run: tuple[dict[str, Any], Path]) -> None:
     for name, v in sim_run[0]["variants"].items():
@@ -183,11 +187,13 @@ def test_sim_bound_is_a_lower_bound(sim_run: tuple[dict[str, Any], Path]) -> Non
         assert 0.0 < b["fraction"] <= 1.02, f"{name}: bound {b['bound_s']} vs makespan {b['makespan_s']}"
 
 
+@pytest.mark.slow
 @SIM_RUN_TIMEOUT
 def test_sim_stage_times_add_up(sim_run: tuple[dict[str, Any], Path]) -> None:
     _check_stage_sums(sim_run[0])
 
 
+@pytest.mark.slow
 def test_cpu_small_run(cpu_run: tuple[dict[str, Any], Path]) -> None:
     res, png = cpu_run
     _check_result(res, "cpu")
@@ -225,6 +231,7 @@ def test_c_kernel_microbenchmark_runs_and_agrees(capsys: pytest.CaptureFixture[s
     assert rel < 1e-5
 
 
+@pytest.mark.slow
 def test_transcribe_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """bench/transcribe.py end to end on a short clip (no peers, greedy): a table, the split, the concurrency
     run with the same text from every call, and a JSON that renders again."""

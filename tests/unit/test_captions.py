@@ -97,6 +97,7 @@ def test_agreement_drops_repeated_committed_words_and_commits_before_a_cut() -> 
 # ---------------------------------------------------------------------------------------------- streams
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 @pytest.mark.timeout(300)
@@ -120,6 +121,7 @@ async def test_committed_text_only_grows_and_final_text_matches_offline(tiny: aw
         assert only.final and only.committed == only.new == only.tentative == "" and only.segments == ()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 @pytest.mark.timeout(300)
@@ -176,6 +178,7 @@ async def paced(audio: np.ndarray, chunk: int, pause_s: float) -> AsyncIterator[
         yield audio[pos : pos + chunk]
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @all_loops
 @pytest.mark.timeout(300)
@@ -210,6 +213,7 @@ async def test_cancelling_or_closing_at_any_point_returns_everything(tiny: aw.Wh
         assert "country" in (await collect(rt, [load_audio(DATA / "jfk.wav")]))[-1].committed
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 @pytest.mark.timeout(600)
@@ -246,6 +250,7 @@ async def test_a_long_stream_keeps_work_and_memory_per_update_bounded(tiny: aw.W
         assert wer(updates[-1].committed, offline) <= 0.15, (updates[-1].committed, offline)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 @pytest.mark.timeout(300)
@@ -291,6 +296,7 @@ async def test_a_busy_stream_cuts_its_buffer_at_the_shorter_bounds(tiny: aw.Whis
         await s.aclose()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 @pytest.mark.timeout(300)
@@ -333,6 +339,7 @@ async def test_drafts_give_the_words_of_decoding_from_scratch(tiny: aw.WhisperMo
 # ---------------------------------------------------------------------------------------------- surfaces
 
 
+@pytest.mark.slow
 def test_cli_stream_shows_captions(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -352,6 +359,7 @@ def test_cli_stream_shows_captions(capsys: pytest.CaptureFixture[str]) -> None:
     assert "door" in out and "[final]" in out and "word commit latency p50" in out
 
 
+@pytest.mark.slow
 def test_example_live_captions_runs() -> None:
     import os
     import subprocess

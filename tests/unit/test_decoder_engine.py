@@ -16,8 +16,7 @@ from aiowhisper_npu.decoder.cache import KVCache
 from aiowhisper_npu.decoder.engine import DecoderEngine, TaskCancelled
 from aiowhisper_npu.runtime.recognizer import run_task
 
-from tests.support.loops import all_loops
-
+from tests.support.loops import all_loops, all_loops_fast_on_asyncio
 
 
 class Greedy:
@@ -73,7 +72,7 @@ def _alone(dec: dk.PreparedDecoder, crosses: list[Any], i: int, steps: int) -> l
 
 
 @pytest.mark.anyio
-@all_loops
+@all_loops_fast_on_asyncio
 @pytest.mark.parametrize("threads", [1, 2])
 async def test_concurrent_tasks_get_their_own_results(setup: Any, threads: int) -> None:
     """Batched, and with the large products split over two threads, every task gets exactly its result alone."""

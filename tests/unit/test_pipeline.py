@@ -19,7 +19,7 @@ from aiowhisper_npu.devices.cpu import CpuDevice, set_blas_threads
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 
 from tests.support import rel_l2
-from tests.support.loops import TRIO, asyncio_only, on_loops
+from tests.support.loops import TRIO, asyncio_only, loops_fast_on_asyncio, on_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -161,12 +161,14 @@ async def _bit_identical_at_every_depth(tiny: aw.WhisperModel, speech: np.ndarra
 # missing attention barrier from the numbers; with two, an attention tile runs next to the last qkv tiles of
 # its block unless the plan orders them. The timeline shows the order either way (mutant "remove the
 # barrier", tests/README.md).
+@pytest.mark.slow
 @pytest.mark.parametrize("tile_rows", [64, 100, 375])
 async def test_bit_identical_at_every_depth(tiny: aw.WhisperModel, speech: np.ndarray,
                                             sequential: Callable[[int], np.ndarray], tile_rows: int) -> None:
     await _bit_identical_at_every_depth(tiny, speech, sequential(tile_rows), tile_rows, lanes=1)
 
 
+@pytest.mark.slow
 @asyncio_only  # numbers only
 @pytest.mark.parametrize("tile_rows", [64, 100, 375])
 async def test_bit_identical_at_every_depth_on_two_lanes(tiny: aw.WhisperModel, speech: np.ndarray,
@@ -175,6 +177,7 @@ async def test_bit_identical_at_every_depth_on_two_lanes(tiny: aw.WhisperModel, 
     await _bit_identical_at_every_depth(tiny, speech, sequential(tile_rows), tile_rows, lanes=2)
 
 
+@loops_fast_on_asyncio
 async def test_default_configuration_matches_sequential(tiny: aw.WhisperModel, speech: np.ndarray,
                                                         sequential: Callable[[int], np.ndarray]) -> None:
     """The defaults (chosen by benchmark: 2 lanes on 2 cores, 375-row tiles) agree with the serial path."""
@@ -186,6 +189,7 @@ async def test_default_configuration_matches_sequential(tiny: aw.WhisperModel, s
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
+@loops_fast_on_asyncio
 async def test_zero_copy_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndarray,
                                           sequential: Callable[[int], np.ndarray], lanes: int) -> None:
     async with aw.Runtime(tiny, pipeline_depth=3, zero_copy=True, tile_rows=64, lanes=lanes) as rt:
@@ -195,6 +199,7 @@ async def test_zero_copy_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndar
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
+@loops_fast_on_asyncio
 async def test_batched_dma_is_bit_identical(tiny: aw.WhisperModel, speech: np.ndarray,
                                             sequential: Callable[[int], np.ndarray], lanes: int) -> None:
     async with aw.Runtime(tiny, pipeline_depth=3, dma_batch=3, tile_rows=64, lanes=lanes) as rt:
@@ -204,6 +209,7 @@ async def test_batched_dma_is_bit_identical(tiny: aw.WhisperModel, speech: np.nd
     assert _kernel_lanes(out.stats) == set(range(lanes))
 
 
+@loops_fast_on_asyncio
 async def test_lanes_agree_within_tolerance(tiny: aw.WhisperModel, speech: np.ndarray,
                                             sequential: Callable[[int], np.ndarray]) -> None:
     ref = sequential(64)
@@ -214,6 +220,7 @@ async def test_lanes_agree_within_tolerance(tiny: aw.WhisperModel, speech: np.nd
     assert kernel_lanes == {0, 1}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)  # ~17 s on an idle 2-core machine, ~55 s loaded
 async def test_concurrent_encodes_equal_serial(tiny: aw.WhisperModel, clip_paths: dict[str, Path]) -> None:
     audios = [aw.load_audio(clip_paths[n]) for n in ("quick_fox.wav", "numbers.wav", "weather.wav", "door.wav")]
@@ -263,6 +270,7 @@ def _launched_not_committed(timeline: Sequence[aw.StageEvent], jobs: set[int]) -
     return ran - {(e.job, e.tile) for e in timeline if e.stage == "from_device"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["to_device", "kernel", "from_device", "random"])
 async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: np.ndarray,
                                                 sequential: Callable[[int], np.ndarray], stage: str) -> None:
@@ -368,6 +376,7 @@ class FaultyDevice(HookedDevice):
         return run
 
 
+@loops_fast_on_asyncio
 async def test_kernel_error_fails_only_that_request(tiny: aw.WhisperModel, speech: np.ndarray,
                                                     sequential: Callable[[int], np.ndarray]) -> None:
     """A failing kernel fails its own request while another is in flight; the other is served exactly, and
@@ -409,6 +418,7 @@ async def test_kernel_error_fails_only_that_request(tiny: aw.WhisperModel, speec
         assert device.running == 0
 
 
+@loops_fast_on_asyncio
 async def test_stats_add_up(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     plan = EncoderPlan(tiny.dims, 64)
     async with aw.Runtime(tiny, pipeline_depth=1, tile_rows=64, lanes=1) as rt:
@@ -436,6 +446,7 @@ async def test_stats_add_up(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     assert cumulative.tiles == piped.tiles
 
 
+@loops_fast_on_asyncio
 async def test_buffer_pool_addresses_aligned_and_distinct(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     device = HookedDevice(1)
     async with aw.Runtime(tiny, device=device, pipeline_depth=3, tile_rows=64) as rt:
@@ -458,6 +469,7 @@ async def test_runs_on_trio(tiny: aw.WhisperModel, speech: np.ndarray,
         assert np.array_equal((await rt.encode(speech)).hidden_states, ref)
 
 
+@loops_fast_on_asyncio
 async def test_barrier_does_not_drain_next_block(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     """qkv tiles of block L+1 are prepared and sent while block L's attention tiles still run (row-wise deps).
 
@@ -506,6 +518,7 @@ def _lane_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("aiowhisper-lane")]
 
 
+@loops_fast_on_asyncio
 async def test_lanes_queue_runs_ahead_and_threads_are_joined(tiny: aw.WhisperModel, speech: np.ndarray,
                                                              sequential: Callable[[int], np.ndarray]) -> None:
     ref = sequential(64)

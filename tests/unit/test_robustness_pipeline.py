@@ -254,6 +254,7 @@ async def _traced_peak(rt: aw.Runtime, mels: np.ndarray, n_ctx: int) -> tuple[np
     return out, peak - out.nbytes
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_encode_memory_is_bounded_by_max_active_jobs(tiny: aw.WhisperModel) -> None:
     """Memory beyond the result does not grow with the number of windows (kernel temporaries, stats and

@@ -18,7 +18,8 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 from aiowhisper_npu.devices.cpu import CpuDevice
 
-from tests.support.loops import ASYNCIO, TRIO, all_loops, join_thread, lane_threads, live_tasks, settle
+from tests.support.loops import (ASYNCIO, TRIO, all_loops, all_loops_fast_on_asyncio, join_thread, lane_threads,
+                                 live_tasks, loops_fast_on_asyncio, settle)
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +49,7 @@ class Source:
 # ------------------------------------------------------------------------------------ defect 1: other loops
 
 
+@pytest.mark.slow
 @all_loops
 @pytest.mark.parametrize("other", [ASYNCIO, TRIO])
 async def test_a_call_from_another_event_loop_is_refused_at_once(tiny: aw.WhisperModel,
@@ -124,6 +126,7 @@ async def test_a_runtime_opened_in_a_finished_loop_refuses_a_new_one(tiny: aw.Wh
 # ------------------------------------------------------------------------------------ defect 2: lifecycle
 
 
+@pytest.mark.slow
 @all_loops
 @pytest.mark.parametrize("mode", ["scoped", "bare"])
 async def test_aclose_inside_a_stream_block(tiny: aw.WhisperModel, speech: np.ndarray, mode: str) -> None:
@@ -154,7 +157,7 @@ async def test_aclose_inside_a_stream_block(tiny: aw.WhisperModel, speech: np.nd
         assert (await rt.encode(SHORT)).hidden_states.shape == (1, 1500, 384)
 
 
-@all_loops
+@all_loops_fast_on_asyncio
 async def test_aclose_from_another_task(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     """A task other than the opener closes the runtime while requests run (before: broke both loops)."""
     tasks = live_tasks()
@@ -194,7 +197,7 @@ async def test_aclose_from_another_task(tiny: aw.WhisperModel, speech: np.ndarra
     assert outcomes[0] is not outcomes[1]
 
 
-@all_loops
+@all_loops_fast_on_asyncio
 async def test_open_in_one_task_use_and_close_in_others(tiny: aw.WhisperModel) -> None:
     """The runtime does not belong to the task that opened it: that task may end first."""
     holder: list[aw.Runtime] = []
@@ -216,7 +219,7 @@ async def test_open_in_one_task_use_and_close_in_others(tiny: aw.WhisperModel) -
     assert lane_threads() == []
 
 
-@all_loops
+@all_loops_fast_on_asyncio
 async def test_body_errors_and_cancellation_propagate_unchanged(tiny: aw.WhisperModel, speech: np.ndarray) -> None:
     tasks = live_tasks()
     with pytest.raises(ValueError, match="boom"):  # as itself: not an ExceptionGroup, not a cancellation
@@ -290,7 +293,7 @@ class BuggyDevice(CpuDevice):
         return True if isinstance(run, BrokenRun) else super().wait(run, timeout_s)
 
 
-@all_loops
+@all_loops_fast_on_asyncio
 async def test_a_failing_service_closes_the_runtime_without_losing_the_error(tiny: aw.WhisperModel) -> None:
     tasks = live_tasks()
     device = BuggyDevice()
@@ -313,6 +316,7 @@ async def test_a_failing_service_closes_the_runtime_without_losing_the_error(tin
 # ------------------------------------------------------------------------------------ defect 7: lanes
 
 
+@loops_fast_on_asyncio
 async def test_lanes_beyond_the_device_are_refused_at_open(tiny: aw.WhisperModel) -> None:
     """Before: the runtime opened, then every encode failed with "lane 1 out of range"."""
     device = CpuDevice(1)

@@ -22,7 +22,8 @@ from aiowhisper_npu.models.model import ModelDimensions
 from aiowhisper_npu.pipeline.stats import PipelineStats
 from aiowhisper_npu.streaming.stream import AudioStream
 
-from tests.support.loops import HANG_S, all_loops, asyncio_only, lane_threads, live_tasks, on_trio, settle
+from tests.support.loops import (HANG_S, all_loops, all_loops_fast_on_asyncio, asyncio_only, lane_threads, live_tasks,
+                                 on_trio, settle)
 
 pytestmark = pytest.mark.anyio
 
@@ -60,6 +61,7 @@ async def stray_cancellation() -> None:
     await fut
 
 
+@pytest.mark.slow
 @all_loops
 @pytest.mark.parametrize("mode", ["bare", "scoped"])
 async def test_a_source_raising_cancellation_fails_only_its_stream(tiny: aw.WhisperModel, mode: str) -> None:
@@ -131,7 +133,7 @@ async def _reset_connection() -> tuple[Callable[[], AsyncIterator[np.ndarray]], 
     return source, serve
 
 
-@all_loops
+@all_loops_fast_on_asyncio
 @pytest.mark.parametrize("error", ["BrokenResourceError", "ClosedResourceError", "tcp-reset"])
 @pytest.mark.parametrize("mode", ["bare", "scoped"])
 async def test_a_source_resource_error_reaches_the_consumer(tiny: aw.WhisperModel, error: str, mode: str) -> None:
@@ -212,7 +214,7 @@ async def test_pending_finals_stay_bounded_with_long_chunks(tiny: aw.WhisperMode
 # ------------------------------------------------------------------------------------ one consumer per stream
 
 
-@all_loops
+@all_loops_fast_on_asyncio
 async def test_two_tasks_iterating_one_stream(tiny: aw.WhisperModel) -> None:
     gate = anyio.Event()
 

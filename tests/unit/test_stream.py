@@ -24,7 +24,7 @@ from aiowhisper_npu.streaming.stream import AudioStream, StreamUpdate, context_p
 from aiowhisper_npu.streaming.flow import StreamResampler
 
 from tests.support import rel_l2
-from tests.support.loops import asyncio_only
+from tests.support.loops import asyncio_only, loops_fast_on_asyncio
 
 pytestmark = pytest.mark.anyio
 
@@ -115,6 +115,7 @@ def refs(tiny: aw.WhisperModel, clips: dict[str, np.ndarray]) -> dict[str, np.nd
 # ------------------------------------------------------------------------------------------------ exactness
 
 
+@pytest.mark.slow
 @asyncio_only
 @pytest.mark.parametrize("chunking", ["1s", "0.37s", "random"])
 async def test_finals_equal_encode_bit_for_bit(tiny: aw.WhisperModel, clips: dict[str, np.ndarray],
@@ -135,6 +136,7 @@ async def test_finals_equal_encode_bit_for_bit(tiny: aw.WhisperModel, clips: dic
         assert len(updates) == 2
 
 
+@pytest.mark.slow
 @asyncio_only
 async def test_many_tiny_chunks_including_single_samples(tiny: aw.WhisperModel, clips: dict[str, np.ndarray],
                                                          refs: dict[str, np.ndarray]) -> None:
@@ -150,6 +152,7 @@ async def test_many_tiny_chunks_including_single_samples(tiny: aw.WhisperModel, 
         assert rt.buffer_pool.in_use == 0
 
 
+@pytest.mark.slow
 @asyncio_only
 async def test_partials_come_first_and_respect_update_every_s(tiny: aw.WhisperModel,
                                                               clips: dict[str, np.ndarray],
@@ -199,6 +202,7 @@ async def _lockstep(rt: aw.Runtime, audio: np.ndarray, stamps: list[float]) -> l
     return out
 
 
+@pytest.mark.slow
 async def test_four_concurrent_streams_equal_four_serial_runs(tiny: aw.WhisperModel,
                                                               clips: dict[str, np.ndarray],
                                                               refs: dict[str, np.ndarray]) -> None:
@@ -246,6 +250,7 @@ async def test_four_concurrent_streams_equal_four_serial_runs(tiny: aw.WhisperMo
 # ------------------------------------------------------------------------------------------------ cleanup
 
 
+@pytest.mark.slow
 async def test_break_out_of_a_bare_async_for(tiny: aw.WhisperModel, clips: dict[str, np.ndarray],
                                              refs: dict[str, np.ndarray]) -> None:
     audio = clips["long_40s.wav"]
@@ -263,6 +268,7 @@ async def test_break_out_of_a_bare_async_for(tiny: aw.WhisperModel, clips: dict[
         assert np.array_equal(finals(again), refs["door.wav"])
 
 
+@pytest.mark.slow
 async def test_aclose_releases_the_reader_and_source(tiny: aw.WhisperModel, clips: dict[str, np.ndarray]) -> None:
     audio = clips["long_40s.wav"]
     async with aw.Runtime(tiny) as rt:
@@ -308,6 +314,7 @@ async def test_aclose_releases_the_reader_and_source(tiny: aw.WhisperModel, clip
 
 
 @pytest.mark.parametrize("mode", ["bare", "scoped"])
+@loops_fast_on_asyncio
 async def test_cancel_mid_encode(tiny: aw.WhisperModel, clips: dict[str, np.ndarray],
                                  refs: dict[str, np.ndarray], mode: str) -> None:
     audio, door = clips["long_40s.wav"], clips["door.wav"]
@@ -348,6 +355,7 @@ BAD: dict[str, tuple[Any, str]] = {
 }
 
 
+@pytest.mark.slow
 async def test_bad_chunks_fail_only_their_stream(tiny: aw.WhisperModel, clips: dict[str, np.ndarray],
                                                  refs: dict[str, np.ndarray]) -> None:
     door, fox = clips["door.wav"], clips["quick_fox.wav"]
@@ -409,6 +417,7 @@ async def test_source_errors_and_options(tiny: aw.WhisperModel) -> None:
 # ------------------------------------------------------------------------------------------------ flow control
 
 
+@pytest.mark.slow
 async def test_backpressure_bounds_queued_audio_and_keeps_finals(tiny: aw.WhisperModel,
                                                                  clips: dict[str, np.ndarray],
                                                                  refs: dict[str, np.ndarray]) -> None:
@@ -442,6 +451,7 @@ def test_context_positions() -> None:
     assert context_positions(250 * 320, margin_positions=7) == 512  # bucket_margin_s: silence after the audio
 
 
+@pytest.mark.slow
 @asyncio_only
 async def test_bucketed_partials(tiny: aw.WhisperModel, clips: dict[str, np.ndarray],
                                  refs: dict[str, np.ndarray]) -> None:
@@ -507,6 +517,7 @@ async def test_sample_rate_resamples_like_the_whole_file(tiny: aw.WhisperModel, 
 # ------------------------------------------------------------------------------------------------ CLI, example
 
 
+@pytest.mark.slow
 def test_cli_stream_json(clip_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from aiowhisper_npu.cli.main import main
 
@@ -529,6 +540,7 @@ def test_cli_stream_text(clip_paths: dict[str, Path], capsys: pytest.CaptureFixt
     assert "FINAL" in out and "latency" in out and "1 final" in out
 
 
+@pytest.mark.slow
 def test_example_stream_file_runs() -> None:
     res = subprocess.run([sys.executable, str(ROOT / "examples" / "stream_file.py"), "--no-realtime",
                           "--chunk-ms", "500"], capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -67,6 +67,7 @@ def test_facade_encodes_like_the_async_runtime(tiny: aw.WhisperModel, clip_paths
     rt.close()  # idempotent
 
 
+@pytest.mark.slow
 def test_many_threads_share_one_facade(tiny: aw.WhisperModel, audios: dict[str, np.ndarray],
                                        refs: dict[str, np.ndarray]) -> None:
     results: dict[str, list[np.ndarray]] = {name: [] for name in CLIPS}
@@ -112,6 +113,7 @@ def test_many_threads_share_one_facade(tiny: aw.WhisperModel, audios: dict[str, 
     assert _portal_threads() == [] and lane_threads() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", [TRIO, UVLOOP])
 def test_facade_on_other_event_loops(tiny: aw.WhisperModel, audios: dict[str, np.ndarray],
                                      refs: dict[str, np.ndarray], loop: tuple[str, dict[str, Any]]) -> None:
