@@ -6,7 +6,7 @@ same in bf16, AVX512_BF16 with an AVX-512F fallback, chosen at run time) and
 ``aiowhisper_npu.native._attention`` runs attention heads in one kernel each (both AVX-512);
 ``aiowhisper_npu.native._gemv`` multiplies a few decoder rows by (out, in) weights (AVX2 + FMA, portable
 fallback). All are optional: if one cannot be compiled, installation goes on and the kernels use their numpy
-forms (tests/test_runtime.py checks that they built on x86-64 Linux).
+forms (tests/reference/test_runtime.py checks that they built on x86-64 Linux).
 """
 
 from setuptools import Extension, setup

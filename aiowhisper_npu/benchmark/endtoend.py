@@ -75,7 +75,7 @@ async def stream_first_update(rt: Any, trials: int, progress: ProgressBar) -> di
 
 
 def checks(res: dict[str, Any]) -> dict[str, Any]:
-    """Consistency checks on the numbers (also asserted by tests/test_bench.py)."""
+    """Consistency checks on the numbers (also asserted by tests/unit/test_bench.py)."""
     var = res["variants"]
     out: dict[str, Any] = {}
     for name in ("baseline", "pooled"):
