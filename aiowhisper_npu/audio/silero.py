@@ -39,7 +39,7 @@ _ENCODER_SHAPES = ((129, 128), (128, 64), (64, 64), (64, 128))  # (in, out) chan
 _BLOCK_FRAMES = 512  # frames per batched block (16 s of audio): intermediates stay in cache
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SileroWeights:
     """The network's weights, laid out for the batched forward pass (all float32).
 
@@ -61,6 +61,44 @@ class SileroWeights:
     head: np.ndarray
     head_bias: float
     path: Path
+
+    @classmethod
+    def from_arrays(cls, *, version: tuple[int, int, int], stft_basis: np.ndarray,
+                    encoder: list[tuple[np.ndarray, np.ndarray]], weight_ih: np.ndarray, weight_hh: np.ndarray,
+                    bias_ih: np.ndarray, bias_hh: np.ndarray, head: np.ndarray, head_bias: float,
+                    path: Path = Path()) -> SileroWeights:
+        """Lay out Silero's tensors in PyTorch's shapes: ``stft_basis`` (258, 256); ``encoder`` four
+        (weight (out, in, 3), bias (out,)) pairs; LSTM ``weight_ih``/``weight_hh`` (512, 128) and biases
+        (512,), gates in PyTorch's order; ``head`` (128,) and ``head_bias`` the final 1x1 convolution.
+
+        Raises:
+            ModelError: a tensor has the wrong shape.
+        """
+        def arr(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+            a = np.asarray(x, np.float32)
+            if a.size != int(np.prod(shape)):
+                raise ModelError(f"{path}: Silero tensor {what} has shape {a.shape}, expected {shape}")
+            return a.reshape(shape)
+
+        if len(encoder) != len(_ENCODER_SHAPES):
+            raise ModelError(f"{path}: {len(encoder)} encoder layers, expected {len(_ENCODER_SHAPES)}")
+        layers = []
+        for i, ((w, b), (c_in, c_out)) in enumerate(zip(encoder, _ENCODER_SHAPES)):
+            w = arr(w, (c_out, c_in, 3), f"encoder.{i}.weight")
+            # im2col order: column block k holds tap k for every input channel
+            layers.append((np.ascontiguousarray(w.transpose(2, 1, 0).reshape(3 * c_in, c_out)),
+                           arr(b, (c_out,), f"encoder.{i}.bias").copy()))
+        gates = (4 * _HIDDEN, _HIDDEN)
+        half = np.full(4 * _HIDDEN, 0.5, np.float32)
+        half[2 * _HIDDEN : 3 * _HIDDEN] = 1.0  # the cell gate is a plain tanh
+        bias = arr(bias_ih, (4 * _HIDDEN,), "bias_ih") + arr(bias_hh, (4 * _HIDDEN,), "bias_hh")
+        return cls(
+            version=version, stft=np.ascontiguousarray(arr(stft_basis, (258, 256), "stft").T), encoder=tuple(layers),
+            lstm_in=np.ascontiguousarray(arr(weight_ih, gates, "weight_ih").T * half),
+            lstm_rec=np.ascontiguousarray(arr(weight_hh, gates, "weight_hh").T * half),
+            lstm_bias=(bias * half).astype(np.float32), head=arr(head, (_HIDDEN,), "head").copy(),
+            head_bias=float(head_bias), path=path,
+        )
 
 
 def model_path() -> Path:
@@ -139,29 +177,20 @@ def load_silero() -> SileroWeights:
     path = model_path()
     version, t = _read_ggml(path)
 
-    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    def get(key: str) -> np.ndarray:
         arr = t.get("_model." + key)
-        if arr is None or arr.size != int(np.prod(shape)):
-            raise ModelError(f"{path}: tensor {key} is missing or has the wrong size")
-        return arr.reshape(shape)
+        if arr is None:
+            raise ModelError(f"{path}: tensor {key} is missing")
+        return arr
 
-    basis = get("stft.forward_basis_buffer", (258, 256))
-    encoder = []
-    for i, (c_in, c_out) in enumerate(_ENCODER_SHAPES):
-        w = get(f"encoder.{i}.reparam_conv.weight", (c_out, c_in, 3))
-        b = get(f"encoder.{i}.reparam_conv.bias", (c_out,))
-        # im2col order: column block k holds tap k for every input channel
-        encoder.append((np.ascontiguousarray(w.transpose(2, 1, 0).reshape(3 * c_in, c_out)), b.copy()))
-    w_ih = get("decoder.rnn.weight_ih", (4 * _HIDDEN, _HIDDEN))
-    w_hh = get("decoder.rnn.weight_hh", (4 * _HIDDEN, _HIDDEN))
-    bias = get("decoder.rnn.bias_ih", (4 * _HIDDEN,)) + get("decoder.rnn.bias_hh", (4 * _HIDDEN,))
-    half = np.full(4 * _HIDDEN, 0.5, np.float32)
-    half[2 * _HIDDEN : 3 * _HIDDEN] = 1.0  # the cell gate is a plain tanh
-    return SileroWeights(
-        version=version, stft=np.ascontiguousarray(basis.T), encoder=tuple(encoder),
-        lstm_in=np.ascontiguousarray(w_ih.T * half), lstm_rec=np.ascontiguousarray(w_hh.T * half),
-        lstm_bias=(bias * half).astype(np.float32), head=get("decoder.decoder.2.weight", (_HIDDEN,)).copy(),
-        head_bias=float(get("decoder.decoder.2.bias", (1,))[0]), path=path,
+    return SileroWeights.from_arrays(
+        version=version, stft_basis=get("stft.forward_basis_buffer"),
+        encoder=[(get(f"encoder.{i}.reparam_conv.weight"), get(f"encoder.{i}.reparam_conv.bias"))
+                 for i in range(len(_ENCODER_SHAPES))],
+        weight_ih=get("decoder.rnn.weight_ih"), weight_hh=get("decoder.rnn.weight_hh"),
+        bias_ih=get("decoder.rnn.bias_ih"), bias_hh=get("decoder.rnn.bias_hh"),
+        head=get("decoder.decoder.2.weight"), head_bias=float(get("decoder.decoder.2.bias").reshape(-1)[0]),
+        path=path,
     )
 
 
@@ -243,8 +272,9 @@ def frame_probabilities(w: SileroWeights, frames: np.ndarray, context: np.ndarra
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
-def speech_probabilities(audio: np.ndarray) -> np.ndarray:
-    """Speech probability of every 512-sample frame of 16 kHz float32 ``audio`` (1-D, already validated).
+def speech_probabilities(audio: np.ndarray, weights: SileroWeights | None = None) -> np.ndarray:
+    """Speech probability of every 512-sample frame of 16 kHz float32 ``audio`` (1-D, already validated),
+    with ``weights`` (default: :func:`load_silero`).
 
     As faster-whisper does, the audio is zero-padded to a whole number of frames plus at least one
     sample (so ``len(audio) // 512 + 1`` frames), the last 64 samples of the last frame are zeroed, and
@@ -253,7 +283,7 @@ def speech_probabilities(audio: np.ndarray) -> np.ndarray:
     Raises:
         BackendUnavailable: the 'vad' extra is not installed.
     """
-    w = load_silero()
+    w = weights if weights is not None else load_silero()
     n_frames = audio.shape[0] // FRAME_SAMPLES + 1
     padded = np.zeros(n_frames * FRAME_SAMPLES, np.float32)
     padded[: audio.shape[0]] = audio

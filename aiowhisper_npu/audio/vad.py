@@ -21,8 +21,8 @@ from ..errors import AudioError
 from .io import SAMPLE_RATE, validate_audio
 from .silero import FRAME_SAMPLES, speech_probabilities
 
-__all__ = ["VadOptions", "SpeechChunk", "ChunkInfo", "get_speech_timestamps", "collect_chunks",
-           "SpeechTimestampsMap"]
+__all__ = ["VadOptions", "SpeechChunk", "ChunkInfo", "get_speech_timestamps", "speech_segments",
+           "collect_chunks", "SpeechTimestampsMap"]
 
 
 class SpeechChunk(TypedDict):
