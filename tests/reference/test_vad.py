@@ -23,7 +23,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio import silero
 from aiowhisper_npu.audio.vad import speech_segments
 
-from conftest import DATA
+from tests.support import DATA
 
 fw_vad = pytest.importorskip("faster_whisper.vad")
 
@@ -291,7 +291,7 @@ def _fw_onnx_weights() -> silero.SileroWeights:
 
     from faster_whisper.utils import get_assets_path
 
-    from onnx_initializers import read_initializers
+    from tests.support.onnx_initializers import read_initializers
 
     t = read_initializers(Path(get_assets_path()) / "silero_vad_v6.onnx")
 
