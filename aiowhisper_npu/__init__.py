@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from .audio.io import SAMPLE_RATE, load_audio, validate_audio
 from .audio.mel import log_mel_spectrogram, log_mel_windows
+from .audio.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
 from .devices.manifest import ManifestError
 from .errors import AiowhisperError, AudioError, BackendUnavailable, DeviceError, ModelError
 from .models.loading import load_model
@@ -37,4 +38,5 @@ __all__ = [
     "BackendUnavailable", "DeviceError", "ManifestError", "TranscriptionOptions", "TranscriptionResult",
     "TranscriptionInfo", "TranscriptionStream", "Segment", "Word", "Tokenizer", "CaptionStream", "CaptionUpdate",
     "CaptionSegment", "word_error_rate",
+    "VadOptions", "get_speech_timestamps", "collect_chunks", "SpeechTimestampsMap",
 ]
