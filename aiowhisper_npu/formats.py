@@ -18,9 +18,14 @@ FORMATS = ("txt", "srt", "vtt", "json")
 
 
 class _Segment(Protocol):
-    start: float
-    end: float
-    text: str
+    @property
+    def start(self) -> float: ...
+
+    @property
+    def end(self) -> float: ...
+
+    @property
+    def text(self) -> str: ...
 
 
 def format_timestamp(seconds: float, *, always_hours: bool = True, decimal: str = ".") -> str:

@@ -74,6 +74,7 @@ class _Twin:
                 if self._stop:
                     return
                 job, self._job = self._job, None
+            assert job is not None
             error = None
             try:
                 job()

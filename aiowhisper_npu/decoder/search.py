@@ -92,11 +92,11 @@ class RandomSampler:
         with np.errstate(over="ignore"):  # disabled tokens at a temperature below 1: -inf
             weights *= np.float32(1.0 / self.temperature)
         np.exp(weights, out=weights)
-        draws = self.rng.random(rows)
+        draws = np.asarray(self.rng.random(rows), np.float64)
         picked = np.empty(rows, np.intp)
         for r in range(rows):
             cdf = np.cumsum(weights[r], dtype=np.float64)
-            picked[r] = min(int(np.searchsorted(cdf, draws[r] * cdf[-1], side="right")), cdf.size - 1)
+            picked[r] = min(int(np.searchsorted(cdf, float(draws[r] * cdf[-1]), side="right")), cdf.size - 1)
         return picked if ids is None else ids[np.arange(rows), picked]
 
 

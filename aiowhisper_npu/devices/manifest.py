@@ -320,7 +320,7 @@ def program_constants(program: Any) -> dict[str, int]:
     """Named integer constants a manifest's ``params`` may use: model dimensions and ``tile_rows``."""
     out: dict[str, int] = {}
     dims = getattr(program, "dims", None)
-    if dims is not None and dataclasses.is_dataclass(dims):
+    if dims is not None and dataclasses.is_dataclass(dims) and not isinstance(dims, type):
         out.update({k: int(v) for k, v in dataclasses.asdict(dims).items() if isinstance(v, int)})
         for extra in ("head_dim", "n_mlp"):
             if hasattr(dims, extra):

@@ -36,7 +36,12 @@ def current_loop() -> object | None:
 def loop_poster() -> Callable[..., None]:
     """A thread-safe, non-blocking "call this soon on the current event loop" (asyncio, uvloop or trio)."""
     try:
-        return asyncio.get_running_loop().call_soon_threadsafe
+        loop = asyncio.get_running_loop()
+
+        def post(fn: Callable[..., object], *args: Any) -> None:
+            loop.call_soon_threadsafe(fn, *args)
+
+        return post
     except RuntimeError:
         pass
     import trio  # the only other event loop anyio runs on

@@ -311,7 +311,10 @@ class Pipeline:
             except Exception as exc:
                 self._sched.kill(st, tile_error(exc, self.device, tile, "kernel"))
         if item.run is not None:
-            self._lane_threads.submit(lane.index, item.run, lambda e, i=item, n=lane.index: complete(i, n, e))
+            def done(error: BaseException | None, i: Any = item, n: int = lane.index) -> None:
+                complete(i, n, error)
+
+            self._lane_threads.submit(lane.index, item.run, done)
         else:
             complete(item, lane.index)
         spent = _now() - now

@@ -68,7 +68,7 @@ def build_application(config: ServerConfig, scale: ScaleOut) -> Any:
     """The bound Serve application (``serve.run`` it) of the server with ``config``, spread as ``scale``."""
     options = deployment_options(config, scale)
     options["request_router_config"] = {"request_router_class": ROUTER_CLASS}
-    return serve.deployment(WhisperServer).options(**options).bind(config)
+    return serve.deployment(WhisperServer).options(**options).bind(config)  # type: ignore[attr-defined]
 
 
 def start_serve(config: ServerConfig, scale: ScaleOut, *, log_level: str = "info") -> None:

@@ -20,6 +20,7 @@ class PyEnum:
     """Base of the pybind11-style enums below."""
 
     __slots__ = ("_value",)
+    _value: int
     _names: ClassVar[dict[int, str]] = {}
     _strict: ClassVar[bool] = False
     _cache: ClassVar[dict[int, PyEnum]]
@@ -68,11 +69,11 @@ class PyEnum:
 
     def __eq__(self, other: object) -> bool:
         if type(other) is type(self):
-            return self._value == other._value  # type: ignore[attr-defined]
+            return self._value == other._value
         if self._strict or isinstance(other, PyEnum) or isinstance(other, bool):
             return False
         if isinstance(other, int) or hasattr(other, "__index__"):
-            return self._value == int(other)  # type: ignore[call-overload]
+            return self._value == int(other)
         return False
 
     def __ne__(self, other: object) -> bool:
@@ -140,6 +141,7 @@ class xrt_info_device(PyEnum):  # noqa: N801
 def require(value: object, enum_type: type[PyEnum], signature: str) -> PyEnum:
     """``value`` if it is a member of ``enum_type``, else pybind11's TypeError for ``signature``."""
     if type(value) is enum_type:
-        return value  # type: ignore[return-value]
+        assert isinstance(value, PyEnum)
+        return value
     raise TypeError(f"{signature.split('(')[0]}(): incompatible function arguments. The following argument "
                     f"types are supported:\n    1. {signature}\n\nInvoked with: {value!r}")

@@ -93,7 +93,7 @@ class MemRef:
 class RunRecord(NamedTuple):
     """One run as the device executed it (``time.perf_counter`` seconds)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, as in the recorded runs
     kernel: str
     op: str
     column: int

@@ -303,7 +303,7 @@ def resolve_impl(spec: str) -> KernelImpl:
     if obj is None:
         raise RuntimeError(f"Invalid xclbin: kernel implementation {spec!r} is not a built-in or module:attr")
     if hasattr(obj, "run") and hasattr(obj, "cost"):
-        return obj  # type: ignore[no-any-return]
+        return obj
     if callable(obj):
         return _FunctionImpl(obj)
     raise RuntimeError(f"Invalid xclbin: kernel implementation {spec!r} has no run()")

@@ -411,7 +411,7 @@ class bo:  # noqa: N801
     def map(self) -> memoryview:
         """A writable view of the BO's memory that does not keep the BO alive (see the module docstring)."""
         owner = self._ref.host  # a fresh array object per call: SimNPU.free tells by its refcount if views remain
-        view = memoryview(owner)
+        view = memoryview(owner)  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
         self._ref.mem.views.append((owner, view))
         return view
 
