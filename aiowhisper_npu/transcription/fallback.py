@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backend import Window, WindowDecoder
+from .protocol import Window, WindowRecognizer
 from ..decoder.options import MAX_LENGTH, GenerationOptions, GenerationResult
 from ..decoder.tokenizer import Tokenizer
 from .options import TranscriptionOptions
@@ -122,7 +122,7 @@ def max_length_for(prompt: Sequence[int], max_new_tokens: int | None) -> int:
     return max_length
 
 
-async def generate_with_fallback(decoder: WindowDecoder, window: Window, prompt: Sequence[int], tokenizer: Tokenizer,
+async def generate_with_fallback(decoder: WindowRecognizer, window: Window, prompt: Sequence[int], tokenizer: Tokenizer,
                                  options: TranscriptionOptions, suppress_tokens: tuple[int, ...]) -> WindowDecoding:
     """Decode ``window`` from ``prompt`` with temperature fallback (see the module docstring)."""
     max_length = max_length_for(prompt, options.max_new_tokens)
