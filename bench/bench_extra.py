@@ -220,7 +220,7 @@ def column_model(runs: Sequence[tuple[Any, Sequence[bm.RunSample]]]) -> dict[tup
 
 def _records_into(best: dict[tuple[str, int], float], rt: Any, samples: Sequence[bm.RunSample]) -> None:
     recs = sorted(_sim_npu(rt).records, key=lambda r: r.index)
-    plan = rt._plan(None)
+    plan = rt.encoder.plan(None)
     for s in samples:
         mine = [r for r in recs if s.runs[0] <= r.index < s.runs[1]]
         kern = sorted((e for e in s.stats.timeline if e.stage == "kernel"), key=lambda e: e.start)
@@ -249,7 +249,7 @@ def sim_bound(rt: Any, v: bm.Variant, rec: dict[str, Any], col: dict[tuple[str, 
     if not col:
         return {"note": "no sim run records matched the timeline"}
     manifest = dev.manifest
-    plan = rt._plan(None)
+    plan = rt.encoder.plan(None)
 
     def params_bytes(op: str) -> int:
         spec = manifest.ops.get(op)
