@@ -20,7 +20,7 @@ from aiowhisper_npu.audio.io import SAMPLE_RATE, load_audio
 from aiowhisper_npu.audio.mel_stream import IncrementalLogMel
 from aiowhisper_npu.streaming.agreement import LocalAgreement, TimedWord
 from aiowhisper_npu.streaming.hypothesis import DecodeSettings, decode_buffer
-from aiowhisper_npu.transcription.fallback import resolve_suppress_tokens
+from aiowhisper_npu.transcription.fallback import suppress_token_ids
 from aiowhisper_npu.transcription.metrics import word_error_rate as wer
 
 from conftest import DATA, LOOPS
@@ -297,7 +297,7 @@ async def test_drafts_give_the_words_of_decoding_from_scratch(tiny: aw.WhisperMo
     async with aw.Runtime(tiny) as rt:
         decoder = await rt.recognizer()
         tok = decoder.tokenizer
-        settings = DecodeSettings(suppress_tokens=tuple(resolve_suppress_tokens(tok, (-1,))))
+        settings = DecodeSettings(suppress_tokens=tuple(suppress_token_ids(tok, (-1,))))
         for audio, prompt_text in ((jfk, ""), (long[10 * SAMPLE_RATE : 22 * SAMPLE_RATE], "The museum has more "
                                                 "than three hundred paintings from the last century.")):
             previous: tuple[int, ...] = ()

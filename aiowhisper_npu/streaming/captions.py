@@ -62,7 +62,7 @@ import numpy as np
 from ..audio.io import N_SAMPLES, SAMPLE_RATE
 from ..audio.mel_stream import IncrementalLogMel
 from ..decoder.tokenizer import Tokenizer
-from ..transcription.fallback import resolve_suppress_tokens
+from ..transcription.fallback import suppress_token_ids
 from ..transcription.protocol import WindowRecognizer
 from .agreement import LocalAgreement, TimedWord
 from .busy import BusySwitch
@@ -352,7 +352,7 @@ class CaptionStream:
                 tokenizer = tokenizer.with_language(self._language)
             self._tokenizer = tokenizer
             self._settings = DecodeSettings(**{**self._settings.__dict__,
-                                               "suppress_tokens": resolve_suppress_tokens(tokenizer, (-1,))})
+                                               "suppress_tokens": suppress_token_ids(tokenizer, (-1,))})
             self._recognizer = recognizer
         return self._recognizer
 

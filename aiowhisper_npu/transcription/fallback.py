@@ -23,7 +23,7 @@ from ..decoder.options import MAX_LENGTH, GenerationOptions, GenerationResult
 from ..decoder.tokenizer import Tokenizer
 from .options import TranscriptionOptions
 
-__all__ = ["build_prompt", "compression_ratio", "average_logprob", "generation_options", "resolve_suppress_tokens",
+__all__ = ["build_prompt", "compression_ratio", "average_logprob", "generation_options", "suppress_token_ids",
            "WindowDecoding", "generate_with_fallback"]
 
 #: At most this many tokens of previous text, hotwords or prefix go into a prompt (Whisper's half context - 1).
@@ -66,7 +66,7 @@ def average_logprob(result: GenerationResult, length_penalty: float) -> float:
     return float(result.scores[0]) * scale / (n + 1)
 
 
-def resolve_suppress_tokens(tokenizer: Tokenizer, suppress_tokens: Sequence[int] | None) -> tuple[int, ...]:
+def suppress_token_ids(tokenizer: Tokenizer, suppress_tokens: Sequence[int] | None) -> tuple[int, ...]:
     """The explicit ids to suppress: ``-1`` stands for the non-speech symbols; a non-empty list also gets the
     task, start and no-speech tokens; ``None`` or empty suppresses nothing (faster-whisper's rules)."""
     if not suppress_tokens:

@@ -39,7 +39,7 @@ import numpy as np
 from ..audio.io import N_FRAMES, SAMPLE_RATE, validate_audio
 from .protocol import WindowRecognizer
 from .detection import detect_language
-from .fallback import WindowDecoding, build_prompt, generate_with_fallback, resolve_suppress_tokens
+from .fallback import WindowDecoding, build_prompt, generate_with_fallback, suppress_token_ids
 from .features import FRAMES_PER_SECOND, TIME_PER_FRAME, audio_features, content_frames, window_features
 from .hallucination import HallucinationWindow, skip_hallucinations
 from ..decoder.languages import language_code
@@ -74,7 +74,7 @@ class Transcription:
         self.tokenizer = tokenizer
         self.options = options
         self.info = info
-        self._suppress = resolve_suppress_tokens(tokenizer, options.suppress_tokens)
+        self._suppress = suppress_token_ids(tokenizer, options.suppress_tokens)
         self._multilingual = options.multilingual and tokenizer.multilingual
         self._started = False
 
