@@ -263,6 +263,7 @@ class CaptionStream:
         t0 = _now()
         recognizer = await self._ensure_recognizer()
         fresh = self._input.take(self._max_step())
+        self._input.consume(fresh.size)
         points = fresh.size // self._step
         forced: list[TimedWord] = []
         forced_text = ""

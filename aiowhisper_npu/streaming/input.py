@@ -8,7 +8,8 @@
   service host (``background``), started by the first :meth:`StreamInput.next`. :meth:`StreamInput.close`
   stops it; a detached reader is also stopped when the input is garbage-collected;
 * **the backlog**: :meth:`StreamInput.fill` drains the reader's channel into it, :meth:`StreamInput.take`
-  hands out up to a number of samples (the rest of a chunk stays queued) and tells the reader they were used;
+  hands out up to a number of samples (the rest of a chunk stays queued), and :meth:`StreamInput.consume`
+  tells the reader they were used (taken audio counts as queued until then);
 * **the end**: once the reader's end or failure is drained, :attr:`StreamInput.ended` is set and
   :meth:`StreamInput.check_end` raises the source's failure (or a cancelled reader's ``RuntimeError``);
 * **the lag meter**: every update is recorded (:meth:`StreamInput.record`) and :attr:`StreamInput.lag` is a
@@ -202,7 +203,7 @@ class StreamInput:
 
     def take(self, max_samples: int) -> np.ndarray:
         """Up to ``max_samples`` from the backlog as one new float32 array (the rest of a chunk stays in the
-        backlog, still counted as queued); the reader may pull again once they are taken."""
+        backlog). They count as queued until :meth:`consume`."""
         pieces: list[np.ndarray] = []
         n = 0
         while self._backlog and n < max_samples:
@@ -214,8 +215,12 @@ class StreamInput:
             n += k
             self._newest_t = chunk.t_arrival
         self._backlog_samples -= n
-        self._reader.consume(n)
         return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+    def consume(self, n: int) -> None:
+        """``n`` taken samples were used (pushed into a log-mel): a reader gated on queued audio may pull
+        again."""
+        self._reader.consume(n)
 
     @property
     def newest_t(self) -> float:
@@ -280,11 +285,6 @@ class StreamInput:
             compute_s_per_audio_s=self._compute_s / audio_s if audio_s else 0.0,
             recent_compute_s_per_audio_s=self.recent_compute_s_per_audio_s(),
             updates=self._updates, finals=self._finals, partials_skipped=self._skipped)
-
-    @property
-    def queued_samples(self) -> int:
-        """Samples received from the source and not yet taken (in the reader's channel or the backlog)."""
-        return self._reader.queued_samples
 
 
 async def _iterate(items: Iterable[Any]) -> AsyncIterator[Any]:

@@ -280,6 +280,7 @@ class EncodeStream:
         t0 = _now()
         done = await maybe_in_thread(mel.push, x)
         self._input.bill(_now() - t0)
+        self._input.consume(x.size)
         for k, window_mel in enumerate(done):  # at most one: the push stops at the window's end
             self._finals.append(_PendingFinal(window + k, window_mel, N_SAMPLES, t_last))
 
