@@ -5,7 +5,7 @@
     python examples/live_captions.py --mic                 # needs `pip install sounddevice` (and a microphone)
     python examples/live_captions.py --no-realtime         # as fast as the runtime goes
 
-``rt.transcribe_stream`` turns the chunks into caption updates: ``committed`` text, which never changes once
+``rt.captions`` turns the chunks into caption updates: ``committed`` text, which never changes once
 shown, and a ``tentative`` tail that the next updates may still revise. On a terminal the captions are
 redrawn in place (committed plain, tentative dimmed, with ``rich``); otherwise each update prints one line.
 """
@@ -89,7 +89,7 @@ async def main(args: argparse.Namespace) -> None:
         source = file_chunks(audio, chunk, args.realtime)
     screen = Screen()
     async with aw.Runtime(args.model) as rt:
-        async with rt.transcribe_stream(source, update_every_s=args.chunk_ms / 1000) as s:
+        async with rt.captions(source, update_every_s=args.chunk_ms / 1000) as s:
             if screen.live is not None:
                 screen.live.start()
             try:

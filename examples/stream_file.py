@@ -5,7 +5,7 @@
     python examples/stream_file.py --no-realtime        # as fast as the encoder goes
 
 A "microphone" task plays the file into a bounded memory object stream in real time (chunk k is handed over
-once its audio would have been recorded); ``rt.stream`` turns the chunks into updates: partial ones for the
+once its audio would have been recorded); ``rt.encode_stream`` turns the chunks into updates: partial ones for the
 growing 30 s window, then one final update per window, whose hidden states equal ``rt.encode`` of the file.
 """
 
@@ -49,7 +49,7 @@ async def main(args: argparse.Namespace) -> None:
                 async for piece in receive:
                     yield piece
 
-        async with rt.stream(chunks(), update_every_s=args.update_every_s, context=args.context) as stream:
+        async with rt.encode_stream(chunks(), update_every_s=args.update_every_s, context=args.context) as stream:
             async for upd in stream:
                 kind = "FINAL  " if upd.final else "partial"
                 print(f"[window {upd.window}] {upd.start_s:6.2f}-{upd.end_s:6.2f} s {kind} "

@@ -1,4 +1,4 @@
-"""``aiowhisper-npu stream FILE``: live captions of a file fed in chunks to :meth:`Runtime.transcribe_stream`.
+"""``aiowhisper-npu stream FILE``: live captions of a file fed in chunks to :meth:`Runtime.captions`.
 
 On a terminal the captions are redrawn in place with ``rich`` (the ``bench`` extra): committed text in plain
 type, the tentative tail dimmed. Elsewhere (a pipe, a file) each update that changes something prints one
@@ -99,8 +99,8 @@ def run_captions_command(args: argparse.Namespace, make_runtime: Callable[[argpa
             word_lat: list[float] = []
             last: CaptionUpdate | None = None
             with _View(args.json) as view:
-                async with rt.transcribe_stream(paced_chunks(audio, chunk, args.realtime, t_start),
-                                                update_every_s=every, context=context) as s:
+                async with rt.captions(paced_chunks(audio, chunk, args.realtime, t_start),
+                                       update_every_s=every, context=context) as s:
                     async for u in s:
                         now = anyio.current_time()
                         update_lat.append(u.latency_s)

@@ -85,8 +85,8 @@ def run_stream_command(args: argparse.Namespace, make_runtime: Callable[[argpars
             t0 = time.perf_counter()
             latencies: list[float] = []
             n_final = 0
-            async with rt.stream(paced_chunks(audio, chunk, args.realtime), update_every_s=args.update_every_s,
-                                 context=args.context) as s:
+            async with rt.encode_stream(paced_chunks(audio, chunk, args.realtime), update_every_s=args.update_every_s,
+                                        context=args.context) as s:
                 async for upd in s:
                     latencies.append(upd.latency_s)
                     n_final += upd.final

@@ -50,7 +50,7 @@ from .search import Advance, BeamSearch, BestSampler, GreedySearch, RandomSample
 from .tokenizer import Tokenizer
 
 __all__ = ["PromptLayout", "parse_prompt", "Generation", "LanguageDetection", "generate", "detect_language",
-           "resolve_suppress_tokens"]
+           "ct2_suppress_tokens"]
 
 
 class PromptLayout:
@@ -92,7 +92,7 @@ def parse_prompt(prompt: Sequence[int], tokenizer: Tokenizer) -> PromptLayout:
     return PromptLayout(prompt, tokenizer)
 
 
-def resolve_suppress_tokens(ids: Sequence[int], tokenizer: Tokenizer) -> list[int]:
+def ct2_suppress_tokens(ids: Sequence[int], tokenizer: Tokenizer) -> list[int]:
     """``suppress_tokens`` as CTranslate2 reads them: ids >= 0 as given, ``-1`` for the model's default set
     (the non-speech symbols and ``<|startoftranscript|>``, ``<|translate|>``, ``<|transcribe|>``,
     ``<|startoflm|>``, ``<|startofprev|>``, ``<|nospeech|>``: the ``suppress_ids`` of a converted model's
@@ -147,7 +147,7 @@ class Generation:
         self._filters: list[LogitFilter] = build_filters(
             eot=tokenizer.eot, no_timestamps=tokenizer.no_timestamps, n_vocab=dims.n_vocab,
             sample_begin=sample_begin, timestamps=layout.timestamps,
-            suppress_tokens=resolve_suppress_tokens(options.suppress_tokens, tokenizer), blank_tokens=blank,
+            suppress_tokens=ct2_suppress_tokens(options.suppress_tokens, tokenizer), blank_tokens=blank,
             repetition_penalty=options.repetition_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size,
             max_initial_timestamp_index=options.max_initial_timestamp_index)
         self._search: SearchStrategy

@@ -3,7 +3,7 @@
 A :class:`~aiowhisper_npu.runtime.runtime.Runtime` holds a device, a buffer pool, the pipeline's stage
 tasks, lane threads, and detached stream readers. If those lived in a task group entered by
 ``Runtime.__aenter__``, the group's cancel scope would enclose the caller's own code: closing from another
-task, or from inside a nested scope (``async with rt.stream(...)``), would exit it out of order, and an
+task, or from inside a nested scope (``async with rt.encode_stream(...)``), would exit it out of order, and an
 exception in a background task would cancel the caller. Instead, :class:`ServiceHost` runs them in a task
 of their own, started with :func:`~aiowhisper_npu.pipeline.loop.spawn_system_task`:
 
@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from ..pipeline.loop import current_loop, spawn_system_task
 
-__all__ = ["ServiceHost", "WRONG_LOOP_HINT"]
+__all__ = ["NOT_OPEN", "ServiceHost", "WRONG_LOOP_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ WRONG_LOOP_HINT = ("a Runtime serves only the event loop it was opened in. To us
                    "(or loops), use the blocking facade: 'with aw.Runtime.sync(model) as rt: rt.encode(...)' "
                    "(aw.SyncRuntime), or call it through anyio.from_thread.run(rt.encode, ...) from a worker "
                    "thread of the runtime's own loop")
+NOT_OPEN = "Runtime is not open: use 'async with Runtime(...) as rt'"
 
 
 class ServiceHost:
@@ -118,12 +119,25 @@ class ServiceHost:
         """Whether the calling thread runs the event loop the host was opened in."""
         return current_loop() is self.loop
 
+    def check_loop(self, what: str) -> None:
+        """``RuntimeError`` (naming ``Runtime.<what>()`` and the blocking facade) unless the calling thread
+        runs the host's event loop."""
+        if not self.on_own_loop():
+            raise RuntimeError(f"Runtime.{what}() was called from another event loop (or thread) than the one "
+                               f"the runtime was opened in: {WRONG_LOOP_HINT}")
+
+    def require(self, what: str) -> None:
+        """:meth:`check_loop`, then ``RuntimeError`` unless the host is serving (open, not closing)."""
+        self.check_loop(what)
+        if not self.serving:
+            raise RuntimeError(NOT_OPEN)
+
     # -- background tasks ---------------------------------------------------------------------------------
     def start_soon(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
         """Run ``fn()`` in the host until it returns or the host closes. Its exceptions are logged, and
         end only that task (a background task is expected to deliver its own errors, as stream readers do)."""
         if self._tg is None or self._stop:
-            raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
+            raise RuntimeError(NOT_OPEN)
         self._tg.start_soon(self._guard, fn, name, name=name)
 
     async def _guard(self, fn: Callable[[], Awaitable[None]], name: str) -> None:

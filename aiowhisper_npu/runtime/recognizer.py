@@ -1,6 +1,7 @@
-"""The runtime's :class:`~aiowhisper_npu.transcription.backend.WindowDecoder`: windows are encoded by the tile
-pipeline, their cross-attention keys and values computed in a worker thread, and every decoding task runs
-on the shared, batching :class:`~aiowhisper_npu.decoder.engine.DecoderEngine`.
+"""The runtime's :class:`~aiowhisper_npu.transcription.protocol.WindowRecognizer`: windows are encoded by the
+runtime's :class:`~.encoder.Encoder` (the tile pipeline), their cross-attention keys and values computed in a
+worker thread, and every decoding task runs on the shared, batching
+:class:`~aiowhisper_npu.decoder.engine.DecoderEngine`.
 
 :func:`run_task` is the asyncio/trio side of the engine: it submits a task, waits on the caller's own
 event loop for the engine's answer (posted from the engine thread without blocking it), and on cancellation
@@ -11,24 +12,24 @@ cancels the task and waits, shielded, until the engine has released its caches. 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Sequence
 
 import anyio
 import numpy as np
 
 from ..decoder.cache import CrossCache
 from ..decoder.engine import DecoderEngine, Task
-from ..decoder.kernels import PreparedDecoder, cross_cache
+from ..decoder.kernels import cross_cache
 from ..decoder.options import AlignmentResult, GenerationOptions, GenerationResult
 from ..decoder.generation import Generation, LanguageDetection
 from ..decoder.tasks import AlignmentTask
 from ..decoder.tokenizer import Tokenizer
 from ..models.model import ModelDimensions
 from ..pipeline.lanes import loop_poster
+from ..transcription.protocol import Window
+from .encoder import Encoder
 
 __all__ = ["run_task", "EncodedWindow", "Recognizer"]
-
-EncodeMels = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
 async def run_task(engine: DecoderEngine, task: Task) -> Any:
@@ -69,21 +70,26 @@ class EncodedWindow:
         return self.cross
 
 
+def _cross(window: Window) -> CrossCache:
+    if not isinstance(window, EncodedWindow):
+        raise TypeError(f"not a window of this recognizer: {type(window).__name__}")
+    return window.require()
+
+
 class Recognizer:
-    """A :class:`~aiowhisper_npu.transcription.backend.WindowDecoder` over an encoder and a decoder engine.
+    """A :class:`~aiowhisper_npu.transcription.protocol.WindowRecognizer` over an encoder and a decoder engine.
 
     Args:
-        encode_mels: encodes one ``(n_mels, 3000)`` window into ``(positions, d_audio)`` hidden states
-            (the runtime's pipeline).
-        decoder: the prepared decoder weights; ``engine`` runs on them.
+        encoder: the runtime's encoder (the tile pipeline).
+        engine: the running decoder engine; its prepared decoder weights are the ones decoded with.
         tokenizer: the model's tokenizer.
         alignment_heads: the model's ``(layer, head)`` pairs for word timing.
     """
 
-    def __init__(self, encode_mels: EncodeMels, decoder: PreparedDecoder, engine: DecoderEngine,
-                 tokenizer: Tokenizer, alignment_heads: Sequence[tuple[int, int]]):
-        self._encode_mels = encode_mels
-        self._decoder = decoder
+    def __init__(self, encoder: Encoder, engine: DecoderEngine, tokenizer: Tokenizer,
+                 alignment_heads: Sequence[tuple[int, int]]):
+        self._encoder = encoder
+        self._decoder = engine.decoder
         self._engine = engine
         self._tokenizer = tokenizer
         self._heads = tuple(alignment_heads)
@@ -96,30 +102,28 @@ class Recognizer:
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
 
-    async def encode(self, mel: np.ndarray) -> EncodedWindow:
-        return await self.encode_hidden(await self._encode_mels(mel))
-
-    async def encode_hidden(self, hidden: np.ndarray) -> EncodedWindow:
-        """A window from encoder output ``(positions, d_audio)`` that is already computed (any number of
-        positions: a bucketed encode of a short buffer works too)."""
-        cross = await anyio.to_thread.run_sync(cross_cache, self._decoder, hidden)
+    async def encode(self, mel: np.ndarray, n_ctx: int | None = None) -> EncodedWindow:
+        """Encode one ``(n_mels, 3000)`` window (its first ``n_ctx`` positions: a bucketed context; ``None``:
+        all) and compute its cross-attention cache in a worker thread."""
+        hidden, _ = await self._encoder.encode(mel[None], n_ctx)
+        cross = await anyio.to_thread.run_sync(cross_cache, self._decoder, hidden[0])
         return EncodedWindow(cross)
 
-    async def generate(self, window: EncodedWindow, prompt: Sequence[int], options: GenerationOptions,
+    async def generate(self, window: Window, prompt: Sequence[int], options: GenerationOptions,
                        draft: Sequence[int] = ()) -> GenerationResult:
         """One generation; a greedy one verifies ``draft`` (its guess of the tokens) in its first pass
         (see :mod:`aiowhisper_npu.decoder.generation`)."""
-        task = Generation(self._decoder, window.require(), self._tokenizer, prompt, options, draft)
+        task = Generation(self._decoder, _cross(window), self._tokenizer, prompt, options, draft)
         return await run_task(self._engine, task)  # type: ignore[no-any-return]
 
-    async def detect_language(self, window: EncodedWindow) -> list[tuple[str, float]]:
-        task = LanguageDetection(self._decoder, window.require(), self._tokenizer)
+    async def detect_language(self, window: Window) -> list[tuple[str, float]]:
+        task = LanguageDetection(self._decoder, _cross(window), self._tokenizer)
         return await run_task(self._engine, task)  # type: ignore[no-any-return]
 
-    async def align(self, window: EncodedWindow, start_sequence: Sequence[int],
+    async def align(self, window: Window, start_sequence: Sequence[int],
                     text_tokens: Sequence[Sequence[int]], num_frames: int,
                     median_filter_width: int = 7) -> list[AlignmentResult]:
-        cross = window.require()
+        cross = _cross(window)
         results: list[AlignmentResult | None] = [None] * len(text_tokens)
 
         async def one(i: int, text: Sequence[int]) -> None:  # all texts of the window in the same batches

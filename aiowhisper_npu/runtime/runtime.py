@@ -1,7 +1,11 @@
 """The public async runtime: ``async with Runtime(model) as rt: out = await rt.encode(audio)``.
 
-It wires the layers together: a model and its :class:`~.plan.EncoderProgram` loaded on a device, a
-:class:`~.pool.BufferPool` with one buffer set per in-flight tile, and a :class:`~.pipeline.Pipeline`.
+It opens the layers and wires them together once: a model and its :class:`~.plan.EncoderProgram` loaded on
+a device, a :class:`~.pool.BufferPool` with one buffer set per in-flight tile, a :class:`~.pipeline.Pipeline`,
+the :class:`~.encoder.Encoder` that runs windows on it, and the :class:`~.transcriber.TranscriptionService`
+that builds the :class:`~.recognizer.Recognizer` (the decoder engine) on the first transcription. The
+drivers get only what they need: the encode stream the encoder, the seek loop and the caption stream the
+recognizer. Audio and options are checked here, at the API edge.
 
 **Threads and loops.** Everything the runtime owns (device, pool, the pipeline's stage tasks and lane
 threads, detached stream readers) lives in a :class:`~.host.ServiceHost` task of its own, not in the task
@@ -16,17 +20,17 @@ from __future__ import annotations
 import os
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterable, Awaitable, Callable, Union
+from typing import Any, AsyncIterable, Awaitable, Callable, ClassVar, Union
 
 import anyio
 import numpy as np
 
-from ..audio.io import SAMPLE_RATE, load_audio, validate_audio
+from ..audio.io import SAMPLE_RATE
 from ..audio.mel import log_mel_windows
 from ..devices import make_device
 from ..tiles import Device
 from ..encoder.kernels import PRECISIONS
-from ..encoder.plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram, WindowJob
+from ..encoder.plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram
 from ..models.loading import load_model
 from ..models.model import ModelDimensions, WhisperModel
 from ..pipeline.pipeline import Pipeline
@@ -34,15 +38,15 @@ from ..pipeline.pool import BufferPool
 from ..pipeline.stats import PipelineStats, StatsRecorder
 from ..tiles import slot_nbytes
 from ..streaming.captions import CaptionStream
-from ..streaming.stream import AudioStream
+from ..streaming.stream import EncodeStream
 from ..decoder.engine import EngineStats
+from ..deprecation import warn_renamed
 from ..transcription.results import TranscriptionResult
 from ..transcription.options import TranscriptionOptions
-from .host import WRONG_LOOP_HINT, ServiceHost
-from .transcriber import TranscriptionService, TranscriptionStream, make_options
-
-if TYPE_CHECKING:
-    from .sync import SyncRuntime
+from .encoder import Encoder
+from .host import NOT_OPEN, ServiceHost
+from .recognizer import Recognizer
+from .transcriber import SegmentStream, TranscriptionService, load_samples, make_options
 
 __all__ = ["AudioInput", "CPU_TILE_ROWS", "EncoderOutput", "Runtime"]
 
@@ -67,7 +71,7 @@ class EncoderOutput:
 
 
 class Runtime:
-    """An encoder runtime on one device. Use it as ``async with Runtime(...) as rt``.
+    """Whisper on one device: encoding, transcription and streams. Use it as ``async with Runtime(...) as rt``.
 
     Args:
         model: a :class:`WhisperModel`, a known name (``"tiny.en"``, ``"base"``) or a model directory.
@@ -121,18 +125,16 @@ class Runtime:
         self._host: ServiceHost | None = None  # owns everything below while open (see the module docstring)
         self._pipeline: Pipeline | None = None
         self._pool: BufferPool | None = None
-        self._plans: dict[int | None, EncoderPlan] = {}
+        self._encoder: Encoder | None = None
         self._transcription: TranscriptionService | None = None
         self.model: WhisperModel | None = model if isinstance(model, WhisperModel) else None
         self.device: Device | None = None
 
-    @classmethod
-    def sync(cls, model: WhisperModel | str | os.PathLike[str] = "tiny.en", **options: Any) -> SyncRuntime:
-        """A blocking facade on a runtime of its own event-loop thread: ``with Runtime.sync("base") as rt:
-        rt.encode(...)``. Safe from any thread. See :class:`~aiowhisper_npu.runtime.sync.SyncRuntime`."""
-        from .sync import SyncRuntime
-
-        return SyncRuntime(model, **options)
+    #: ``Runtime.sync(model, **options)``: a blocking facade on a runtime of its own event-loop thread,
+    #: ``with Runtime.sync("base") as rt: rt.encode(...)``, safe from any thread. It is
+    #: :class:`~aiowhisper_npu.runtime.sync.SyncRuntime`, which sets this attribute (so this module does
+    #: not import the facade built on it).
+    sync: ClassVar[Callable[..., Any]]
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
@@ -154,15 +156,15 @@ class Runtime:
         ``await tg.start(service)`` in a task group entered with ``stack.enter_async_context``. Whatever
         is entered last is stopped first by :meth:`aclose`.
         """
-        model = self.model or await anyio.to_thread.run_sync(load_model, self._model_arg)
-        self.model = model
+        model = self.model
+        if model is None:
+            model = self.model = await anyio.to_thread.run_sync(load_model, self._model_arg)
         device = self._device_arg or make_device(self.backend, lanes=self.lanes, **self._backend_options)
         stack.callback(device.close)
         program = EncoderProgram(model, self.tile_rows, self.precision if device.name == "cpu" else "fp32")
         await anyio.to_thread.run_sync(device.load, program)
         self.device = device
-        plan = self._plan(None)
-        ins, outs = slot_nbytes(plan.tiles)
+        ins, outs = slot_nbytes(EncoderPlan(model.dims, self.tile_rows).tiles)
         pool = BufferPool(device, ins, outs, self.pipeline_depth, zero_copy=self.zero_copy,
                           reuse=self.reuse_buffers)
         stack.callback(pool.close)
@@ -172,7 +174,9 @@ class Runtime:
         await tg.start(pipeline.serve)
         self._pool = pool
         self._pipeline = pipeline
-        service = TranscriptionService(model, self._encode_window, precision=self.precision)
+        assert self._host is not None
+        encoder = self._encoder = Encoder(pipeline, model.dims, self.tile_rows, self._host)
+        service = TranscriptionService(model, encoder, precision=self.precision)
         stack.push_async_callback(service.aclose)  # stopped before the pipeline: no decoding is left waiting
         self._transcription = service
 
@@ -188,11 +192,11 @@ class Runtime:
         if host is None:
             return
         if host.stopped:  # already closed, or its event loop has ended: nothing left to wait for
-            self._host = self._pipeline = None
+            self._host = self._pipeline = self._encoder = None
             host.raise_error()
             return
         self._check_loop("aclose")
-        self._pipeline = None
+        self._pipeline = self._encoder = None
         try:
             await host.close()
         finally:
@@ -213,19 +217,15 @@ class Runtime:
             return PipelineStats()
         return self._pipeline.stats.snapshot()
 
-    def _plan(self, n_ctx: int | None) -> EncoderPlan:
-        assert self.model is not None
-        plan = self._plans.get(n_ctx)
-        if plan is None:
-            plan = self._plans[n_ctx] = EncoderPlan(self.model.dims, self.tile_rows, n_ctx)
-        return plan
+    @property
+    def encoder(self) -> Encoder:
+        """The open runtime's encoder (its plans by context length, and :meth:`Encoder.encode`)."""
+        return self._require_open()
 
     @property
     def dims(self) -> ModelDimensions:
         """The open model's sizes."""
-        self._require_open()
-        assert self.model is not None
-        return self.model.dims
+        return self._require_open().dims
 
     def start_background(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
         """Run ``fn()`` in the runtime's service host until it returns or the runtime closes."""
@@ -234,50 +234,35 @@ class Runtime:
         self._host.start_soon(fn, name)
 
     def _check_loop(self, what: str) -> None:
-        host = self._host
-        if host is not None and not host.on_own_loop():
-            raise RuntimeError(f"Runtime.{what}() was called from another event loop (or thread) than the one "
-                               f"the runtime was opened in: {WRONG_LOOP_HINT}")
+        if self._host is not None:
+            self._host.check_loop(what)
 
-    def _require_open(self, what: str | None = None) -> Pipeline:
-        """The open pipeline; with ``what`` (an async entry point), also check the caller's event loop."""
+    def _require_open(self, what: str | None = None) -> Encoder:
+        """The open runtime's encoder; with ``what`` (an async entry point), also check the caller's event
+        loop."""
         if what is not None:
             self._check_loop(what)
         host = self._host
-        if self._pipeline is None or host is None or not host.serving:
-            raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
-        return self._pipeline
+        if self._encoder is None or host is None or not host.serving:
+            raise RuntimeError(NOT_OPEN)
+        return self._encoder
 
     # -- encoding -------------------------------------------------------------------------------------
     async def encode(self, audio: AudioInput) -> EncoderOutput:
         """Encode 16 kHz mono float audio (or an audio file) into hidden states, one row per 30 s window."""
-        self._require_open("encode")
-        if isinstance(audio, (str, os.PathLike)):
-            samples = await anyio.to_thread.run_sync(load_audio, audio)
-        else:
-            samples = validate_audio(audio)
-        assert self.model is not None
-        mels = await anyio.to_thread.run_sync(log_mel_windows, samples, self.model.dims.n_mels)
-        out, stats = await self.encode_mels(mels)
+        encoder = self._require_open("encode")
+        samples = await load_samples(audio)
+        mels = await anyio.to_thread.run_sync(log_mel_windows, samples, encoder.dims.n_mels)
+        out, stats = await encoder.encode(mels)
         return EncoderOutput(out, stats, samples.size / SAMPLE_RATE)
 
     async def encode_mels(self, mels: np.ndarray, n_ctx: int | None = None,
                           recorder: StatsRecorder | None = None) -> tuple[np.ndarray, PipelineStats]:
-        """Encode ready log-mel windows ``(n_windows, n_mels, 3000)``; ``n_ctx`` limits the positions."""
-        pipeline = self._require_open("encode_mels")
-        plan = self._plan(n_ctx)
-        d = plan.dims
-        out = np.empty((mels.shape[0], plan.positions, d.n_audio_state), np.float32)
-        jobs = [WindowJob(plan, mels[i], out[i]) for i in range(mels.shape[0])]
-        rec = recorder or StatsRecorder()
-        await pipeline.run(jobs, rec)
-        return out, rec.snapshot()
+        """Encode ready log-mel windows ``(n_windows, n_mels, 3000)``; ``n_ctx`` limits the positions
+        (:meth:`Encoder.encode <aiowhisper_npu.runtime.encoder.Encoder.encode>`)."""
+        return await self._require_open("encode_mels").encode(mels, n_ctx, recorder)
 
     # -- transcription --------------------------------------------------------------------------------
-    async def _encode_window(self, mel: np.ndarray) -> np.ndarray:
-        out, _ = await self.encode_mels(mel[None])
-        return out[0]
-
     def _service(self, what: str) -> TranscriptionService:
         self._require_open(what)
         assert self._transcription is not None
@@ -300,23 +285,38 @@ class Runtime:
         return await self._service("transcribe").transcribe(audio, make_options(options, overrides))
 
     def transcribe_iter(self, audio: AudioInput, *, options: TranscriptionOptions | None = None,
-                        **overrides: Any) -> TranscriptionStream:
+                        **overrides: Any) -> SegmentStream:
         """Like :meth:`transcribe`, but yields the segments as each window is decoded
         (``async for segment in rt.transcribe_iter(audio)``); ``.info`` is set with the first segment."""
-        return TranscriptionStream(self._service("transcribe_iter"), audio, make_options(options, overrides))
+        return SegmentStream(self._service("transcribe_iter"), audio, make_options(options, overrides))
+
+    async def recognizer(self) -> Recognizer:
+        """The runtime's :class:`~aiowhisper_npu.transcription.protocol.WindowRecognizer` (its encoder and the
+        shared decoder engine), built on first use: what the seek loop and the caption stream run on."""
+        return await self._service("recognizer").recognizer()
 
     def decoder_stats(self) -> EngineStats:
         """The decoder engine's counters (all zero before the first transcription)."""
         engine = self._service("decoder_stats").engine
         return engine.stats() if engine is not None else EngineStats(0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0)
 
-    def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> AudioStream:
+    # -- streams ------------------------------------------------------------------------------------------
+    def encode_stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> EncodeStream:
         """Encode an async stream of audio chunks as it arrives (see :mod:`aiowhisper_npu.streaming.stream`)."""
-        return AudioStream(self, chunks, **options)
+        return EncodeStream(self.encoder, chunks, background=self.start_background, **options)
+
+    def captions(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> CaptionStream:
+        """Live captions of an async stream of audio chunks: committed and tentative text as it arrives, used
+        like :meth:`encode_stream` (see :mod:`aiowhisper_npu.streaming.captions` for the options)."""
+        service = self._service("captions")
+        return CaptionStream(service.recognizer, chunks, background=self.start_background, **options)
+
+    def stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> EncodeStream:
+        """Deprecated name of :meth:`encode_stream`."""
+        warn_renamed("Runtime.stream()", "Runtime.encode_stream()")
+        return self.encode_stream(chunks, **options)
 
     def transcribe_stream(self, chunks: AsyncIterable[np.ndarray], **options: Any) -> CaptionStream:
-        """Live captions of an async stream of audio chunks: committed and tentative text as it arrives, used
-        like :meth:`stream` (see :mod:`aiowhisper_npu.streaming.captions` for the options)."""
-        service = self._service("transcribe_stream")
-        return CaptionStream(self, chunks, decoder=service.recognizer, **options)
-
+        """Deprecated name of :meth:`captions`."""
+        warn_renamed("Runtime.transcribe_stream()", "Runtime.captions()")
+        return self.captions(chunks, **options)

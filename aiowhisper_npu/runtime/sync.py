@@ -6,7 +6,7 @@
 
     with aw.Runtime.sync("base") as rt:          # or aw.SyncRuntime("base", lanes=2, ...)
         out = rt.encode("speech.wav")            # blocks this thread until done
-        for upd in rt.stream(mic_chunks()):      # any iterable; a generator is pulled in a worker thread
+        for upd in rt.encode_stream(mic_chunks()):  # any iterable; a generator is pulled in a worker thread
             ...
 
 The runtime lives on an anyio blocking portal (:func:`anyio.from_thread.start_blocking_portal`): an event
@@ -29,11 +29,12 @@ import inspect
 import sys
 import threading
 from typing import (Any, AsyncIterator, Awaitable, Callable, Concatenate, Generic, Iterator, ParamSpec,
-                    TypeVar)
+                    TypeVar, cast)
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ..deprecation import warn_renamed
 from .runtime import Runtime
 
 __all__ = ["SyncRuntime", "BlockingIterator", "blocking", "blocking_iter"]
@@ -59,7 +60,7 @@ def blocking(method: Callable[Concatenate[Runtime, P], Awaitable[R]]) -> Callabl
 def blocking_iter(method: Callable[Concatenate[Runtime, P], Any]) -> Callable[Concatenate[SyncRuntime, P],
                                                                            BlockingIterator[Any]]:
     """A :class:`SyncRuntime` method for a ``method`` that returns an async iterator (an
-    :class:`~aiowhisper_npu.streaming.stream.AudioStream`, an async generator, or a coroutine resolving to
+    :class:`~aiowhisper_npu.streaming.stream.EncodeStream`, an async generator, or a coroutine resolving to
     one): it is created on the runtime's loop and iterated from the caller's thread."""
 
     @functools.wraps(method)
@@ -98,7 +99,7 @@ class BlockingIterator(Generic[T]):
         if not more:
             self._done = True
             raise StopIteration
-        return value
+        return cast(T, value)
 
     def close(self) -> None:
         """Stop the underlying iterator (``aclose()`` on the runtime's loop). Idempotent."""
@@ -123,16 +124,27 @@ class SyncRuntime:
         event_loop_options: passed to :func:`anyio.run` (e.g. ``{"use_uvloop": True}``).
 
     Use it as ``with SyncRuntime(...) as rt`` (or ``aw.Runtime.sync(...)``), or call :meth:`open` and
-    :meth:`close`. Methods: :meth:`encode` and :meth:`encode_mels` as on the runtime, :meth:`stream` returns
-    a :class:`BlockingIterator` of updates, and :meth:`call` runs anything else on the runtime's loop.
+    :meth:`close`. Methods: :meth:`encode`, :meth:`encode_mels`, :meth:`transcribe` as on the runtime;
+    :meth:`encode_stream`, :meth:`transcribe_iter` and :meth:`captions` return a :class:`BlockingIterator`;
+    :meth:`call` runs anything else on the runtime's loop.
     """
 
     encode = blocking(Runtime.encode)
     encode_mels = blocking(Runtime.encode_mels)
-    stream = blocking_iter(Runtime.stream)
+    encode_stream = blocking_iter(Runtime.encode_stream)
     transcribe = blocking(Runtime.transcribe)
     transcribe_iter = blocking_iter(Runtime.transcribe_iter)
-    transcribe_stream = blocking_iter(Runtime.transcribe_stream)
+    captions = blocking_iter(Runtime.captions)
+
+    def stream(self, *args: Any, **kwargs: Any) -> BlockingIterator[Any]:
+        """Deprecated name of :meth:`encode_stream`."""
+        warn_renamed("SyncRuntime.stream()", "SyncRuntime.encode_stream()")
+        return self.encode_stream(*args, **kwargs)
+
+    def transcribe_stream(self, *args: Any, **kwargs: Any) -> BlockingIterator[Any]:
+        """Deprecated name of :meth:`captions`."""
+        warn_renamed("SyncRuntime.transcribe_stream()", "SyncRuntime.captions()")
+        return self.captions(*args, **kwargs)
 
     def __init__(self, model: Any = "tiny.en", *, event_loop: str = "asyncio",
                  event_loop_options: dict[str, Any] | None = None, **options: Any):
@@ -266,3 +278,6 @@ def _next_or_end(it: Iterator[Any]) -> tuple[bool, Any]:
         return True, next(it)
     except StopIteration:
         return False, None
+
+
+Runtime.sync = SyncRuntime  # ``aw.Runtime.sync(model, **options)``: the facade lives here, not in runtime.py

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields, replace
-from typing import Any, AsyncGenerator, Awaitable, Callable
+from typing import Any, AsyncGenerator
 
 import anyio
 import numpy as np
@@ -22,18 +22,20 @@ from ..decoder.kernels import prepare_decoder
 from ..transcription.results import Segment, TranscriptionInfo, TranscriptionResult
 from ..decoder.tokenizer import Tokenizer
 from ..transcription.seek import Transcription
+from ..deprecation import renamed_module_attrs
 from ..transcription.options import TranscriptionOptions
 from ..errors import ModelError
 from ..models.model import WhisperModel
+from .encoder import Encoder
+from .host import NOT_OPEN
 from .recognizer import Recognizer
 
-__all__ = ["TranscriptionService", "TranscriptionStream", "load_samples", "make_options"]
-
-EncodeWindow = Callable[[np.ndarray], Awaitable[np.ndarray]]
+__all__ = ["TranscriptionService", "SegmentStream", "load_samples", "make_options"]
 
 
 async def load_samples(audio: Any) -> np.ndarray:
-    """Audio as ``encode()`` takes it: a path (read in a worker thread) or 16 kHz mono float samples."""
+    """The audio edge of the runtime: a path (read in a worker thread) or 16 kHz mono float samples, as
+    validated float32 samples (:class:`~aiowhisper_npu.errors.AudioError` otherwise)."""
     if isinstance(audio, (str, os.PathLike)):
         return await anyio.to_thread.run_sync(load_audio, audio)
     return validate_audio(audio)
@@ -44,18 +46,18 @@ class TranscriptionService:
 
     Args:
         model: the runtime's model (it must have a decoder and ``tokenizer.json``).
-        encode_window: the runtime's encoder for one ``(n_mels, 3000)`` window.
+        encoder: the runtime's encoder.
         max_tasks, max_rows: the engine's admission bounds.
         threads: the engine's threads (2 splits the large products of a step over two cores).
         precision: the decoder's numerics, ``"fp32"`` or ``"bf16"`` (docs/precision.md).
     """
 
-    def __init__(self, model: WhisperModel, encode_window: EncodeWindow, *, max_tasks: int = 32,
+    def __init__(self, model: WhisperModel, encoder: Encoder, *, max_tasks: int = 32,
                  max_rows: int = 96, threads: int = 2, precision: str = "fp32"):
         self._model = model
         self._precision = precision
-        self._encode_window = encode_window
-        self._engine_options = dict(max_tasks=max_tasks, max_rows=max_rows, threads=threads)
+        self._encoder = encoder
+        self._engine_options: dict[str, Any] = dict(max_tasks=max_tasks, max_rows=max_rows, threads=threads)
         self._recognizer: Recognizer | None = None
         self._engine: DecoderEngine | None = None
         self._lock = anyio.Lock()
@@ -70,7 +72,7 @@ class TranscriptionService:
         """The recognizer, built on first use."""
         async with self._lock:
             if self._closed:
-                raise RuntimeError("Runtime is not open: use 'async with Runtime(...) as rt'")
+                raise RuntimeError(NOT_OPEN)
             if self._recognizer is None:  # a cancellation waits for the build and arrives after it is kept
                 self._recognizer = await anyio.to_thread.run_sync(self._build)
         return self._recognizer
@@ -84,7 +86,7 @@ class TranscriptionService:
         engine = DecoderEngine(decoder, **self._engine_options)
         engine.start()
         self._engine = engine
-        return Recognizer(self._encode_window, decoder, engine, tokenizer, m.alignment_heads)
+        return Recognizer(self._encoder, engine, tokenizer, m.alignment_heads)
 
     async def aclose(self) -> None:
         """Stop the engine (cancelling its tasks) and join its threads. Idempotent. Shielded as a whole: the
@@ -99,7 +101,8 @@ class TranscriptionService:
                 await anyio.to_thread.run_sync(engine.stop)
 
     async def start(self, audio: Any, options: TranscriptionOptions) -> Transcription:
-        """Load the audio, compute its features and settle the language (see :meth:`Transcription.start`)."""
+        """Load and validate the audio, compute its features and settle the language (see
+        :meth:`Transcription.start`); ``options`` were checked by :func:`make_options`."""
         recognizer = await self.recognizer()
         samples = await load_samples(audio)
         return await Transcription.start(recognizer, samples, options)
@@ -124,7 +127,7 @@ def make_options(options: TranscriptionOptions | None, overrides: dict[str, Any]
     return replace(base, **overrides)
 
 
-class TranscriptionStream:
+class SegmentStream:
     """``rt.transcribe_iter(audio, ...)``: segments as each window is decoded.
 
     Iterate it with ``async for`` (optionally inside ``async with``, which closes it on exit). :attr:`info`
@@ -140,13 +143,13 @@ class TranscriptionStream:
         self._segments: AsyncGenerator[Segment, None] | None = None
         self._closed = False
 
-    async def __aenter__(self) -> TranscriptionStream:
+    async def __aenter__(self) -> SegmentStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> TranscriptionStream:
+    def __aiter__(self) -> SegmentStream:
         return self
 
     async def __anext__(self) -> Segment:
@@ -170,3 +173,6 @@ class TranscriptionStream:
         if segments is not None:
             with anyio.CancelScope(shield=True):
                 await segments.aclose()
+
+
+__getattr__ = renamed_module_attrs(__name__, {"TranscriptionStream": "SegmentStream"})

@@ -1,4 +1,4 @@
-"""The live-caption WebSocket, ``/v1/stream``, on ``rt.transcribe_stream``.
+"""The live-caption WebSocket, ``/v1/stream``, on ``rt.captions``.
 
 Protocol (the README's "Serve" section has it for clients):
 
@@ -151,7 +151,7 @@ class Outbox:
 
 
 class StreamSession:
-    """One client's stream: receives audio, runs ``rt.transcribe_stream`` and sends its updates."""
+    """One client's stream: receives audio, runs ``rt.captions`` and sends its updates."""
 
     def __init__(self, ws: WebSocket, rt: Runtime, params: StreamParams, config: ServerConfig):
         self.ws = ws
@@ -224,8 +224,8 @@ class StreamSession:
 
     async def _transcribe(self, recv_audio: Any) -> None:
         try:
-            async with recv_audio, self.rt.transcribe_stream(recv_audio, language=self.params.language,
-                                                             sample_rate=self.params.sample_rate) as captions:
+            async with recv_audio, self.rt.captions(recv_audio, language=self.params.language,
+                                                    sample_rate=self.params.sample_rate) as captions:
                 async for u in captions:
                     if u.new or not u.final:
                         self.outbox.update({"type": "update", "committed": u.committed, "new": u.new,

@@ -1,9 +1,9 @@
-"""Live captions: ``async for u in rt.transcribe_stream(chunks)`` -- committed and tentative text as audio arrives.
+"""Live captions: ``async for u in rt.captions(chunks)`` -- committed and tentative text as audio arrives.
 
 ::
 
     async with aw.Runtime("tiny.en") as rt:
-        async with rt.transcribe_stream(mic_chunks()) as s:      # or: async for u in rt.transcribe_stream(...)
+        async with rt.captions(mic_chunks()) as s:      # or: async for u in rt.captions(...)
             async for u in s:
                 u.committed, u.new, u.tentative, u.segments, u.final, u.audio_s, u.latency_s
 
@@ -13,10 +13,12 @@ everything that arrived meanwhile: stale update points are coalesced, never queu
 
 1. appends the new audio to the buffer and its incremental log-mel
    (:class:`~aiowhisper_npu.audio.mel_stream.IncrementalLogMel`, one 30 s window that holds the buffer);
-2. encodes the buffer through the runtime's tile pipeline, with ``context="bucketed"`` only the first
+2. encodes the buffer (:meth:`~aiowhisper_npu.transcription.protocol.WindowRecognizer.encode`: the runtime's
+   tile pipeline and the window's cross-attention cache), with ``context="bucketed"`` only the first
    ``k * 256`` positions that hold it plus ``bucket_margin_s`` of padding, and at least ``min_context_s``
    (:func:`~aiowhisper_npu.streaming.stream.context_positions`), else the full 1500; a bucketed decoding
-   that loops (its text compresses too well) is done again on twice the context (up to the full one);
+   that loops (its text compresses too well) is done again on twice the context (up to the full one); on a
+   multilingual model without a ``language``, the window's language is detected until something is committed;
 3. decodes it, prompted with the last 200 characters of committed text before the buffer, into timed words
    (:func:`~aiowhisper_npu.streaming.hypothesis.decode_buffer`; the decoder engine batches the steps of every
    stream and transcription on the runtime). Until the buffer is next cut, the previous hypothesis' tokens
@@ -29,9 +31,9 @@ everything that arrived meanwhile: stale update points are coalesced, never queu
    ``trim_s``, after its last committed word once it is longer than ``word_trim_s`` (whisper_streaming's 15 s:
    a longer buffer gives Whisper more context, so fewer words go wrong); while the stream is *busy* (its
    update compute over the last 10 updates exceeds ``busy_above`` of the audio they covered: it is near to
-   falling behind, e.g. with many streams on the runtime) the shorter ``busy_trim_s`` and
-   ``busy_word_trim_s`` apply instead, so that the work per update shrinks under load (it is left when
-   the figure drops below 0.6 of ``busy_above``); a silent buffer
+   falling behind, e.g. with many streams on the runtime; :class:`~aiowhisper_npu.streaming.busy.BusySwitch`)
+   the shorter ``busy_trim_s`` and ``busy_word_trim_s`` apply instead, so that the work per update shrinks
+   under load (it is left when the figure drops below 0.6 of ``busy_above``); a silent buffer
    (no-speech probability, see :mod:`.hypothesis`) is cut to its last ``silence_keep_s``; a buffer that
    would exceed ``max_buffer_s`` (speech without any agreement, or a consumer far behind) first
    commits the tentative words that start before the cut. So each update encodes at most one window and
@@ -39,7 +41,7 @@ everything that arrived meanwhile: stale update points are coalesced, never queu
 
 At the end of the audio the last update (``final=True``) commits the whole tentative tail.
 
-**Everything else is :class:`~aiowhisper_npu.streaming.stream.AudioStream`'s**, which this class extends: the
+**The input is a :class:`~aiowhisper_npu.streaming.input.StreamInput`**, as for the encode stream: the
 bounded chunk reader with backpressure (``max_queued_s``), validation (a bad chunk raises
 :class:`~aiowhisper_npu.errors.AudioError` in this stream only), streaming resampling (``sample_rate=``), one
 consumer at a time, and the cleanup: leaving ``async with``, ``aclose()``, an error or a cancellation stops
@@ -52,7 +54,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, cast
+from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, Self
 
 import anyio
 import numpy as np
@@ -60,10 +62,13 @@ import numpy as np
 from ..audio.io import N_SAMPLES, SAMPLE_RATE
 from ..audio.mel_stream import IncrementalLogMel
 from ..decoder.tokenizer import Tokenizer
-from ..transcription.fallback import resolve_suppress_tokens
+from ..transcription.fallback import suppress_token_ids
+from ..transcription.protocol import WindowRecognizer
 from .agreement import LocalAgreement, TimedWord
-from .hypothesis import CaptionDecoder, DecodeSettings, Hypothesis, decode_buffer
-from .stream import AudioStream, MelEncoder, StreamLag, context_positions
+from .busy import BusySwitch
+from .hypothesis import DecodeSettings, Hypothesis, decode_buffer
+from .input import StartBackground, StreamInput, StreamLag, maybe_in_thread
+from .stream import SAMPLES_PER_POSITION, check_context, context_positions
 
 __all__ = ["CaptionSegment", "CaptionUpdate", "CaptionStream"]
 
@@ -110,13 +115,15 @@ class CaptionUpdate:
     busy: bool = False  # the buffer is cut at the busy bounds (see ``busy_above``)
 
 
-class CaptionStream(AudioStream):
-    """An async iterator of :class:`CaptionUpdate` and an async context manager (``rt.transcribe_stream``).
+class CaptionStream:
+    """An async iterator of :class:`CaptionUpdate` and an async context manager (``rt.captions``).
 
     Args:
-        rt: an open runtime (its encoder, see :class:`~aiowhisper_npu.streaming.stream.MelEncoder`).
-        chunks: as for ``rt.stream()``: an async iterable (or a list) of 1-D float arrays at ``sample_rate``.
-        decoder: returns the runtime's decoder side (built on first use).
+        recognizer: returns the recognizer the buffer is encoded and decoded with (awaited at the first
+            update: the runtime builds its decoder engine on first use).
+        chunks: as for ``rt.encode_stream()``: an async iterable (or a list) of 1-D float arrays at
+            ``sample_rate``.
+        background: starts the reader of a bare ``async for`` stream in the runtime's service host.
         language: a language code for multilingual models (``None``: detected until something is committed).
         task: ``"transcribe"`` or ``"translate"`` (multilingual models).
         update_every_s: new audio between updates.
@@ -130,17 +137,18 @@ class CaptionStream(AudioStream):
         busy_trim_s, busy_word_trim_s, busy_above: the shorter bounds under load and when they apply (step 5
             of the module docstring; ``busy_trim_s=trim_s, busy_word_trim_s=word_trim_s`` turns it off).
         beam_size, no_speech_threshold, log_prob_threshold, no_speech_strict: decoding (:class:`DecodeSettings`).
-        sample_rate, max_queued_s, max_queued_chunks: as for ``rt.stream()``.
+        sample_rate, max_queued_s, max_queued_chunks: as for ``rt.encode_stream()``.
     """
 
-    def __init__(self, rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], *,
-                 decoder: Callable[[], Awaitable[CaptionDecoder]], language: str | None = None,
-                 task: str = "transcribe", update_every_s: float = 0.5, agreement: int = 2,
-                 context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 15.0, word_trim_s: float = 20.0,
-                 busy_trim_s: float = 5.0, busy_word_trim_s: float = 10.0, busy_above: float = 0.9,
-                 silence_keep_s: float = 2.0, max_buffer_s: float = 25.0, beam_size: int = 1,
+    def __init__(self, recognizer: Callable[[], Awaitable[WindowRecognizer]],
+                 chunks: AsyncIterable[Any] | Iterable[Any], *, background: StartBackground,
+                 language: str | None = None, task: str = "transcribe", update_every_s: float = 0.5,
+                 agreement: int = 2, context: str = "bucketed", bucket_margin_s: float = 2.0, trim_s: float = 15.0,
+                 word_trim_s: float = 20.0, busy_trim_s: float = 5.0, busy_word_trim_s: float = 10.0,
+                 busy_above: float = 0.9, silence_keep_s: float = 2.0, max_buffer_s: float = 25.0, beam_size: int = 1,
                  no_speech_threshold: float = 0.6, log_prob_threshold: float = -1.0, no_speech_strict: float = 0.9,
-                 draft: bool = True, min_context_s: float = 10.0, sample_rate: int = SAMPLE_RATE, max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
+                 draft: bool = True, min_context_s: float = 10.0, sample_rate: int = SAMPLE_RATE,
+                 max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
         if not (isinstance(update_every_s, (int, float)) and 0 < update_every_s < math.inf):
             raise ValueError(f"update_every_s must be a positive number of seconds, got {update_every_s!r}")
         if task not in ("transcribe", "translate"):
@@ -152,26 +160,27 @@ class CaptionStream(AudioStream):
         if not (0 < busy_trim_s <= trim_s and 0 < busy_word_trim_s <= word_trim_s and busy_above > 0):
             raise ValueError("need 0 < busy_trim_s <= trim_s, 0 < busy_word_trim_s <= word_trim_s and "
                              f"busy_above > 0, got {busy_trim_s!r}, {busy_word_trim_s!r}, {busy_above!r}")
-        super().__init__(rt, chunks, update_every_s=update_every_s, context=context,
-                         bucket_margin_s=bucket_margin_s, sample_rate=sample_rate, max_queued_s=max_queued_s,
-                         max_queued_chunks=max_queued_chunks)
+        check_context(context, bucket_margin_s)
+        self._input = StreamInput(chunks, background=background, sample_rate=sample_rate,
+                                  max_queued_s=max_queued_s, max_queued_chunks=max_queued_chunks)
+        self.context = context
+        self.update_every_s = float(update_every_s)
+        self._step = max(1, round(update_every_s * SAMPLE_RATE))
+        self._margin = math.ceil(bucket_margin_s * SAMPLE_RATE / SAMPLES_PER_POSITION)  # positions
         self._agreement = LocalAgreement(agreement)  # validates n
-        self._mel = None  # the encoder stream's 30 s windows are not used: the buffer has its own log-mel
-        self._get_decoder = decoder
+        self._get_recognizer = recognizer
         self._language, self._task = language, task
         self._settings = DecodeSettings(beam_size=beam_size, no_speech_threshold=no_speech_threshold,
                                         log_prob_threshold=log_prob_threshold, no_speech_strict=no_speech_strict)
         self._trims = (round(trim_s * SAMPLE_RATE), round(word_trim_s * SAMPLE_RATE))
         self._busy_trims = (round(busy_trim_s * SAMPLE_RATE), round(busy_word_trim_s * SAMPLE_RATE))
-        self._busy_above = float(busy_above)
-        self._busy = False
+        self.busy_switch = BusySwitch(busy_above)
         self._keep_silence = round(silence_keep_s * SAMPLE_RATE)
         self._max_buffer = round(max_buffer_s * SAMPLE_RATE)
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # stream sample of the buffer's first sample
-        self._lm: IncrementalLogMel | None = IncrementalLogMel(rt.dims.n_mels)
-        self._backlog_samples = 0
-        self._decoder: CaptionDecoder | None = None
+        self._lm: IncrementalLogMel | None = None  # the buffer's log-mel, from the first update
+        self._recognizer: WindowRecognizer | None = None
         self._tokenizer: Tokenizer | None = None
         self._detected: Tokenizer | None = None  # the newest language detection, until the first commit
         self._finished = False
@@ -182,17 +191,35 @@ class CaptionStream(AudioStream):
         self._open_words: list[TimedWord] = []
         self._boundary_s = 0.0  # end of the last committed Whisper segment
         self._use_draft = bool(draft)
-        self._min_ctx = context_positions(round(max(0.0, min_context_s) * SAMPLE_RATE), self._n_audio_ctx)
+        self._min_context = round(max(0.0, min_context_s) * SAMPLE_RATE)  # samples
+        self._n_audio_ctx = self._min_ctx = 0  # known with the recognizer (the first update)
         self._draft: tuple[int, ...] = ()  # the previous hypothesis' tokens, while its buffer and prompt hold
         self.live_windows = 0  # decoder windows (cross-attention caches) alive right now
         self.max_buffer_samples_seen = 0
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def _close_now(self) -> None:
-        super()._close_now()
+    async def __aenter__(self) -> Self:
+        await self._input.enter()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._drop()
+        await self._input.exit()
+
+    async def aclose(self) -> None:
+        """Stop the stream and wait until its reader task has finished. Idempotent."""
+        self._drop()
+        await self._input.aclose()
+
+    def _drop(self) -> None:
+        self._input.close()
         self._lm = None
         self._buffer = np.zeros(0, np.float32)
-        self._backlog_samples = 0
+
+    @property
+    def lag(self) -> StreamLag:
+        """The stream's lag right now."""
+        return self._input.lag
 
     @property
     def buffered_samples(self) -> int:
@@ -205,63 +232,39 @@ class CaptionStream(AudioStream):
         return self._committed
 
     # -- iteration --------------------------------------------------------------------------------------
-    async def __anext__(self) -> CaptionUpdate:  # type: ignore[override]
-        return cast(CaptionUpdate, await super().__anext__())
+    def __aiter__(self) -> Self:
+        return self
 
-    async def _next(self) -> CaptionUpdate:  # type: ignore[override]
+    async def __anext__(self) -> CaptionUpdate:
+        return await self._input.next(self._next, self._drop)
+
+    async def _next(self) -> CaptionUpdate:
         if self._finished:
             raise StopAsyncIteration
+        inp = self._input
         while True:
-            await self._gather(block=False)  # everything queued: update points passed over are coalesced
-            if self._closed:
+            await inp.fill(block=False)  # everything queued: update points passed over are coalesced
+            if inp.closed:
                 raise StopAsyncIteration
-            if self._ended is not False and self._backlog_samples <= self._max_step():
-                if isinstance(self._ended, BaseException):
-                    if self._backlog_samples:
-                        return await self._update(final=False)
-                    raise self._ended
-                if not self._reader.completed:
-                    raise RuntimeError("the stream's reader was cancelled (was the runtime closed?)")
+            if inp.ended and inp.backlog_samples <= self._max_step():
+                if inp.failed and inp.backlog_samples:
+                    return await self._update(final=False)
+                inp.check_end()
                 self._finished = True
                 return await self._update(final=True)
-            if self._step is not None and self._backlog_samples >= self._step:
+            if inp.backlog_samples >= self._step:
                 return await self._update(final=False)
-            await self._gather(block=True)
+            await inp.fill(block=True)
 
     def _max_step(self) -> int:
         return self._max_buffer // 2  # audio taken into the buffer by one update at most
 
-    async def _gather(self, block: bool) -> None:
-        if self._ended is not False:
-            return
-        batch = await self._reader.take(block)
-        self._backlog.extend(batch.chunks)
-        self._backlog_samples += sum(c.samples.size for c in batch.chunks)
-        if batch.failure is not None:
-            self._ended = batch.failure
-        elif batch.eof:
-            self._ended = True
-
-    def _take_backlog(self) -> np.ndarray:
-        """Up to :meth:`_max_step` samples from the backlog (the rest stays queued)."""
-        room, pieces, n = self._max_step(), [], 0
-        while self._backlog and n < room:
-            chunk = self._backlog.popleft()
-            k = min(chunk.samples.size, room - n)
-            if k < chunk.samples.size:
-                self._backlog.appendleft(type(chunk)(chunk.samples[k:], chunk.t_arrival))
-            pieces.append(chunk.samples[:k])
-            n += k
-            self._newest_t = chunk.t_arrival
-        self._backlog_samples -= n
-        self._reader.consume(n)
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-
     async def _update(self, final: bool) -> CaptionUpdate:
         t0 = _now()
-        decoder = await self._ensure_decoder()
-        fresh = self._take_backlog()
-        points = fresh.size // self._step if self._step else 0
+        recognizer = await self._ensure_recognizer()
+        fresh = self._input.take(self._max_step())
+        self._input.consume(fresh.size)
+        points = fresh.size // self._step
         forced: list[TimedWord] = []
         forced_text = ""
         if self._buffer.size + fresh.size > self._max_buffer:
@@ -274,13 +277,13 @@ class CaptionStream(AudioStream):
             self._buffer = np.concatenate([self._buffer, fresh])
             lm = self._lm
             assert lm is not None
-            await _maybe_thread(lm.push, fresh)
+            await maybe_in_thread(lm.push, fresh)
         n = int(self._buffer.size)
         self.max_buffer_samples_seen = max(self.max_buffer_samples_seen, n)
         offset_s = self._buffer_start / SAMPLE_RATE
         hyp, n_ctx = Hypothesis((), 0.0, 0.0, True, False, 0), 0
         if n:
-            hyp, n_ctx = await self._hypothesis(decoder, n, offset_s)
+            hyp, n_ctx = await self._hypothesis(recognizer, n, offset_s)
         new_words = self._agreement.insert(list(hyp.words))
         if final:
             new_words += self._agreement.commit_all()
@@ -290,16 +293,9 @@ class CaptionStream(AudioStream):
         if not final:
             await self._trim_after(hyp)
         t1 = _now()
-        compute_s = t1 - t0 + self._unbilled_s
-        self._unbilled_s = 0.0
         end = self._buffer_start + self._buffer.size
-        self._compute_s += compute_s
-        self._recent.append((compute_s, max(0, end - self._updated)))
-        self._updated = end
-        self._updates += 1
-        self._n_finals += final
         skipped = max(0, points - 1)
-        self._skipped += skipped
+        compute_s = self._input.record(t1 - t0, end, final=final, skipped=skipped)
         if final:
             self._close_segment()
         segments = self._closed_segments + ((self._open_segment(),) if self._open_words else ())
@@ -308,58 +304,58 @@ class CaptionStream(AudioStream):
             tentative = tentative.lstrip()
         return CaptionUpdate(
             committed=self._committed, new=new, tentative=tentative, segments=segments, final=final,
-            audio_s=end / SAMPLE_RATE, latency_s=t1 - self._newest_t if n else 0.0, new_words=tuple(new_words),
+            audio_s=end / SAMPLE_RATE, latency_s=t1 - self._input.newest_t if n else 0.0, new_words=tuple(new_words),
             buffer_s=n / SAMPLE_RATE, n_ctx=n_ctx, compute_s=compute_s, no_speech_prob=hyp.no_speech_prob,
-            skipped=skipped, lag=self.lag, tokens=hyp.tokens, draft_accepted=hyp.draft_accepted, busy=self._busy)
+            skipped=skipped, lag=self.lag, tokens=hyp.tokens, draft_accepted=hyp.draft_accepted,
+            busy=self.busy_switch.busy)
 
-    async def _hypothesis(self, decoder: CaptionDecoder, n: int, offset_s: float) -> tuple[Hypothesis, int]:
+    async def _hypothesis(self, recognizer: WindowRecognizer, n: int, offset_s: float) -> tuple[Hypothesis, int]:
         lm = self._lm
         assert lm is not None
         t0 = _now()
         mel = await anyio.to_thread.run_sync(lm.snapshot)
-        self._unbilled_s += _now() - t0
+        self._input.bill(_now() - t0)
         full = self._n_audio_ctx
         n_ctx = full
         if self.context == "bucketed":
             n_ctx = max(context_positions(n, full, margin_positions=self._margin), self._min_ctx)
         draft = self._draft if self._use_draft else ()
         while True:
-            hidden, _ = await self._rt.encode_mels(mel[None], None if n_ctx >= full else n_ctx)
             tokenizer = self._tokenizer
             assert tokenizer is not None
+            window = await recognizer.encode(mel, None if n_ctx >= full else n_ctx)
             self.live_windows += 1
             try:
                 if tokenizer.multilingual and self._language is None:
-                    tokenizer = self._detected = await self._detect(decoder, tokenizer, hidden[0])
-                hyp = await decode_buffer(decoder, tokenizer, hidden[0], n, offset_s, self._prompt_text,
+                    probs = await recognizer.detect_language(window)
+                    tokenizer = self._detected = tokenizer.with_language(probs[0][0])
+                hyp = await decode_buffer(recognizer, tokenizer, window, n, offset_s, self._prompt_text,
                                           self._settings, draft)
             finally:
+                window.close()
                 self.live_windows -= 1
             if not hyp.unreliable or n_ctx >= full:
                 self._draft = () if hyp.unreliable else hyp.ids
                 return hyp, n_ctx
             n_ctx = min(full, 2 * n_ctx)  # a loop on a bucketed context (whisper.cpp's audio_ctx failure): widen it
 
-    async def _detect(self, decoder: CaptionDecoder, tokenizer: Tokenizer, hidden: np.ndarray) -> Tokenizer:
-        window = await decoder.encode_hidden(hidden)
-        try:
-            probs = await decoder.detect_language(window)
-        finally:
-            window.close()
-        return tokenizer.with_language(probs[0][0])
-
-    async def _ensure_decoder(self) -> CaptionDecoder:
-        if self._decoder is None:
-            decoder = await self._get_decoder()
-            base = decoder.tokenizer
+    async def _ensure_recognizer(self) -> WindowRecognizer:
+        if self._recognizer is None:
+            recognizer = await self._get_recognizer()
+            dims = recognizer.dims
+            self._n_audio_ctx = dims.n_audio_ctx
+            self._min_ctx = context_positions(self._min_context, self._n_audio_ctx)
+            if self._lm is None and not self._input.closed:
+                self._lm = IncrementalLogMel(dims.n_mels)
+            base = recognizer.tokenizer
             tokenizer = base.with_task(self._task if base.multilingual else "transcribe")
             if base.multilingual and self._language is not None:
                 tokenizer = tokenizer.with_language(self._language)
             self._tokenizer = tokenizer
             self._settings = DecodeSettings(**{**self._settings.__dict__,
-                                               "suppress_tokens": resolve_suppress_tokens(tokenizer, (-1,))})
-            self._decoder = decoder
-        return self._decoder
+                                               "suppress_tokens": suppress_token_ids(tokenizer, (-1,))})
+            self._recognizer = recognizer
+        return self._recognizer
 
     # -- committing and cutting ---------------------------------------------------------------------------
     def _commit(self, words: list[TimedWord]) -> str:
@@ -392,14 +388,10 @@ class CaptionStream(AudioStream):
         """Buffer samples before stream second ``t`` (clamped to the buffer)."""
         return min(self._buffer.size, max(0, round(t * SAMPLE_RATE) - self._buffer_start))
 
-    def _update_busy(self) -> bool:
-        """Whether the busy bounds apply: compute per audio second over the last updates, with hysteresis."""
-        self._busy = self._recent_compute_s_per_audio_s() > (0.6 if self._busy else 1.0) * self._busy_above
-        return self._busy
-
     async def _trim_after(self, hyp: Hypothesis) -> None:
         n = self._buffer.size
-        trim, word_trim = self._busy_trims if self._update_busy() else self._trims
+        busy = self.busy_switch.update(self._input.recent_compute_s_per_audio_s())
+        trim, word_trim = self._busy_trims if busy else self._trims
         if hyp.silent and not self._agreement.tentative and n > self._keep_silence:
             await self._cut(max(n - self._keep_silence, self._samples_before(self._agreement.committed_end)))
         elif n > trim and self._boundary_s * SAMPLE_RATE > self._buffer_start:
@@ -421,18 +413,10 @@ class CaptionStream(AudioStream):
             i += 1
         gone, self._in_buffer = self._in_buffer[:i], self._in_buffer[i:]
         self._prompt_text = (self._prompt_text + "".join(w.text for w in gone))[-_PROMPT_CHARS:]
-        lm = IncrementalLogMel(self._rt.dims.n_mels)
+        assert self._recognizer is not None
+        lm = IncrementalLogMel(self._recognizer.dims.n_mels)
         t0 = _now()
-        await _maybe_thread(lm.push, self._buffer)
-        self._unbilled_s += _now() - t0
+        await maybe_in_thread(lm.push, self._buffer)
+        self._input.bill(_now() - t0)
         self._lm = lm
 
-
-async def _maybe_thread(fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
-    return await anyio.to_thread.run_sync(fn, x) if x.size > 3200 else fn(x)
-
-
-def transcribe_stream(rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any],
-                      decoder: Callable[[], Awaitable[CaptionDecoder]], **options: Any) -> CaptionStream:
-    """``rt.transcribe_stream(chunks, **options)``: a :class:`CaptionStream`."""
-    return CaptionStream(rt, chunks, decoder=decoder, **options)

@@ -2,7 +2,7 @@
 
 :class:`ChunkReader` is the only task a stream runs. It pulls chunks from the user's async iterable,
 validates (and resamples) them, and sends them through a bounded anyio memory object stream to the consumer
-side (:class:`~aiowhisper_npu.streaming.stream.AudioStream`), which drains everything queued at once. Two bounds apply:
+side (:class:`~aiowhisper_npu.streaming.input.StreamInput`), which drains everything queued at once. Two bounds apply:
 
 * **audio**: before pulling the next chunk the reader waits while more than ``max_queued_samples`` of audio
   are queued: received but not yet consumed (:meth:`ChunkReader.consume`), whether still in the channel or
@@ -239,7 +239,8 @@ class ChunkReader:
             chunk, rate = chunk
             if rate != self.sample_rate:
                 raise AudioError(f"{name}: is at {rate} Hz but the stream was declared at {self.sample_rate} Hz; "
-                                 f"pass sample_rate={rate} to rt.stream() to have it resampled")
+                                 f"pass sample_rate={rate} to rt.encode_stream() (or rt.captions()) to have it "
+                                 "resampled")
         if isinstance(chunk, np.ndarray) and chunk.ndim == 1 and chunk.size == 0 and chunk.dtype.kind == "f":
             return np.zeros(0, np.float32)
         x = validate_audio(chunk, name=name)

@@ -1,16 +1,16 @@
-"""Streaming encode: ``async for upd in rt.stream(chunks)`` -- low, bounded latency on audio as it arrives.
+"""Streaming encode: ``async for upd in rt.encode_stream(chunks)`` -- low, bounded latency on audio as it arrives.
 
 ::
 
     async with aw.Runtime("tiny.en") as rt:
-        async for upd in rt.stream(mic_chunks(), update_every_s=1.0, context="full"):
+        async for upd in rt.encode_stream(mic_chunks(), update_every_s=1.0, context="full"):
             upd.window, upd.start_s, upd.end_s, upd.final
             upd.hidden_states       # float32 (positions, d_model)
             upd.latency_s, upd.lag  # newest audio -> update ready; the stream's lag (StreamLag)
 
 or, with structured cleanup guaranteed at the end of the block (recommended)::
 
-        async with rt.stream(chunks) as s:
+        async with rt.encode_stream(chunks) as s:
             async for upd in s:
                 ...
             s.lag                    # live StreamLag
@@ -31,7 +31,8 @@ covers stream seconds ``[30 w, 30 w + 30)``.
   last, partial window at end of stream. Finals are never skipped, always use the full 1500-position
   context (also under ``context="bucketed"``), and concatenated they **equal ``encode()`` of the whole audio
   bit for bit**: the log-mel comes from :class:`~aiowhisper_npu.audio.mel_stream.LogMelStream` (identical to the
-  offline front end for any chunking) and goes through the same :meth:`Runtime.encode_mels`.
+  offline front end for any chunking) and goes through the same encoder
+  (:meth:`Encoder.encode <aiowhisper_npu.runtime.encoder.Encoder.encode>`).
 * A **partial** update (``final=False``) encodes the growing window so far, zero-padded to 30 s: it equals
   ``encode(audio[30 w : end_s])`` of the audio it covers. One comes after every ``update_every_s`` of new
   audio in the window at most (measured from the previous update of that window), only while the window is
@@ -44,7 +45,8 @@ covers stream seconds ``[30 w, 30 w + 30)``.
   may loop (the failure whisper.cpp users report for small ``audio_ctx``); ``bucket_margin_s`` asks for that
   much padded silence after the audio (e.g. 2.0). ``context="full"`` is the exact default.
 
-**Flow control.** A reader task (:class:`~aiowhisper_npu.streaming.flow.ChunkReader`) pulls chunks into a
+**Flow control.** A reader task (:class:`~aiowhisper_npu.streaming.flow.ChunkReader`, held by the stream's
+:class:`~aiowhisper_npu.streaming.input.StreamInput`) pulls chunks into a
 bounded channel; encoding runs in the consumer's own task, inside ``__anext__``, so nothing is computed that
 nobody asks for. Each step takes everything queued, then encodes pending finals first and then at most
 one partial, of the newest audio: stale partials are coalesced, never queued (:attr:`StreamLag.partials_skipped`
@@ -63,7 +65,7 @@ the stream is computing all the time and its partials are being coalesced), the 
 bounded buffer and its high-water mark, how far the newest update is behind the audio received, and the
 number of coalesced update points.
 
-**Cleanup.** Leaving ``async with``, :meth:`AudioStream.aclose`, the end of the audio, an error, or
+**Cleanup.** Leaving ``async with``, :meth:`EncodeStream.aclose`, the end of the audio, an error, or
 cancelling the consumer stops the reader, closes the source iterator (``aclose()``) and drops the stream's
 buffers; the pipeline drains its in-flight tiles before a cancelled encode returns, so
 ``rt.buffer_pool.in_use == 0`` once idle. Under ``async with`` the reader is a child of the block's own
@@ -77,41 +79,35 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Protocol, Self, TypeVar
+from typing import Any, AsyncIterable, Iterable, Protocol, Self
 
 import anyio
 import numpy as np
 
 from ..audio.io import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from ..audio.mel_stream import LogMelStream
+from ..deprecation import renamed_module_attrs
 from ..models.model import ModelDimensions
 from ..pipeline.stats import PipelineStats
-from .flow import Chunk, ChunkReader
+from .input import StartBackground, StreamInput, StreamLag, maybe_in_thread
+
+__all__ = ["StreamEncoder", "SAMPLES_PER_POSITION", "BUCKET_POSITIONS", "check_context", "context_positions",
+           "StreamLag", "StreamUpdate", "EncodeStream"]
+
+SAMPLES_PER_POSITION = 2 * HOP_LENGTH  #: 320 samples (20 ms) per encoder position
+BUCKET_POSITIONS = 256  #: positions per context bucket (5.12 s)
+_now = time.perf_counter
 
 
-
-class MelEncoder(Protocol):
-    """What a stream needs from the runtime (:class:`~aiowhisper_npu.runtime.runtime.Runtime` is one): its
-    model's sizes, the encoder for ready log-mel windows, and a task group for readers of bare ``async for``
-    streams. The stream never imports the runtime."""
+class StreamEncoder(Protocol):
+    """What an encode stream needs: the model's sizes and the encoder for ready log-mel windows (the
+    runtime's :class:`~aiowhisper_npu.runtime.encoder.Encoder` is one). The stream never imports the runtime."""
 
     @property
     def dims(self) -> ModelDimensions: ...
 
-    async def encode_mels(self, mels: np.ndarray, n_ctx: int | None = None) -> tuple[np.ndarray, PipelineStats]: ...
-
-    def start_background(self, fn: Callable[[], Awaitable[None]], name: str) -> None: ...
-
-__all__ = ["MelEncoder", "SAMPLES_PER_POSITION", "BUCKET_POSITIONS", "context_positions", "StreamLag", "StreamUpdate",
-           "AudioStream", "stream_encode"]
-
-SAMPLES_PER_POSITION = 2 * HOP_LENGTH  #: 320 samples (20 ms) per encoder position
-BUCKET_POSITIONS = 256  #: positions per context bucket (5.12 s)
-_MEL_INLINE_MAX = 3200  # pushes of up to 0.2 s run on the loop; larger ones in a worker thread
-_now = time.perf_counter
-_T = TypeVar("_T")
+    async def encode(self, mels: np.ndarray, n_ctx: int | None = None) -> tuple[np.ndarray, PipelineStats]: ...
 
 
 def context_positions(n_samples: int, n_audio_ctx: int = 1500, bucket: int = BUCKET_POSITIONS,
@@ -124,28 +120,12 @@ def context_positions(n_samples: int, n_audio_ctx: int = 1500, bucket: int = BUC
     return min(n_audio_ctx, -(-held // bucket) * bucket)
 
 
-@dataclass(frozen=True)
-class StreamLag:
-    """How far a stream is behind (a snapshot). All audio amounts are in 16 kHz seconds.
-
-    ``compute_s_per_audio_s`` is the stream's encoder + log-mel wall time per second of audio received.
-    For a real-time source, 1.0 means it is computing all the time and cannot update any faster;
-    ``recent_compute_s_per_audio_s`` is the same over the last 10 updates. ``queued_audio_s`` is audio
-    received but not yet taken by the encoder side (the bounded buffer; at most ``max_queued_s`` plus one
-    chunk); ``behind_s`` is audio received but not yet covered by a yielded update.
-    """
-
-    audio_s: float
-    updated_s: float
-    queued_audio_s: float
-    max_queued_audio_s: float
-    behind_s: float
-    compute_s: float
-    compute_s_per_audio_s: float
-    recent_compute_s_per_audio_s: float
-    updates: int
-    finals: int
-    partials_skipped: int
+def check_context(context: str, bucket_margin_s: float) -> None:
+    """``ValueError`` unless ``context`` is ``"full"`` or ``"bucketed"`` and ``bucket_margin_s >= 0``."""
+    if context not in ("full", "bucketed"):
+        raise ValueError(f"context must be 'full' or 'bucketed', got {context!r}")
+    if not bucket_margin_s >= 0:
+        raise ValueError(f"bucket_margin_s must be >= 0, got {bucket_margin_s!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,13 +158,14 @@ class _PendingFinal:
     t_arrival: float
 
 
-class AudioStream:
-    """An async iterator of :class:`StreamUpdate` and an async context manager (``rt.stream(...)``).
+class EncodeStream:
+    """An async iterator of :class:`StreamUpdate` and an async context manager (``rt.encode_stream(...)``).
 
     Args:
-        rt: an open :class:`~aiowhisper_npu.runtime.runtime.Runtime`.
+        encoder: the encoder (an open runtime's :class:`~aiowhisper_npu.runtime.encoder.Encoder`).
         chunks: an async iterable of 1-D float arrays (any length, down to one sample) at ``sample_rate``,
             or of ``(array, rate)`` tuples. The stream owns the iterator and closes it when done.
+        background: starts the reader of a bare ``async for`` stream in the runtime's service host.
         update_every_s: audio seconds between partial updates of a window (``math.inf``: finals only).
         context: ``"full"`` (exact, default) or ``"bucketed"`` (partials encode only k*256 positions).
         bucket_margin_s: with ``"bucketed"``, padded seconds kept after the audio (0: fewest buckets).
@@ -198,137 +179,68 @@ class AudioStream:
     dtype, 2-D, a tuple at another rate), or whatever the source raised; the stream is then closed.
     """
 
-    def __init__(self, rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], *, update_every_s: float = 1.0,
-                 context: str = "full", bucket_margin_s: float = 0.0, sample_rate: int = SAMPLE_RATE,
-                 max_queued_s: float = 5.0, max_queued_chunks: int = 1024) -> None:
-        dims = rt.dims  # raises if the runtime is not open
-        if context not in ("full", "bucketed"):
-            raise ValueError(f"context must be 'full' or 'bucketed', got {context!r}")
-        if not bucket_margin_s >= 0:
-            raise ValueError(f"bucket_margin_s must be >= 0, got {bucket_margin_s!r}")
+    def __init__(self, encoder: StreamEncoder, chunks: AsyncIterable[Any] | Iterable[Any], *,
+                 background: StartBackground, update_every_s: float = 1.0, context: str = "full",
+                 bucket_margin_s: float = 0.0, sample_rate: int = SAMPLE_RATE, max_queued_s: float = 5.0,
+                 max_queued_chunks: int = 1024) -> None:
+        dims = encoder.dims
+        check_context(context, bucket_margin_s)
         if not update_every_s > 0:
             raise ValueError(f"update_every_s must be > 0, got {update_every_s!r}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        if not (max_queued_s > 0 and max_queued_chunks >= 1):
-            raise ValueError(f"max_queued_s and max_queued_chunks must be positive, got {max_queued_s!r}, "
-                             f"{max_queued_chunks!r}")
-        self._rt = rt
+        self._input = StreamInput(chunks, background=background, sample_rate=sample_rate,
+                                  max_queued_s=max_queued_s, max_queued_chunks=max_queued_chunks)
+        self._encoder = encoder
         self.context = context
         self.update_every_s = float(update_every_s)
         self._step = max(1, round(update_every_s * SAMPLE_RATE)) if math.isfinite(update_every_s) else None
         self._n_audio_ctx = dims.n_audio_ctx
         self._margin = math.ceil(bucket_margin_s * SAMPLE_RATE / SAMPLES_PER_POSITION)  # positions
-        self._reader = ChunkReader(_as_async_iterable(chunks), sample_rate=int(sample_rate),
-                                   max_queued_samples=round(max_queued_s * SAMPLE_RATE),
-                                   max_queued_chunks=max_queued_chunks)
         self._mel: LogMelStream | None = LogMelStream(dims.n_mels)
         self._finals: deque[_PendingFinal] = deque()
-        self._backlog: deque[Chunk] = deque()  # drained from the reader, not yet pushed into the log-mel
-        self._ended: BaseException | bool = False  # the reader's end (True) or failure, once drained
-        self._iterating = False  # a task is inside __anext__
-        self._mode: str | None = None  # "scoped" (async with) or "detached" (bare async for)
-        self._stack: AsyncExitStack | None = None
-        self._closed = self._eof = False
-        self._newest_t = 0.0  # arrival time of the newest pushed sample
+        self._eof = False
         self._last = (0, 0)  # (window, samples in it) of the newest update
-        self._updated = 0  # stream sample up to which the newest update reaches
-        self._compute_s = self._unbilled_s = 0.0
-        self._recent: deque[tuple[float, int]] = deque(maxlen=10)  # (compute_s, samples advanced)
-        self._updates = self._n_finals = self._skipped = 0
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
-        if self._mode is not None:
-            raise RuntimeError("this stream was already started; use 'async with rt.stream(...)' before iterating")
-        self._mode = "scoped"
-        stack = AsyncExitStack()
-        await stack.__aenter__()
-        try:
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            await tg.start(self._reader.run)
-        except BaseException as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        self._stack = stack
+        await self._input.enter()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        self._close_now()
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            # the reader never raises and is cancelled now: exit its task group as if the body had succeeded,
-            # so an exception from the body (an AudioError, say) propagates as itself, not in an ExceptionGroup
-            await stack.__aexit__(None, None, None)
+        self._drop()
+        await self._input.exit()
 
     async def aclose(self) -> None:
         """Stop the stream and wait until its reader task has finished. Idempotent."""
-        self._close_now()
-        if self._mode is not None:
-            with anyio.CancelScope(shield=True):
-                await self._reader.done.wait()
+        self._drop()
+        await self._input.aclose()
 
-    def __del__(self) -> None:
-        if getattr(self, "_mode", None) == "detached" and not self._closed:
-            self._reader.cancel_soon()
+    def _drop(self) -> None:
+        self._input.close()
+        self._mel = None
+        self._finals.clear()
 
-    def _start_detached(self) -> None:
-        self._rt.start_background(self._reader.run, name=f"aiowhisper stream reader {id(self):x}")
-        self._mode = "detached"
+    @property
+    def pending_finals(self) -> int:
+        """Completed windows whose final update is not yet emitted (at most one)."""
+        return len(self._finals)
 
-    def _close_now(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._reader.cancel()
-            self._mel = None
-            self._finals.clear()
-            self._backlog.clear()
+    @property
+    def lag(self) -> StreamLag:
+        """The stream's lag right now."""
+        return self._input.lag
 
     # -- iteration --------------------------------------------------------------------------------------
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamUpdate:
-        if self._iterating:
-            err = anyio.BusyResourceError("iterating")
-            err.add_note("this stream is already being iterated by another task; a stream has one consumer")
-            raise err
-        if self._closed:
-            raise StopAsyncIteration
-        self._iterating = True
-        try:
-            if self._mode is None:
-                self._start_detached()
-            return await self._next()
-        except BaseException:  # StopAsyncIteration, an error or a cancellation: the stream is over
-            self._close_now()
-            raise
-        finally:
-            self._iterating = False
-
-    def _recent_compute_s_per_audio_s(self) -> float:
-        """Compute wall time per second of audio advanced, over the last 10 updates (0 before any)."""
-        recent_a = sum(a for _, a in self._recent) / SAMPLE_RATE
-        return sum(c for c, _ in self._recent) / recent_a if recent_a else 0.0
-
-    @property
-    def lag(self) -> StreamLag:
-        """The stream's lag right now."""
-        r = self._reader
-        audio_s = r.read_samples / SAMPLE_RATE
-        return StreamLag(
-            audio_s=audio_s, updated_s=self._updated / SAMPLE_RATE,
-            queued_audio_s=r.queued_samples / SAMPLE_RATE, max_queued_audio_s=r.max_queued_seen / SAMPLE_RATE,
-            behind_s=max(0.0, audio_s - self._updated / SAMPLE_RATE), compute_s=self._compute_s,
-            compute_s_per_audio_s=self._compute_s / audio_s if audio_s else 0.0,
-            recent_compute_s_per_audio_s=self._recent_compute_s_per_audio_s(),
-            updates=self._updates, finals=self._n_finals, partials_skipped=self._skipped)
+        return await self._input.next(self._next, self._drop)
 
     async def _next(self) -> StreamUpdate:
         while True:
             if not self._finals:  # a pending final is emitted before any more audio is taken
                 await self._take(block=False)
-            if self._closed:  # aclose() from another task
+            if self._input.closed:  # aclose() from another task
                 raise StopAsyncIteration
             if self._finals:
                 pf = self._finals.popleft()
@@ -339,7 +251,7 @@ class AudioStream:
                 return await self._flush(mel)
             n = mel.current.n_samples
             if self._step is not None and n - self._last_samples(mel.window_index) >= self._step:
-                return await self._emit(mel.window_index, n, self._newest_t, final=False)
+                return await self._emit(mel.window_index, n, self._input.newest_t, final=False)
             await self._take(block=True)
 
     async def _take(self, block: bool) -> None:
@@ -348,48 +260,29 @@ class AudioStream:
         reader's failure once everything before it has been pushed and emitted."""
         if self._eof:
             return
-        if not self._backlog and self._ended is False:
-            batch = await self._reader.take(block)
-            self._backlog.extend(batch.chunks)
-            if batch.failure is not None:
-                self._ended = batch.failure
-            elif batch.eof:
-                self._ended = True
+        inp = self._input
+        if not inp.backlog_samples:
+            await inp.fill(block)
         mel = self._mel
         if mel is None:  # closed meanwhile
             raise StopAsyncIteration
-        if self._backlog:
+        if inp.backlog_samples:
             await self._push(mel)
-        if self._backlog or self._finals or self._ended is False:
+        if inp.backlog_samples or self._finals or not inp.ended:
             return
-        if isinstance(self._ended, BaseException):
-            raise self._ended
-        if not self._reader.completed:
-            raise RuntimeError("the stream's reader was cancelled (was the runtime closed?)")
+        inp.check_end()
         self._eof = True
 
     async def _push(self, mel: LogMelStream) -> None:
-        room = N_SAMPLES - mel.current.n_samples  # samples until the current window is complete
-        pieces: list[np.ndarray] = []
-        n = 0
-        t_last = self._newest_t
-        while self._backlog and n < room:
-            chunk = self._backlog.popleft()
-            k = min(chunk.samples.size, room - n)
-            if k < chunk.samples.size:  # the rest of the chunk waits (still counted as queued)
-                self._backlog.appendleft(Chunk(chunk.samples[k:], chunk.t_arrival))
-            pieces.append(chunk.samples[:k])
-            n += k
-            t_last = chunk.t_arrival
-        x = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        x = self._input.take(N_SAMPLES - mel.current.n_samples)  # up to the end of the current window
+        t_last = self._input.newest_t
         window = mel.window_index
         t0 = _now()
-        done = await _maybe_thread(mel.push, x, x.size > _MEL_INLINE_MAX)
-        self._unbilled_s += _now() - t0
-        self._reader.consume(x.size)
+        done = await maybe_in_thread(mel.push, x)
+        self._input.bill(_now() - t0)
+        self._input.consume(x.size)
         for k, window_mel in enumerate(done):  # at most one: the push stops at the window's end
             self._finals.append(_PendingFinal(window + k, window_mel, N_SAMPLES, t_last))
-        self._newest_t = t_last
 
     async def _flush(self, mel: LogMelStream) -> StreamUpdate:
         n, w = mel.current.n_samples, mel.window_index
@@ -397,8 +290,8 @@ class AudioStream:
             raise StopAsyncIteration
         t0 = _now()
         window_mel = await anyio.to_thread.run_sync(mel.finish)
-        self._unbilled_s += _now() - t0
-        return await self._emit(w, n, self._newest_t, final=True, mel=window_mel)
+        self._input.bill(_now() - t0)
+        return await self._emit(w, n, self._input.newest_t, final=True, mel=window_mel)
 
     def _last_samples(self, window: int) -> int:
         return self._last[1] if self._last[0] == window else 0
@@ -411,48 +304,21 @@ class AudioStream:
             if self._mel is None:
                 raise StopAsyncIteration
             mel = await anyio.to_thread.run_sync(self._mel.snapshot)
+            assert mel is not None  # a partial holds audio
         n_ctx = self._n_audio_ctx
         if not final and self.context == "bucketed":
             n_ctx = context_positions(n, self._n_audio_ctx, margin_positions=self._margin)
-        hidden, stats = await self._rt.encode_mels(mel[None], None if n_ctx >= self._n_audio_ctx else n_ctx)
+        hidden, stats = await self._encoder.encode(mel[None], None if n_ctx >= self._n_audio_ctx else n_ctx)
         t1 = _now()
-        compute_s = t1 - t0 + self._unbilled_s
-        self._unbilled_s = 0.0
-        advanced = window * N_SAMPLES + n - self._updated
         points = (n - self._last_samples(window)) // self._step if self._step else 0
         skipped = max(0, points - 1)
-        self._compute_s += compute_s
-        self._recent.append((compute_s, max(0, advanced)))
-        self._updates += 1
-        self._n_finals += final
-        self._skipped += skipped
+        compute_s = self._input.record(t1 - t0, window * N_SAMPLES + n, final=final, skipped=skipped)
         self._last = (window, n)
-        self._updated = window * N_SAMPLES + n
         return StreamUpdate(
-            window=window, start_s=window * N_SAMPLES / SAMPLE_RATE, end_s=self._updated / SAMPLE_RATE,
+            window=window, start_s=window * N_SAMPLES / SAMPLE_RATE, end_s=self._input.updated / SAMPLE_RATE,
             hidden_states=hidden[0], final=final, latency_s=t1 - t_arrival, n_ctx=n_ctx,
             audio_positions=-(-n // SAMPLES_PER_POSITION), compute_s=compute_s, skipped=skipped, stats=stats,
             lag=self.lag)
 
 
-async def _maybe_thread(fn: Callable[[np.ndarray], _T], x: np.ndarray, thread: bool) -> _T:
-    return await anyio.to_thread.run_sync(fn, x) if thread else fn(x)
-
-
-async def _iterate(items: Iterable[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
-
-
-def _as_async_iterable(chunks: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterable[Any]:
-    if hasattr(chunks, "__aiter__"):
-        return chunks  # type: ignore[return-value]
-    if isinstance(chunks, np.ndarray) or not hasattr(chunks, "__iter__"):
-        raise TypeError("chunks must be an async iterable of 1-D float arrays (a list of arrays works too); "
-                        f"got {type(chunks).__name__} -- to stream one array, pass [audio] or slices of it")
-    return _iterate(chunks)  # type: ignore[arg-type]
-
-
-def stream_encode(rt: MelEncoder, chunks: AsyncIterable[Any] | Iterable[Any], **options: Any) -> AudioStream:
-    """``rt.stream(chunks, **options)``: an :class:`AudioStream` (see its docstring and the module's)."""
-    return AudioStream(rt, chunks, **options)
+__getattr__ = renamed_module_attrs(__name__, {"AudioStream": "EncodeStream"})

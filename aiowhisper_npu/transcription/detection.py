@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio.io import N_FRAMES
-from .backend import WindowDecoder
+from .protocol import WindowRecognizer
 from .features import window_features
 
 __all__ = ["LanguageDetection", "detect_language"]
@@ -26,7 +26,7 @@ class LanguageDetection:
     all_language_probs: list[tuple[str, float]]
 
 
-async def detect_language(decoder: WindowDecoder, features: np.ndarray, *, segments: int = 1,
+async def detect_language(decoder: WindowRecognizer, features: np.ndarray, *, segments: int = 1,
                           threshold: float | None = 0.5) -> LanguageDetection:
     """Detect the language of ``features`` (``(n_mels, frames)``, starting where detection should start).
     ``threshold=None`` accepts the first window's most probable language."""

@@ -18,12 +18,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backend import Window, WindowDecoder
+from .protocol import Window, WindowRecognizer
 from ..decoder.options import MAX_LENGTH, GenerationOptions, GenerationResult
 from ..decoder.tokenizer import Tokenizer
 from .options import TranscriptionOptions
 
-__all__ = ["build_prompt", "compression_ratio", "average_logprob", "generation_options", "resolve_suppress_tokens",
+__all__ = ["build_prompt", "compression_ratio", "average_logprob", "generation_options", "suppress_token_ids",
            "WindowDecoding", "generate_with_fallback"]
 
 #: At most this many tokens of previous text, hotwords or prefix go into a prompt (Whisper's half context - 1).
@@ -66,7 +66,7 @@ def average_logprob(result: GenerationResult, length_penalty: float) -> float:
     return float(result.scores[0]) * scale / (n + 1)
 
 
-def resolve_suppress_tokens(tokenizer: Tokenizer, suppress_tokens: Sequence[int] | None) -> tuple[int, ...]:
+def suppress_token_ids(tokenizer: Tokenizer, suppress_tokens: Sequence[int] | None) -> tuple[int, ...]:
     """The explicit ids to suppress: ``-1`` stands for the non-speech symbols; a non-empty list also gets the
     task, start and no-speech tokens; ``None`` or empty suppresses nothing (faster-whisper's rules)."""
     if not suppress_tokens:
@@ -122,7 +122,7 @@ def max_length_for(prompt: Sequence[int], max_new_tokens: int | None) -> int:
     return max_length
 
 
-async def generate_with_fallback(decoder: WindowDecoder, window: Window, prompt: Sequence[int], tokenizer: Tokenizer,
+async def generate_with_fallback(decoder: WindowRecognizer, window: Window, prompt: Sequence[int], tokenizer: Tokenizer,
                                  options: TranscriptionOptions, suppress_tokens: tuple[int, ...]) -> WindowDecoding:
     """Decode ``window`` from ``prompt`` with temperature fallback (see the module docstring)."""
     max_length = max_length_for(prompt, options.max_new_tokens)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..audio.io import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, validate_audio
+from ..audio.io import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from ..audio.mel import log_mel_spectrogram
 
 __all__ = ["audio_features", "content_frames", "window_features", "FRAMES_PER_SECOND", "TIME_PER_FRAME"]
@@ -28,11 +28,9 @@ TIME_PER_FRAME = HOP_LENGTH / SAMPLE_RATE
 def audio_features(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     """Log-mel of the whole recording in faster-whisper's layout: ``(n_mels, len(audio) // 160 + 1)`` float32.
 
-    Raises:
-        AudioError: ``audio`` is not finite 1-D float audio (see :func:`~aiowhisper_npu.audio.io.validate_audio`).
+    ``audio`` is validated float32 samples (what :func:`~aiowhisper_npu.audio.io.validate_audio` returns).
     """
-    x = validate_audio(audio)
-    return log_mel_spectrogram(np.concatenate([x, np.zeros(HOP_LENGTH, np.float32)]), n_mels)
+    return log_mel_spectrogram(np.concatenate([audio, np.zeros(HOP_LENGTH, np.float32)]), n_mels)
 
 
 def content_frames(features: np.ndarray) -> int:

@@ -1,5 +1,5 @@
 """The seek loop: a recording in, :class:`~.results.Segment` s out, window by window, with faster-whisper's
-semantics (``WhisperModel.transcribe`` / ``generate_segments``), over any :class:`~.backend.WindowDecoder`.
+semantics (``WhisperModel.transcribe`` / ``generate_segments``), over any :class:`~.protocol.WindowRecognizer`.
 
 :meth:`Transcription.start` computes the features (:mod:`.features`), settles the language (given, English for
 English-only models, or detected: :mod:`.detection`) and the tokenizer; :meth:`Transcription.segments` then
@@ -13,7 +13,7 @@ walks the clips (``clip_timestamps``; the whole recording by default). Per 30 s 
    probability);
 4. cut the tokens into segments at timestamps, which also gives the next ``seek``
    (:func:`.segmentation.split_by_timestamps`);
-5. with ``word_timestamps``: align the text (:meth:`WindowDecoder.align`), time the words (:mod:`.timing`),
+5. with ``word_timestamps``: align the text (:meth:`WindowRecognizer.align`), time the words (:mod:`.timing`),
    move ``seek`` to the end of the last word, and skip silence before likely hallucinations
    (:mod:`.hallucination`);
 6. emit the segments that have text and a duration; their tokens become the next prompt's previous text,
@@ -37,9 +37,9 @@ import anyio
 import numpy as np
 
 from ..audio.io import N_FRAMES, SAMPLE_RATE, validate_audio
-from .backend import WindowDecoder
+from .protocol import WindowRecognizer
 from .detection import detect_language
-from .fallback import WindowDecoding, build_prompt, generate_with_fallback, resolve_suppress_tokens
+from .fallback import WindowDecoding, build_prompt, generate_with_fallback, suppress_token_ids
 from .features import FRAMES_PER_SECOND, TIME_PER_FRAME, audio_features, content_frames, window_features
 from .hallucination import HallucinationWindow, skip_hallucinations
 from ..decoder.languages import language_code
@@ -49,7 +49,7 @@ from .timing import add_word_timestamps, last_end, words_from_alignment
 from ..decoder.tokenizer import Tokenizer
 from .options import TranscriptionOptions
 
-__all__ = ["Transcription", "transcribe_segments", "transcribe"]
+__all__ = ["Transcription", "checked_input", "transcribe_segments", "transcribe"]
 
 log = logging.getLogger(__name__)
 _MEDIAN_FILTER_WIDTH = 7
@@ -67,31 +67,30 @@ class Transcription:
     """One recording being transcribed: :attr:`info` is known once :meth:`start` returns; iterate
     :meth:`segments` (once) for the segments as each window is decoded."""
 
-    def __init__(self, decoder: WindowDecoder, features: np.ndarray, tokenizer: Tokenizer,
+    def __init__(self, decoder: WindowRecognizer, features: np.ndarray, tokenizer: Tokenizer,
                  options: TranscriptionOptions, info: TranscriptionInfo):
         self.decoder = decoder
         self.features = features
         self.tokenizer = tokenizer
         self.options = options
         self.info = info
-        self._suppress = resolve_suppress_tokens(tokenizer, options.suppress_tokens)
+        self._suppress = suppress_token_ids(tokenizer, options.suppress_tokens)
         self._multilingual = options.multilingual and tokenizer.multilingual
         self._started = False
 
     @classmethod
-    async def start(cls, decoder: WindowDecoder, audio: np.ndarray,
-                    options: TranscriptionOptions | None = None) -> Transcription:
+    async def start(cls, decoder: WindowRecognizer, audio: np.ndarray,
+                    options: TranscriptionOptions) -> Transcription:
         """Compute the features and settle the language (detecting it when needed).
 
+        ``audio`` is float32 mono 16 kHz samples as :func:`~aiowhisper_npu.audio.io.validate_audio` returns
+        them, and ``options`` a :class:`TranscriptionOptions`: both are checked at the API edge
+        (:func:`transcribe`, :func:`transcribe_segments`, the runtime), not here.
+
         Raises:
-            AudioError: ``audio`` is not finite mono float audio at 16 kHz.
             ValueError: an option does not fit this model (an unknown language, a token id beyond the
                 vocabulary, a prompt longer than the context).
         """
-        options = TranscriptionOptions() if options is None else options
-        if not isinstance(options, TranscriptionOptions):
-            raise TypeError(f"options must be TranscriptionOptions, got {type(options).__name__}")
-        audio = validate_audio(audio)
         base = decoder.tokenizer
         _check_token_ids(options, base.n_vocab)
         features = await anyio.to_thread.run_sync(audio_features, audio, decoder.dims.n_mels)
@@ -252,18 +251,32 @@ def _initial_prompt_tokens(tokenizer: Tokenizer, options: TranscriptionOptions) 
     return list(prompt)
 
 
-async def transcribe_segments(decoder: WindowDecoder, audio: np.ndarray,
+def checked_input(audio: np.ndarray, options: TranscriptionOptions | None) -> tuple[np.ndarray, TranscriptionOptions]:
+    """The API edge: ``audio`` validated (:func:`~aiowhisper_npu.audio.io.validate_audio`) and ``options``
+    (default: faster-whisper's defaults) type-checked.
+
+    Raises:
+        AudioError: ``audio`` is not finite mono float audio at 16 kHz.
+        TypeError: ``options`` is not a :class:`TranscriptionOptions`.
+    """
+    options = TranscriptionOptions() if options is None else options
+    if not isinstance(options, TranscriptionOptions):
+        raise TypeError(f"options must be TranscriptionOptions, got {type(options).__name__}")
+    return validate_audio(audio), options
+
+
+async def transcribe_segments(decoder: WindowRecognizer, audio: np.ndarray,
                               options: TranscriptionOptions | None = None) -> AsyncIterator[Segment]:
     """The segments of ``audio`` as each window is decoded (:meth:`Transcription.start`, then
     :meth:`Transcription.segments`); use :meth:`Transcription.start` directly to read the info first."""
-    transcription = await Transcription.start(decoder, audio, options)
+    transcription = await Transcription.start(decoder, *checked_input(audio, options))
     async for segment in transcription.segments():
         yield segment
 
 
-async def transcribe(decoder: WindowDecoder, audio: np.ndarray,
+async def transcribe(decoder: WindowRecognizer, audio: np.ndarray,
                      options: TranscriptionOptions | None = None) -> TranscriptionResult:
     """Transcribe ``audio`` (float32 mono 16 kHz) completely: every segment and the info."""
-    transcription = await Transcription.start(decoder, audio, options)
+    transcription = await Transcription.start(decoder, *checked_input(audio, options))
     segments = [segment async for segment in transcription.segments()]
     return TranscriptionResult(segments, transcription.info)

@@ -9,7 +9,7 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.decoder import generation as gen_module
-from aiowhisper_npu.decoder.generation import Generation, detect_language, generate, resolve_suppress_tokens
+from aiowhisper_npu.decoder.generation import Generation, detect_language, generate, ct2_suppress_tokens
 from aiowhisper_npu.decoder.kernels import forward
 from aiowhisper_npu.decoder.options import GenerationOptions
 from tests.support.generation_peer import Peer, check_grammar
@@ -96,9 +96,9 @@ def test_bad_prompts_and_options_are_value_errors(peer: Peer) -> None:
             Generation(peer.dec, cross, tok, prompt, _options())
     with pytest.raises(ValueError):  # the previous text leaves no room under max_length
         Generation(peer.dec, cross, tok, peer.prompt("prev_ts"), _options(max_length=8))
-    assert sorted(set(resolve_suppress_tokens([-1], tok))) == sorted(
+    assert sorted(set(ct2_suppress_tokens([-1], tok))) == sorted(
         set(tok.non_speech_tokens) | {tok.sot, tok.translate, tok.transcribe, tok.sot_lm, tok.sot_prev, tok.no_speech})
-    assert resolve_suppress_tokens([5, -2], tok) == [5]
+    assert ct2_suppress_tokens([5, -2], tok) == [5]
     with pytest.raises(ValueError):
         Generation(peer.dec, cross, tok, peer.prompt("ts"), _options(suppress_tokens=(tok.timestamp_end + 1,)))
 
@@ -147,7 +147,7 @@ def test_sampling_at_a_very_low_temperature_is_greedy(peer: Peer, topk: int) -> 
 
 @pytest.mark.parametrize("topk", [0, 3])
 def test_sampling_varies_and_keeps_the_rules(peer: Peer, topk: int) -> None:
-    suppressed = resolve_suppress_tokens([-1], peer.tok)
+    suppressed = ct2_suppress_tokens([-1], peer.tok)
     seen = set()
     for seed in range(4):
         out = peer.ours("numbers.wav", peer.prompt("ts"), beam_size=1, sampling_topk=topk, sampling_temperature=1.0,

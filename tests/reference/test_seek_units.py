@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from aiowhisper_npu.transcription.detection import detect_language
-from aiowhisper_npu.transcription.fallback import build_prompt, generate_with_fallback, resolve_suppress_tokens
+from aiowhisper_npu.transcription.fallback import build_prompt, generate_with_fallback, suppress_token_ids
 from aiowhisper_npu.decoder.options import AlignmentResult
 from aiowhisper_npu.transcription.segmentation import SegmentDraft, split_by_timestamps
 from aiowhisper_npu.transcription.timing import AlignedWord, add_word_timestamps, merge_punctuations, words_from_alignment
@@ -123,7 +123,7 @@ def test_suppress_tokens(toks: tuple[Tokenizer, Any, str]) -> None:
     ours, theirs, _ = toks
     for given in ([-1], [-1, 11, 13], [11, 13], [], None):
         want = get_suppressed_tokens(theirs, list(given)) if given else given
-        assert resolve_suppress_tokens(ours, given) == tuple(want or ())
+        assert suppress_token_ids(ours, given) == tuple(want or ())
 
 
 @pytest.mark.parametrize("seeds", seed_blocks(60), ids=lambda r: f"{r.start}-{r.stop - 1}")
@@ -144,7 +144,7 @@ def _generate_with_fallback(toks: tuple[Tokenizer, Any, str], seed: int) -> None
               max_initial_timestamp=pick(1.0, 0.3), max_new_tokens=pick(None, 30),
               temperature=pick([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], [0.3], [0.0, 1.0]))
     options = TranscriptionOptions(**kw)
-    suppress = resolve_suppress_tokens(ours, options.suppress_tokens)
+    suppress = suppress_token_ids(ours, options.suppress_tokens)
     fw_options = FWOptions(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FWOptions)
                               if f.name not in ("temperatures", "suppress_tokens")},
                            temperatures=list(options.temperatures),

@@ -1,5 +1,5 @@
-"""Test-only :class:`~aiowhisper_npu.transcription.backend.WindowDecoder` over CTranslate2: each protocol method is the
-CTranslate2 call faster-whisper makes, so running our seek loop over it and comparing with faster-whisper on
+"""Test-only :class:`~aiowhisper_npu.transcription.protocol.WindowRecognizer` over CTranslate2: each protocol
+method is the CTranslate2 call faster-whisper makes, so running our seek loop over it and comparing with faster-whisper on
 the same ``ctranslate2.models.Whisper`` checks the loop alone."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class CT2Window:
 
 
 class CT2WindowDecoder:
-    """A WindowDecoder running CTranslate2 (``ct2`` is a ``ctranslate2.models.Whisper``, e.g. faster-whisper's
+    """A WindowRecognizer running CTranslate2 (``ct2`` is a ``ctranslate2.models.Whisper``, e.g. faster-whisper's
     ``WhisperModel.model``, so that both share one model). Calls run in a worker thread. ``open_windows``
     counts windows encoded and not yet closed; ``calls`` records ``(method, argument)`` pairs."""
 
@@ -52,9 +52,10 @@ class CT2WindowDecoder:
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
 
-    async def encode(self, mel: np.ndarray) -> CT2Window:
+    async def encode(self, mel: np.ndarray, n_ctx: int | None = None) -> CT2Window:
         import ctranslate2
 
+        assert n_ctx is None or n_ctx == self._dims.n_audio_ctx, "CTranslate2 encodes the full context only"
         assert mel.shape == (self._dims.n_mels, 3000) and mel.dtype == np.float32
         self.calls.append(("encode", None))
         sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None]))
@@ -62,7 +63,8 @@ class CT2WindowDecoder:
         self.open_windows += 1
         return CT2Window(self, out)
 
-    async def generate(self, window: CT2Window, prompt: Sequence[int], options: GenerationOptions) -> GenerationResult:
+    async def generate(self, window: CT2Window, prompt: Sequence[int], options: GenerationOptions,
+                       draft: Sequence[int] = ()) -> GenerationResult:  # a draft changes nothing: it is not used
         self.calls.append(("generate", (list(prompt), options)))
         features = window.get()
 

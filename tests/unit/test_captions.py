@@ -1,4 +1,4 @@
-"""Live captions: ``rt.transcribe_stream`` (LocalAgreement-n commits over a trimmed buffer) and its agreement
+"""Live captions: ``rt.captions`` (LocalAgreement-n commits over a trimmed buffer) and its agreement
 policy on its own.
 
 The stream tests run tiny.en for real. Their sources are plain lists, so the reader runs ahead of the
@@ -20,7 +20,7 @@ from aiowhisper_npu.audio.io import SAMPLE_RATE, load_audio
 from aiowhisper_npu.audio.mel_stream import IncrementalLogMel
 from aiowhisper_npu.streaming.agreement import LocalAgreement, TimedWord
 from aiowhisper_npu.streaming.hypothesis import DecodeSettings, decode_buffer
-from aiowhisper_npu.transcription.fallback import resolve_suppress_tokens
+from aiowhisper_npu.transcription.fallback import suppress_token_ids
 from aiowhisper_npu.transcription.metrics import word_error_rate as wer
 
 from tests.support import DATA
@@ -52,7 +52,7 @@ def check_updates(updates: list[aw.CaptionUpdate]) -> None:
 
 
 async def collect(rt: aw.Runtime, chunks: Any, **options: Any) -> list[aw.CaptionUpdate]:
-    async with rt.transcribe_stream(chunks, **options) as s:
+    async with rt.captions(chunks, **options) as s:
         return [u async for u in s]
 
 
@@ -188,7 +188,7 @@ async def test_cancelling_or_closing_at_any_point_returns_everything(tiny: aw.Wh
         await collect(rt, chunked(long[: 3 * SAMPLE_RATE], [8000]))  # the decoder and its threads exist now
         baseline = live_tasks()
         for delay in (0.0, 0.03, 0.15, 0.4, 0.9, 1.7, 3.0):
-            s = rt.transcribe_stream(chunked(long, [8000]))
+            s = rt.captions(chunked(long, [8000]))
             with anyio.move_on_after(delay):
                 async with s:
                     async for _ in s:
@@ -199,11 +199,11 @@ async def test_cancelling_or_closing_at_any_point_returns_everything(tiny: aw.Wh
             assert rt.buffer_pool.stats().in_use == 0, delay
             assert await settle(lambda: live_tasks() == baseline), delay
         # a bare async for that breaks, and aclose() from the consumer with a slow source
-        stream = rt.transcribe_stream(paced(long, 8000, 0.05))
+        stream = rt.captions(paced(long, 8000, 0.05))
         async for _ in stream:
             break
         await stream.aclose()
-        async with rt.transcribe_stream(paced(long, 8000, 0.05)) as s2:
+        async with rt.captions(paced(long, 8000, 0.05)) as s2:
             async for u in s2:
                 if u.audio_s >= 2.0:
                     await s2.aclose()
@@ -227,14 +227,14 @@ async def test_a_long_stream_keeps_work_and_memory_per_update_bounded(tiny: aw.W
     audio = np.concatenate(pieces)
     assert audio.size > 165 * SAMPLE_RATE
     async with aw.Runtime(tiny) as rt:
-        async with rt.transcribe_stream(chunked(audio, [8000]), max_queued_s=2.0) as s:
+        async with rt.captions(chunked(audio, [8000]), max_queued_s=2.0) as s:
             updates = []
             async for u in s:
                 updates.append(u)
                 assert s.live_windows == 0  # no decoder window outlives its update
                 st = rt.decoder_stats()
                 assert st.active_tasks == 0 and st.waiting_tasks == 0
-                assert s._reader.queued_samples <= 2.5 * SAMPLE_RATE  # backpressure
+                assert s.lag.queued_audio_s <= 2.5  # backpressure
                 assert len(s._prompt_text) <= 800 and len(s._in_buffer) < 200
         check_updates(updates)
         buffers = [u.buffer_s for u in updates]
@@ -270,7 +270,7 @@ async def test_a_busy_stream_cuts_its_buffer_at_the_shorter_bounds(tiny: aw.Whis
         buffers = {}
         for name, above in (("never", 1e9), ("always", 1e-9)):
             box = [0]
-            async with rt.transcribe_stream(lockstep(box), busy_above=above, busy_trim_s=3.0,
+            async with rt.captions(lockstep(box), busy_above=above, busy_trim_s=3.0,
                                             busy_word_trim_s=6.0) as s:
                 updates = []
                 async for u in s:
@@ -281,18 +281,11 @@ async def test_a_busy_stream_cuts_its_buffer_at_the_shorter_bounds(tiny: aw.Whis
             buffers[name] = max(u.buffer_s for u in updates)
         assert buffers["always"] <= 6.0 + 2.0 < 10.0 < buffers["never"], buffers  # 2 s: a few updates without a commit
         with pytest.raises(ValueError, match="busy_trim_s"):
-            rt.transcribe_stream([], busy_trim_s=20.0)
+            rt.captions([], busy_trim_s=20.0)
         with pytest.raises(ValueError, match="busy_trim_s"):
-            rt.transcribe_stream([], busy_above=0)
-        s = rt.transcribe_stream([], busy_above=0.9)
-        s._recent.extend([(0.4, 8000)] * 10)  # 0.8 s of compute per audio second: not busy yet
-        assert not s._update_busy()
-        s._recent.extend([(0.5, 8000)] * 10)  # 1.0: busy
-        assert s._update_busy()
-        s._recent.extend([(0.3, 8000)] * 10)  # 0.6: still busy (left below 0.6 * 0.9 = 0.54)
-        assert s._update_busy()
-        s._recent.extend([(0.25, 8000)] * 10)
-        assert not s._update_busy()
+            rt.captions([], busy_above=0)
+        s = rt.captions([], busy_above=0.9)  # the switch's hysteresis: tests/test_busy.py
+        assert s.busy_switch.above == 0.9 and not s.busy_switch.busy
         await s.aclose()
 
 
@@ -306,9 +299,9 @@ async def test_drafts_give_the_words_of_decoding_from_scratch(tiny: aw.WhisperMo
     from the draft. Then the streams: drafts are used by default, never with ``draft=False``."""
     jfk, long = load_audio(DATA / "jfk.wav"), load_audio(DATA / "long_40s.wav")
     async with aw.Runtime(tiny) as rt:
-        decoder = await rt._service("test").recognizer()
+        decoder = await rt.recognizer()
         tok = decoder.tokenizer
-        settings = DecodeSettings(suppress_tokens=tuple(resolve_suppress_tokens(tok, (-1,))))
+        settings = DecodeSettings(suppress_tokens=tuple(suppress_token_ids(tok, (-1,))))
         for audio, prompt_text in ((jfk, ""), (long[10 * SAMPLE_RATE : 22 * SAMPLE_RATE], "The museum has more "
                                                 "than three hundred paintings from the last century.")):
             previous: tuple[int, ...] = ()
@@ -317,9 +310,12 @@ async def test_drafts_give_the_words_of_decoding_from_scratch(tiny: aw.WhisperMo
                 n = min(end, audio.size)
                 lm = IncrementalLogMel(tiny.dims.n_mels)
                 lm.push(audio[:n])
-                hidden, _ = await rt.encode_mels(lm.snapshot()[None], 512)
-                plain = await decode_buffer(decoder, tok, hidden[0], n, 1.0, prompt_text, settings)
-                drafted = await decode_buffer(decoder, tok, hidden[0], n, 1.0, prompt_text, settings, previous)
+                window = await decoder.encode(lm.snapshot(), 512)
+                try:
+                    plain = await decode_buffer(decoder, tok, window, n, 1.0, prompt_text, settings)
+                    drafted = await decode_buffer(decoder, tok, window, n, 1.0, prompt_text, settings, previous)
+                finally:
+                    window.close()
                 assert drafted.ids == plain.ids and drafted.words == plain.words, n
                 assert plain.draft_accepted == 0 and drafted.tokens == len(drafted.ids)
                 confirmed += drafted.draft_accepted
@@ -382,6 +378,6 @@ def test_sync_facade_transcribe_stream() -> None:
             yield jfk[i : i + 8000]
 
     with aw.Runtime.sync("tiny.en") as rt:
-        updates = list(rt.transcribe_stream(chunks()))
+        updates = list(rt.captions(chunks()))
     check_updates(updates)
     assert "country" in updates[-1].committed

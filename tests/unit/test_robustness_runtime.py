@@ -64,7 +64,7 @@ async def test_a_call_from_another_event_loop_is_refused_at_once(tiny: aw.Whispe
             async def go() -> None:
                 for name, call in (("encode", lambda: rt.encode(SHORT)),
                                    ("encode_mels", lambda: rt.encode_mels(aw.log_mel_windows(SHORT))),
-                                   ("stream", lambda: _first(rt.stream([SHORT]))),
+                                   ("stream", lambda: _first(rt.encode_stream([SHORT]))),
                                    ("aclose", rt.aclose)):
                     try:
                         with anyio.fail_after(60):
@@ -130,12 +130,12 @@ async def test_a_runtime_opened_in_a_finished_loop_refuses_a_new_one(tiny: aw.Wh
 @all_loops
 @pytest.mark.parametrize("mode", ["scoped", "bare"])
 async def test_aclose_inside_a_stream_block(tiny: aw.WhisperModel, speech: np.ndarray, mode: str) -> None:
-    """``rt.aclose()`` inside ``async with rt.stream(...)`` (before: misnested cancel scopes -- a RuntimeError,
+    """``rt.aclose()`` inside ``async with rt.encode_stream(...)`` (before: misnested cancel scopes -- a RuntimeError,
     then CancelledError on every later await on asyncio; "Nursery misnesting detected" on trio)."""
     tasks = live_tasks()
     src = Source(speech)
     async with aw.Runtime(tiny) as rt:
-        stream = rt.stream(src(), update_every_s=1.0)
+        stream = rt.encode_stream(src(), update_every_s=1.0)
         if mode == "scoped":
             async with stream as s:
                 assert not (await s.__anext__()).final
@@ -224,7 +224,7 @@ async def test_body_errors_and_cancellation_propagate_unchanged(tiny: aw.Whisper
     tasks = live_tasks()
     with pytest.raises(ValueError, match="boom"):  # as itself: not an ExceptionGroup, not a cancellation
         async with aw.Runtime(tiny) as rt:
-            async for _upd in rt.stream(Source(speech)()):  # a detached stream reader is running
+            async for _upd in rt.encode_stream(Source(speech)()):  # a detached stream reader is running
                 raise ValueError("boom")
     with anyio.CancelScope() as outer:
         async with aw.Runtime(tiny) as rt:
@@ -267,7 +267,7 @@ async def test_aclose_from_a_task_the_runtime_runs(tiny: aw.WhisperModel, speech
 
     async with aw.Runtime(tiny) as rt:
         with pytest.raises(RuntimeError, match="not open|closed|cancelled"):
-            async for _upd in rt.stream(source(), update_every_s=0.5):
+            async for _upd in rt.encode_stream(source(), update_every_s=0.5):
                 pass
         with pytest.raises(RuntimeError, match="not open"):
             await rt.encode(SHORT)

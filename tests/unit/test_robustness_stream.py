@@ -20,7 +20,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE
 from aiowhisper_npu.models.model import ModelDimensions
 from aiowhisper_npu.pipeline.stats import PipelineStats
-from aiowhisper_npu.streaming.stream import AudioStream
+from aiowhisper_npu.streaming.stream import EncodeStream
 
 from tests.support.loops import (HANG_S, all_loops, all_loops_fast_on_asyncio, asyncio_only, lane_threads, live_tasks,
                                  on_trio, settle)
@@ -32,8 +32,8 @@ SHORT = np.zeros(1600, np.float32)
 
 async def _consume(rt: aw.Runtime, source: AsyncIterator[np.ndarray], mode: str, **options: Any) -> list[Any]:
     if mode == "bare":
-        return [u async for u in rt.stream(source, **options)]
-    async with rt.stream(source, **options) as s:
+        return [u async for u in rt.encode_stream(source, **options)]
+    async with rt.encode_stream(source, **options) as s:
         return [u async for u in s]
 
 
@@ -168,13 +168,14 @@ async def test_a_source_resource_error_reaches_the_consumer(tiny: aw.WhisperMode
 
 
 class RecordingEncoder:
-    """A :class:`MelEncoder` that answers at once and keeps the log-mel windows it was asked to encode."""
+    """A :class:`~aiowhisper_npu.streaming.stream.StreamEncoder` that answers at once and keeps the log-mel
+    windows it was asked to encode."""
 
     def __init__(self, dims: ModelDimensions):
         self.dims = dims
         self.mels: list[np.ndarray] = []
 
-    async def encode_mels(self, mels: np.ndarray, n_ctx: int | None = None) -> tuple[np.ndarray, PipelineStats]:
+    async def encode(self, mels: np.ndarray, n_ctx: int | None = None) -> tuple[np.ndarray, PipelineStats]:
         await anyio.sleep(0)
         self.mels.append(mels[0].copy())
         return np.zeros((1, n_ctx or self.dims.n_audio_ctx, self.dims.n_audio_state), np.float32), PipelineStats()
@@ -198,10 +199,11 @@ async def test_pending_finals_stay_bounded_with_long_chunks(tiny: aw.WhisperMode
             yield audio[i : i + chunk]
 
     pending, ahead, updates = 0, 0.0, []
-    async with AudioStream(enc, source(), update_every_s=math.inf, max_queued_s=max_queued_s) as s:
+    async with EncodeStream(enc, source(), background=enc.start_background, update_every_s=math.inf,
+                            max_queued_s=max_queued_s) as s:
         async for upd in s:
             updates.append(upd)
-            pending = max(pending, len(s._finals))
+            pending = max(pending, s.pending_finals)
             ahead = max(ahead, (produced[0] - upd.end_s * SAMPLE_RATE) / SAMPLE_RATE)
     lag = s.lag
     assert len(updates) == 2 * n_chunks + 1 and all(u.final for u in updates)
@@ -226,7 +228,7 @@ async def test_two_tasks_iterating_one_stream(tiny: aw.WhisperModel) -> None:
     got: list[Any] = []
     started = anyio.Event()
     async with aw.Runtime(tiny, lanes=1) as rt:
-        async with rt.stream(source(), update_every_s=math.inf) as s:
+        async with rt.encode_stream(source(), update_every_s=math.inf) as s:
             async with anyio.create_task_group() as tg:
                 async def first() -> None:
                     started.set()

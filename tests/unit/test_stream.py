@@ -20,7 +20,7 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE, resample
 from aiowhisper_npu.audio.mel import log_mel_windows
 from aiowhisper_npu.devices.cpu import CpuDevice
-from aiowhisper_npu.streaming.stream import AudioStream, StreamUpdate, context_positions
+from aiowhisper_npu.streaming.stream import EncodeStream, StreamUpdate, context_positions
 from aiowhisper_npu.streaming.flow import StreamResampler
 
 from tests.support import rel_l2
@@ -71,7 +71,7 @@ def random_sizes(total: int, seed: int, high: int) -> list[int]:
     return out
 
 
-async def collect(stream: AudioStream) -> list[StreamUpdate]:
+async def collect(stream: EncodeStream) -> list[StreamUpdate]:
     return [upd async for upd in stream]
 
 
@@ -125,7 +125,7 @@ async def test_finals_equal_encode_bit_for_bit(tiny: aw.WhisperModel, clips: dic
              "random": random_sizes(audio.size, 7, 24000)}[chunking]
     every = 12.0 if chunking == "0.37s" else math.inf  # a few partials interleaved in one case
     async with aw.Runtime(tiny) as rt:
-        updates = await collect(rt.stream(Source(audio, sizes)(), update_every_s=every))
+        updates = await collect(rt.encode_stream(Source(audio, sizes)(), update_every_s=every))
         assert rt.buffer_pool.in_use == 0
     fin = [u for u in updates if u.final]
     assert [(u.window, u.start_s) for u in fin] == [(0, 0.0), (1, 30.0)]
@@ -143,7 +143,7 @@ async def test_many_tiny_chunks_including_single_samples(tiny: aw.WhisperModel, 
     audio = clips["quick_fox.wav"]
     sizes = [1] * 700 + random_sizes(audio.size - 700, 3, 90)
     async with aw.Runtime(tiny) as rt:
-        updates = await collect(rt.stream(Source(audio, sizes)(), update_every_s=1.5))
+        updates = await collect(rt.encode_stream(Source(audio, sizes)(), update_every_s=1.5))
         assert [u.final for u in updates][-1] and sum(u.final for u in updates) == 1
         assert np.array_equal(finals(updates), refs["quick_fox.wav"])
         last = [u for u in updates if not u.final][-1]  # a partial equals encode() of the audio it covers
@@ -159,7 +159,7 @@ async def test_partials_come_first_and_respect_update_every_s(tiny: aw.WhisperMo
                                                               refs: dict[str, np.ndarray]) -> None:
     audio, every = clips["long_40s.wav"], 4.0
     async with aw.Runtime(tiny) as rt:
-        updates = await collect(rt.stream(Source(audio, fixed(audio.size, 8000))(), update_every_s=every))
+        updates = await collect(rt.encode_stream(Source(audio, fixed(audio.size, 8000))(), update_every_s=every))
         first_final = next(i for i, u in enumerate(updates) if u.final)
         assert first_final > 0 and not any(u.final for u in updates[:first_final])
         assert np.array_equal(finals(updates), refs["long_40s.wav"])
@@ -193,7 +193,7 @@ async def _lockstep(rt: aw.Runtime, audio: np.ndarray, stamps: list[float]) -> l
                 await got[-1].wait()
 
     out: list[StreamUpdate] = []
-    async with rt.stream(source(), update_every_s=1.0, context="bucketed") as s:
+    async with rt.encode_stream(source(), update_every_s=1.0, context="bucketed") as s:
         async for upd in s:
             out.append(upd)
             stamps.append(time.perf_counter())
@@ -258,13 +258,13 @@ async def test_break_out_of_a_bare_async_for(tiny: aw.WhisperModel, clips: dict[
         await rt.encode(audio[:1000])
         tasks = _tasks()
         src = Source(audio, fixed(audio.size, 4000))
-        async for upd in rt.stream(src()):
+        async for upd in rt.encode_stream(src()):
             break
         tiles = rt.stats.tiles  # nothing is in flight here: a stream encodes only inside __anext__
         assert await settle(lambda: src.closed and _tasks() == tasks)
         assert rt.stats.tiles == tiles  # and nothing was encoded for the abandoned stream meanwhile
         door = clips["door.wav"]
-        again = await collect(rt.stream(Source(door, fixed(door.size, 3000))(), update_every_s=math.inf))
+        again = await collect(rt.encode_stream(Source(door, fixed(door.size, 3000))(), update_every_s=math.inf))
         assert np.array_equal(finals(again), refs["door.wav"])
 
 
@@ -275,7 +275,7 @@ async def test_aclose_releases_the_reader_and_source(tiny: aw.WhisperModel, clip
         await rt.encode(audio[:1000])
         tasks = _tasks()
         src = Source(audio, fixed(audio.size, 4000))
-        stream = rt.stream(src())
+        stream = rt.encode_stream(src())
         upd = await stream.__anext__()
         assert not upd.final
         await stream.aclose()
@@ -284,7 +284,7 @@ async def test_aclose_releases_the_reader_and_source(tiny: aw.WhisperModel, clip
             await stream.__anext__()
         await stream.aclose()  # idempotent
         src2 = Source(audio, fixed(audio.size, 4000))
-        async with rt.stream(src2()) as s:
+        async with rt.encode_stream(src2()) as s:
             async for upd in s:
                 await s.aclose()
         assert src2.closed and _tasks() == tasks
@@ -295,7 +295,7 @@ async def test_aclose_releases_the_reader_and_source(tiny: aw.WhisperModel, clip
         assert isinstance(rt.device, CpuDevice)
         buffers = rt.device.buffers_live
         src3 = Source(audio, fixed(audio.size, 4000))
-        stream3 = rt.stream(src3())
+        stream3 = rt.encode_stream(src3())
         got: list[StreamUpdate] = []
 
         async def consume() -> None:
@@ -326,10 +326,10 @@ async def test_cancel_mid_encode(tiny: aw.WhisperModel, clips: dict[str, np.ndar
         async with anyio.create_task_group() as tg:
             async def consume() -> None:
                 if mode == "bare":
-                    async for upd in rt.stream(src()):
+                    async for upd in rt.encode_stream(src()):
                         seen.append(upd)
                 else:
-                    async with rt.stream(src()) as s:
+                    async with rt.encode_stream(src()) as s:
                         async for upd in s:
                             seen.append(upd)
 
@@ -342,7 +342,7 @@ async def test_cancel_mid_encode(tiny: aw.WhisperModel, clips: dict[str, np.ndar
             tg.start_soon(cancel_while_tiles_in_flight)
         assert rt.buffer_pool.in_use == 0
         assert await settle(lambda: src.closed and _tasks() == tasks)
-        again = await collect(rt.stream(Source(door, fixed(door.size, 5000))(), update_every_s=math.inf))
+        again = await collect(rt.encode_stream(Source(door, fixed(door.size, 5000))(), update_every_s=math.inf))
         assert np.array_equal(finals(again), refs["door.wav"])
 
 
@@ -366,15 +366,15 @@ async def test_bad_chunks_fail_only_their_stream(tiny: aw.WhisperModel, clips: d
         async def bad(kind: str, scoped: bool) -> None:
             try:
                 if scoped:
-                    async with rt.stream(sources[kind](), update_every_s=0.2) as s:
+                    async with rt.encode_stream(sources[kind](), update_every_s=0.2) as s:
                         await collect(s)
                 else:
-                    await collect(rt.stream(sources[kind](), update_every_s=0.2))
+                    await collect(rt.encode_stream(sources[kind](), update_every_s=0.2))
             except BaseException as exc:  # noqa: BLE001 - recorded and checked below
                 errors[kind] = exc
 
         async def ok() -> None:
-            good.extend(await collect(rt.stream(Source(door, fixed(door.size, 1234))(), update_every_s=0.5)))
+            good.extend(await collect(rt.encode_stream(Source(door, fixed(door.size, 1234))(), update_every_s=0.5)))
 
         async with anyio.create_task_group() as tg:
             for i, kind in enumerate(BAD):
@@ -386,7 +386,7 @@ async def test_bad_chunks_fail_only_their_stream(tiny: aw.WhisperModel, clips: d
             assert fragment in str(errors[kind]) and "chunk 3" in str(errors[kind])
             assert sources[kind].closed
         assert np.array_equal(finals(good), refs["door.wav"])
-        again = await collect(rt.stream(Source(door, fixed(door.size, 999))(), update_every_s=math.inf))
+        again = await collect(rt.encode_stream(Source(door, fixed(door.size, 999))(), update_every_s=math.inf))
         assert np.array_equal(finals(again), refs["door.wav"])
 
 
@@ -401,17 +401,17 @@ async def test_source_errors_and_options(tiny: aw.WhisperModel) -> None:
 
     async with aw.Runtime(tiny) as rt:
         with pytest.raises(Broken):
-            await collect(rt.stream(failing(), update_every_s=math.inf))
-        assert await collect(rt.stream([], update_every_s=1.0)) == []  # empty stream: no updates
-        assert len(await collect(rt.stream([np.zeros(0, np.float32), np.ones(10, np.float32)]))) == 1
+            await collect(rt.encode_stream(failing(), update_every_s=math.inf))
+        assert await collect(rt.encode_stream([], update_every_s=1.0)) == []  # empty stream: no updates
+        assert len(await collect(rt.encode_stream([np.zeros(0, np.float32), np.ones(10, np.float32)]))) == 1
         for bad_opts in ({"context": "short"}, {"update_every_s": 0}, {"sample_rate": 0}, {"max_queued_s": 0},
                          {"bucket_margin_s": -1.0}):
             with pytest.raises(ValueError):
-                rt.stream([], **bad_opts)
+                rt.encode_stream([], **bad_opts)
         with pytest.raises(TypeError):
-            rt.stream(np.zeros(16000, np.float32))
+            rt.encode_stream(np.zeros(16000, np.float32))
     with pytest.raises(RuntimeError):
-        rt.stream([])
+        rt.encode_stream([])
 
 
 # ------------------------------------------------------------------------------------------------ flow control
@@ -425,7 +425,7 @@ async def test_backpressure_bounds_queued_audio_and_keeps_finals(tiny: aw.Whispe
     src = Source(audio, fixed(audio.size, chunk))  # as fast as possible: outruns the encoder
     ahead: list[float] = []
     async with aw.Runtime(tiny) as rt:
-        async with rt.stream(src(), update_every_s=0.5, context="bucketed", max_queued_s=max_q) as s:
+        async with rt.encode_stream(src(), update_every_s=0.5, context="bucketed", max_queued_s=max_q) as s:
             updates = []
             async for upd in s:
                 updates.append(upd)
@@ -457,7 +457,7 @@ async def test_bucketed_partials(tiny: aw.WhisperModel, clips: dict[str, np.ndar
                                  refs: dict[str, np.ndarray]) -> None:
     audio = clips["long_40s.wav"][: 14 * SAMPLE_RATE]
     async with aw.Runtime(tiny) as rt:
-        updates = await collect(rt.stream(Source(audio, fixed(audio.size, SAMPLE_RATE))(), update_every_s=3.0,
+        updates = await collect(rt.encode_stream(Source(audio, fixed(audio.size, SAMPLE_RATE))(), update_every_s=3.0,
                                           context="bucketed", max_queued_s=1.0))
         assert updates[-1].final and updates[-1].positions == 1500 and sum(u.final for u in updates) == 1
         full_tiles = (await rt.encode(audio[:1000])).stats.tiles
@@ -508,7 +508,7 @@ async def test_sample_rate_resamples_like_the_whole_file(tiny: aw.WhisperModel, 
     chunks = [x44[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(sizes))]
     chunks = [(c, 44100) if i % 2 else c for i, c in enumerate(chunks)]  # tuples and bare arrays mix
     async with aw.Runtime(tiny) as rt:
-        updates = await collect(rt.stream(chunks, sample_rate=44100, update_every_s=math.inf))
+        updates = await collect(rt.encode_stream(chunks, sample_rate=44100, update_every_s=math.inf))
         whole = (await rt.encode(path)).hidden_states  # load_audio resamples the whole file at once
     assert len(updates) == 1 and updates[0].end_s == pytest.approx(x44.size * 16000 / 44100 / SAMPLE_RATE, abs=1e-4)
     assert rel_l2(finals(updates), whole) < 1e-4

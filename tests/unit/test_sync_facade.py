@@ -86,7 +86,7 @@ def test_many_threads_share_one_facade(tiny: aw.WhisperModel, audios: dict[str, 
     def streamer() -> None:
         try:
             start.wait()
-            for upd in rt.stream(chunks(audios["numbers.wav"], 4000), update_every_s=1.0):
+            for upd in rt.encode_stream(chunks(audios["numbers.wav"], 4000), update_every_s=1.0):
                 streamed.append(upd)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -127,7 +127,7 @@ def test_facade_on_other_event_loops(tiny: aw.WhisperModel, audios: dict[str, np
         for t in threads:
             t.join()
         assert len(both) == 2 and all(np.array_equal(b, refs["door.wav"]) for b in both)
-        updates = list(rt.stream(chunks(audios["weather.wav"], 3000, closed), update_every_s=math.inf))
+        updates = list(rt.encode_stream(chunks(audios["weather.wav"], 3000, closed), update_every_s=math.inf))
         assert len(updates) == 1 and np.array_equal(updates[0].hidden_states, refs["weather.wav"][0])
     assert closed == [True]
     assert _portal_threads() == [] and lane_threads() == []
@@ -136,7 +136,7 @@ def test_facade_on_other_event_loops(tiny: aw.WhisperModel, audios: dict[str, np
 def test_facade_stream_closed_early(tiny: aw.WhisperModel, audios: dict[str, np.ndarray]) -> None:
     closed: list[bool] = []
     with aw.Runtime.sync(tiny) as rt:
-        with rt.stream(chunks(audios["numbers.wav"], 1600, closed), update_every_s=0.5) as s:
+        with rt.encode_stream(chunks(audios["numbers.wav"], 1600, closed), update_every_s=0.5) as s:
             for upd in s:
                 assert not upd.final
                 break

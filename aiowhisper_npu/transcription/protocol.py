@@ -1,8 +1,9 @@
-"""The seam between the seek loop and the machinery that encodes and decodes: :class:`WindowDecoder`.
+"""The seam between the drivers and the machinery that encodes and decodes: :class:`WindowRecognizer`.
 
-The seek loop (:mod:`.seek`) is written against this protocol only, so the same loop runs on the
-runtime (encoder pipeline + batched decoder engine, :mod:`aiowhisper_npu.runtime.recognizer`) and, in the
-tests, on CTranslate2 (which proves the loop itself keeps faster-whisper's semantics exactly).
+The seek loop (:mod:`.seek`) and the caption stream (:mod:`aiowhisper_npu.streaming.captions`) are written
+against this protocol only. The runtime's :class:`~aiowhisper_npu.runtime.recognizer.Recognizer` (encoder
+pipeline + batched decoder engine) is one; in the tests, one over CTranslate2 is another (which proves the
+seek loop itself keeps faster-whisper's semantics exactly).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..models.model import ModelDimensions
 from ..decoder.options import AlignmentResult, GenerationOptions, GenerationResult
 from ..decoder.tokenizer import Tokenizer
 
-__all__ = ["Window", "WindowDecoder"]
+__all__ = ["Window", "WindowRecognizer"]
 
 
 class Window(Protocol):
@@ -26,7 +27,7 @@ class Window(Protocol):
         ...
 
 
-class WindowDecoder(Protocol):
+class WindowRecognizer(Protocol):
     """Encode log-mel windows and run the text decoder against them."""
 
     @property
@@ -37,12 +38,15 @@ class WindowDecoder(Protocol):
         """The model's tokenizer (task ``"transcribe"``, language unset on multilingual models)."""
         ...
 
-    async def encode(self, mel: np.ndarray) -> Window:
-        """Encode one window: ``mel`` is ``(n_mels, 3000)`` float32, already padded or trimmed."""
+    async def encode(self, mel: np.ndarray, n_ctx: int | None = None) -> Window:
+        """Encode one window: ``mel`` is ``(n_mels, 3000)`` float32, already padded or trimmed; ``n_ctx``
+        encodes only the first positions (a bucketed context; ``None``: all of them)."""
         ...
 
-    async def generate(self, window: Window, prompt: Sequence[int], options: GenerationOptions) -> GenerationResult:
-        """Decode from ``prompt`` (which holds ``<|startoftranscript|>``) against ``window``."""
+    async def generate(self, window: Window, prompt: Sequence[int], options: GenerationOptions,
+                       draft: Sequence[int] = ()) -> GenerationResult:
+        """Decode from ``prompt`` (which holds ``<|startoftranscript|>``) against ``window``. A greedy
+        decoding may verify ``draft`` (a guess of its tokens) in its first pass: the result is the same."""
         ...
 
     async def detect_language(self, window: Window) -> list[tuple[str, float]]:
