@@ -10,6 +10,8 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 
+from tests.support.loops import asyncio_only
+
 AUDIO = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.05).astype(np.float32)
 
 
@@ -29,7 +31,7 @@ def test_renamed_classes(module: str, old: str, new: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+@asyncio_only
 async def test_renamed_runtime_methods(tiny: aw.WhisperModel) -> None:
     async with aw.Runtime(tiny) as rt:
         with pytest.warns(DeprecationWarning, match=r"Runtime.stream\(\) is deprecated; use Runtime.encode_stream"):
