@@ -114,11 +114,11 @@ class Recognizer:
         """One generation; a greedy one verifies ``draft`` (its guess of the tokens) in its first pass
         (see :mod:`aiowhisper_npu.decoder.generation`)."""
         task = Generation(self._decoder, _cross(window), self._tokenizer, prompt, options, draft)
-        return await run_task(self._engine, task)  # type: ignore[no-any-return]
+        return await run_task(self._engine, task)
 
     async def detect_language(self, window: Window) -> list[tuple[str, float]]:
         task = LanguageDetection(self._decoder, _cross(window), self._tokenizer)
-        return await run_task(self._engine, task)  # type: ignore[no-any-return]
+        return await run_task(self._engine, task)
 
     async def align(self, window: Window, start_sequence: Sequence[int],
                     text_tokens: Sequence[Sequence[int]], num_frames: int,

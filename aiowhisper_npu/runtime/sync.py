@@ -219,7 +219,7 @@ async def _open_iter(method: Callable[..., Any], rt: Runtime, args: tuple[Any, .
     it = method(rt, *args, **kwargs)
     if inspect.isawaitable(it):
         it = await it
-    return it.__aiter__()  # type: ignore[no-any-return]
+    return it.__aiter__()
 
 
 async def _anext(it: AsyncIterator[T]) -> tuple[bool, T | None]:

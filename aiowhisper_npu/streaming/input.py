@@ -298,4 +298,4 @@ def _as_async_iterable(chunks: AsyncIterable[Any] | Iterable[Any]) -> AsyncItera
     if isinstance(chunks, np.ndarray) or not hasattr(chunks, "__iter__"):
         raise TypeError("chunks must be an async iterable of 1-D float arrays (a list of arrays works too); "
                         f"got {type(chunks).__name__} -- to stream one array, pass [audio] or slices of it")
-    return _iterate(chunks)  # type: ignore[arg-type]
+    return _iterate(chunks)

@@ -58,7 +58,7 @@ def words_from_alignment(tokenizer: Tokenizer, text_tokens: Sequence[int], align
     probs = alignment.text_token_probs
     out = []
     for word, tokens, i, j in zip(words, word_tokens, boundaries[:-1], boundaries[1:]):
-        out.append(AlignedWord(word, list(tokens), jump_times[i], jump_times[j], np.mean(probs[i:j])))
+        out.append(AlignedWord(word, list(tokens), jump_times[i], jump_times[j], float(np.mean(probs[i:j]))))
     return out
 
 
