@@ -22,7 +22,7 @@ from aiowhisper_npu.encoder import kernels
 from aiowhisper_npu.models.loading import load_model
 
 try:
-    from aiowhisper_npu.native import _attention, _gemm, _fastmath
+    from aiowhisper_npu.native import _attention, _fastmath, _gemm
 except ImportError as exc:  # pragma: no cover - the extensions are built by pip install
     raise SystemExit(f"the C kernels are not built: {exc}") from None
 

@@ -17,9 +17,9 @@ import time
 from typing import Any, Sequence
 
 import aiowhisper_npu as aw
+from aiowhisper_npu import numerics
 from aiowhisper_npu.benchmark.harness import interleaved, speech_audio, write_report
 from aiowhisper_npu.devices.cpu import set_blas_threads
-from aiowhisper_npu import numerics
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 from aiowhisper_npu.runtime.runtime import CPU_TILE_ROWS
 

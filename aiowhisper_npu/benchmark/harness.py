@@ -134,7 +134,7 @@ class Run:
     """
 
     def __init__(self, settings: dict[str, Any] | argparse.Namespace | None = None, command: str = ""):
-        self.created = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        self.created = _dt.datetime.now(_dt.UTC).isoformat()
         # a dict is kept, not copied: a run may resolve its settings as it goes
         self.settings: dict[str, Any] = settings if isinstance(settings, dict) else dict(vars(settings or {}))
         self.command = command

@@ -34,11 +34,20 @@ from typing import Any as _Any
 import numpy as _np
 
 from aiowhisper_npu.sim.config import SimConfig as _SimConfig, gil_copy as _gil_copy, gil_sleep as _gil_sleep
-from aiowhisper_npu.sim.enums import (PyEnum as _PyEnum, bo_flags as _bo_flags, ert_cmd_state,
-                                      require as _require, xclBOSyncDirection, xrt_info_device)
+from aiowhisper_npu.sim.enums import (
+    PyEnum as _PyEnum,
+    bo_flags as _bo_flags,
+    ert_cmd_state,
+    require as _require,
+    xclBOSyncDirection,
+    xrt_info_device,
+)
 from aiowhisper_npu.sim.npu import Memory as _Memory, MemRef as _MemRef, SimNPU as _SimNPU, SimRun as _SimRun
-from aiowhisper_npu.sim.xclbin import KernelDesc as _KernelDesc, XclbinDesc as _XclbinDesc, \
-    parse_xclbin as _parse_xclbin
+from aiowhisper_npu.sim.xclbin import (
+    KernelDesc as _KernelDesc,
+    XclbinDesc as _XclbinDesc,
+    parse_xclbin as _parse_xclbin,
+)
 
 __all__ = ["device", "xclbin", "uuid", "hw_context", "kernel", "run", "bo", "ert_cmd_state",
            "xclBOSyncDirection", "xrt_info_device", "XCL_BO_FLAGS_NONE", "enumerate_devices", "log_message",

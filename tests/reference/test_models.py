@@ -16,16 +16,15 @@ import struct
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
 import pytest
 
+from aiowhisper_npu.errors import ModelError
 from aiowhisper_npu.models import loading, registry
 from aiowhisper_npu.models.ct2_format import Ct2File, read_ct2_variables
 from aiowhisper_npu.models.ct2_whisper import load_ct2_encoder
-from aiowhisper_npu.errors import ModelError
 from aiowhisper_npu.models.loading import clear_model_cache, load_model
 from aiowhisper_npu.models.model import DecoderWeights, EncoderWeights, WhisperModel
 

@@ -22,7 +22,6 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio import silero
 from aiowhisper_npu.audio.vad import speech_segments
-
 from tests.support import DATA
 
 fw_vad = pytest.importorskip("faster_whisper.vad")

@@ -23,11 +23,11 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices.manifest import ManifestError
 from aiowhisper_npu.devices.xrt import XrtDevice, make_xrt_device
-from aiowhisper_npu.pipeline.pipeline import Pipeline
 from aiowhisper_npu.encoder.plan import EncoderProgram
+from aiowhisper_npu.pipeline.pipeline import Pipeline
 from aiowhisper_npu.pipeline.pool import BufferPool
-from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.pipeline.stats import StatsRecorder
+from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.tiles import ArraySpec, Tile, slot_nbytes
 
 DATA = Path(__file__).parents[1] / "data"

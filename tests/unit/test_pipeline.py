@@ -17,7 +17,6 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices.cpu import CpuDevice, set_blas_threads
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
-
 from tests.support import rel_l2
 from tests.support.loops import TRIO, asyncio_only, loops_fast_on_asyncio, on_loops
 

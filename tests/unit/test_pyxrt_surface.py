@@ -24,9 +24,9 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices import xrt as xrt_backend
-from aiowhisper_npu.tiles import ArraySpec, BufferView
 from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.sim.enums import PyEnum
+from aiowhisper_npu.tiles import ArraySpec, BufferView
 
 DATA = Path(__file__).parents[1] / "data"
 SURFACE = json.loads((DATA / "pyxrt_surface.json").read_text())
@@ -190,7 +190,7 @@ def _trace_instances(xrt: ModuleType, uses: set[Use]) -> None:
     for owner, cls in classes.items():
         def getattribute(self: Any, name: str, _owner: str = owner) -> Any:
             value = object.__getattribute__(self, name)
-            if name.startswith("_") and name not in ("__call__",) or \
+            if (name.startswith("_") and name not in ("__call__",)) or \
                     sys._getframe(1).f_globals.get("__name__") == xrt.__name__:
                 return value
             uses.add((_owner, name, None))
