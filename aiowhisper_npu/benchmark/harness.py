@@ -129,8 +129,9 @@ class Run:
     """The record of one benchmark run, begun when it is made.
 
     ``record()`` returns ``created`` (ISO 8601 UTC of the start), ``command``, ``settings`` (the parsed
-    options, or the dict given), ``machine`` (:func:`machine` plus ``load_avg_start``, ``load_avg_end`` and ``other_processes``:
-    the CPU other processes used meanwhile, the noise gauge; see :meth:`other_processes`) and ``versions``.
+    options, or the dict given), ``machine`` (:func:`machine` plus ``load_avg_start``, ``load_avg_end`` and
+    ``other_processes``: the CPU other processes used meanwhile, the noise gauge; see :meth:`other_processes`)
+    and ``versions``.
     """
 
     def __init__(self, settings: dict[str, Any] | argparse.Namespace | None = None, command: str = ""):

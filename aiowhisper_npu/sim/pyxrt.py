@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes as _ctypes
 import time as _time
 import weakref as _weakref
-from typing import Any as _Any
+from typing import Any as _Any, ClassVar as _ClassVar
 
 import numpy as _np
 
@@ -354,8 +354,8 @@ class bo:  # noqa: N801
     p2p = _bo_flags.p2p  # type: ignore[attr-defined]
     svm = _bo_flags.svm  # type: ignore[attr-defined]
 
-    _SIGS = ["pyxrt.bo(device: pyxrt.device, size: int, flags: pyxrt.bo.flags, group: int)",
-             "pyxrt.bo(parent: pyxrt.bo, size: int, offset: int)"]
+    _SIGS: _ClassVar[list[str]] = ["pyxrt.bo(device: pyxrt.device, size: int, flags: pyxrt.bo.flags, group: int)",
+                                   "pyxrt.bo(parent: pyxrt.bo, size: int, offset: int)"]
 
     def __init__(self, *args: _Any):
         if len(args) == 4 and isinstance(args[0], device) and _is_int(args[1]) and type(args[2]) is _bo_flags \

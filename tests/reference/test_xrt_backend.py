@@ -262,7 +262,8 @@ def test_pyxrt_built_for_another_python(monkeypatch: pytest.MonkeyPatch) -> None
     class Finder:
         def find_spec(self, name: str, *args: Any) -> None:
             if name == "pyxrt":
-                raise ImportError("pyxrt.cpython-313-x86_64-linux-gnu.so: undefined symbol: _PyThreadState_UncheckedGet")
+                raise ImportError("pyxrt.cpython-313-x86_64-linux-gnu.so: "
+                                  "undefined symbol: _PyThreadState_UncheckedGet")
 
     monkeypatch.delitem(sys.modules, "pyxrt", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])

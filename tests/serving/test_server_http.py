@@ -213,7 +213,8 @@ def test_upload_over_the_limit_is_413(server: ServerProcess, client: openai.Open
         yield b"\r\n--b--\r\n"
 
     status, body = _request(server, "POST", "/v1/audio/transcriptions", chunked(), chunked=True,
-                            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=b"})
+                            headers={"Authorization": f"Bearer {KEY}",
+                                     "Content-Type": "multipart/form-data; boundary=b"})
     assert status == 413 and body["error"]["code"] == "file_too_large"
 
     host, port = server.url.split("//")[1].split(":")

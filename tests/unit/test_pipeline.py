@@ -284,7 +284,7 @@ async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: n
     """
     ref = sequential(64)
     rng = random.Random(1234)
-    for attempt in range(3):
+    for _attempt in range(3):
         device = HookedDevice(1)
         async with aw.Runtime(tiny, device=device, pipeline_depth=3, tile_rows=64) as rt:
             await rt.encode(np.zeros(1000, np.float32))  # warm: worker threads exist now

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import anyio
 import numpy as np
@@ -225,7 +225,7 @@ def _copy_manifest(tmp: Path) -> Path:
 
 class _Copy:
     ops = ("work",)
-    resident: dict[str, np.ndarray] = {}
+    resident: ClassVar[dict[str, np.ndarray]] = {}
 
     def make_workspace(self) -> None:
         return None

@@ -152,7 +152,7 @@ async def test_aclose_inside_a_stream_block(tiny: aw.WhisperModel, speech: np.nd
                     await s.__anext__()
                 await anyio.sleep(0)  # later awaits in the block are not cancelled
         else:
-            async for upd in stream:
+            async for _ in stream:
                 await rt.aclose()
                 break
             with pytest.raises(RuntimeError, match="not open"):
