@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bf16 import round_bf16
-from .native import attention as attention_c
-from .native import fastmath, gemm, gemm_bf16
+from .native import attention as attention_c, fastmath, gemm, gemm_bf16
 
 __all__ = ["LN_EPS", "PRECISIONS", "BF16_KERNELS", "NativeSwitches", "switches", "native_available",
            "packed_gemm_available", "fused_attention_available", "bf16_gemm_available", "bf16_gemm_kernel",

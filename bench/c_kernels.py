@@ -22,7 +22,7 @@ from aiowhisper_npu.encoder import kernels
 from aiowhisper_npu.models.loading import load_model
 
 try:
-    from aiowhisper_npu.native import _attention, _gemm, _fastmath
+    from aiowhisper_npu.native import _attention, _fastmath, _gemm
 except ImportError as exc:  # pragma: no cover - the extensions are built by pip install
     raise SystemExit(f"the C kernels are not built: {exc}") from None
 
@@ -46,7 +46,8 @@ def linear_rows(rows: int, dims: object, repeats: int, rng: np.random.Generator)
               "qkv": (rows, d, kernels.qkv_columns(d, dims.n_audio_head)),  # type: ignore[attr-defined]
               "out": (rows, d, d), "fc1": (rows, d, mlp), "fc2": (rows, mlp, d)}
     scratch = np.empty(_gemm.SCRATCH_FLOATS, np.float32)
-    out = ["| layer | m × k × n | numpy.matmul GFLOP/s | packed GFLOP/s | packed / matmul time |", "|---|---|---:|---:|---:|"]
+    out = ["| layer | m × k × n | numpy.matmul GFLOP/s | packed GFLOP/s | packed / matmul time |",
+           "|---|---|---:|---:|---:|"]
     for name, (m, k, n) in shapes.items():
         a = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((k, n), dtype=np.float32)

@@ -27,12 +27,12 @@ from typing import Any, AsyncIterator, Sequence
 
 import anyio
 import numpy as np
-from caption_latency import commit_latencies, parse_option, write_outputs
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 from aiowhisper_npu.benchmark.harness import Run, pct
 from aiowhisper_npu.transcription.metrics import normalize_word, word_error_rate as wer, words
+from caption_latency import commit_latencies, parse_option, write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"

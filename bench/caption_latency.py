@@ -83,7 +83,8 @@ async def one_stream(rt: aw.Runtime, audio: np.ndarray, t0: float, chunk_s: floa
             accepted += u.draft_accepted
             committed = u.committed
     return {"commits": commits, "text": committed, "compute_p50_s": pct(compute, 50), "updates": len(compute),
-            "max_buffer_s": max(buffers, default=0.0), "skipped": skipped, "tokens": tokens, "accepted": accepted, "busy": busy}
+            "max_buffer_s": max(buffers, default=0.0), "skipped": skipped, "tokens": tokens, "accepted": accepted,
+            "busy": busy}
 
 
 def commit_latencies(commits: list[tuple[str, float]], ref_words: list[tuple[str, float]]) -> list[float]:
@@ -192,8 +193,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"WER {row['wer_vs_transcribe']:.3f}, load {row['load']:.1f}", flush=True)
                 rows.append(row)
     ok = [r["streams"] for r in rows if r["p95_s"] <= args.goal_p95 and r["variant"] != "compared"]
-    return {"model": args.model, "precision": args.precision, "audio": Path(args.audio).name, "audio_s": audio.size / SAMPLE_RATE,
-            "chunk_s": args.chunk_s, "options": options, "variants": variants, "rows": rows, "offline": ref["text"],
+    return {"model": args.model, "precision": args.precision, "audio": Path(args.audio).name,
+            "audio_s": audio.size / SAMPLE_RATE, "chunk_s": args.chunk_s, "options": options, "variants": variants,
+            "rows": rows, "offline": ref["text"],
             "offline_wer_vs_truth": wer(ref["text"], ref["truth"]) if ref["truth"] else None,
             "largest_n_within_goal": max(ok, default=0), "goal_p95_s": args.goal_p95,
             **record.record(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -202,8 +204,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     res = anyio.run(run, args)
-    md = (f"# Live captions, {res['model']} ({res['precision']}), {res['audio']} ({res['audio_s']:.1f} s), {res['chunk_s']} s chunks, "
-          f"variants {res['variants']}\n\n{table(res['rows'])}\n\nLargest N with p95 <= {res['goal_p95_s']} s: "
+    md = (f"# Live captions, {res['model']} ({res['precision']}), {res['audio']} ({res['audio_s']:.1f} s), "
+          f"{res['chunk_s']} s chunks, variants {res['variants']}\n\n{table(res['rows'])}\n\n"
+          f"Largest N with p95 <= {res['goal_p95_s']} s: "
           f"{res['largest_n_within_goal']}. Offline transcribe() WER vs the spoken text: "
           f"{res['offline_wer_vs_truth']}. Load average at the end: {res['machine']['load_avg_end']}.\n")
     write_outputs(md, res, args)

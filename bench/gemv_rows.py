@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def render(res: dict[str, Any]) -> str:
     rows = res["rows"]
     lines = [f"## logits product of {res['model']}: ({res['shape'][0]} x {res['shape'][1]}) float32, one thread, "
-             "CPU ms\n", "| rows | few-row kernel | BLAS | kernel GFLOP/s | kernel ms per row |", "|---:|---:|---:|---:|---:|"]
+             "CPU ms\n", "| rows | few-row kernel | BLAS | kernel GFLOP/s | kernel ms per row |",
+             "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['rows']} | {r['kernel_ms']:.2f} | {r['blas_ms']:.2f} | {r['kernel_gflops']:.1f} | "
               f"{r['kernel_ms'] / r['rows']:.2f} |" for r in rows]
     a, b = rows[ROWS.index(10)], rows[-1]

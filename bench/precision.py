@@ -17,9 +17,9 @@ import time
 from typing import Any, Sequence
 
 import aiowhisper_npu as aw
+from aiowhisper_npu import numerics
 from aiowhisper_npu.benchmark.harness import interleaved, speech_audio, write_report
 from aiowhisper_npu.devices.cpu import set_blas_threads
-from aiowhisper_npu import numerics
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
 from aiowhisper_npu.runtime.runtime import CPU_TILE_ROWS
 
@@ -31,7 +31,7 @@ def measure(model_name: str, repeats: int) -> dict[str, Any]:
     plan = EncoderPlan(model.dims, CPU_TILE_ROWS)
     programs = {p: EncoderProgram(model, CPU_TILE_ROWS, p) for p in numerics.PRECISIONS}
     rounds: dict[str, list[tuple[float, float]]] = {p: [] for p in programs}
-    for p, prog in programs.items():  # warm-up: workspaces, page-in
+    for prog in programs.values():  # warm-up: workspaces, page-in
         encode_window_sequential(prog, plan, mel)
     for order in interleaved(list(programs), repeats, "alternate"):  # fp32 bf16, bf16 fp32, ...
         for p in order:
@@ -49,8 +49,9 @@ def measure(model_name: str, repeats: int) -> dict[str, Any]:
 
 def render(r: dict[str, Any]) -> str:
     return (f"{r['model']}, one 30 s window, one thread, {r['repeats']} interleaved rounds (bf16 kernel: "
-            f"{r['bf16_kernel']}): CPU time fp32 {r['cpu_s']['fp32'] * 1e3:.0f} ms, bf16 {r['cpu_s']['bf16'] * 1e3:.0f} ms "
-            f"-> **bf16 / fp32 {r['cpu_ratio']:.2f}x** ({r['cpu_ratio_range'][0]:.2f}-{r['cpu_ratio_range'][1]:.2f}); "
+            f"{r['bf16_kernel']}): CPU time fp32 {r['cpu_s']['fp32'] * 1e3:.0f} ms, "
+            f"bf16 {r['cpu_s']['bf16'] * 1e3:.0f} ms -> **bf16 / fp32 {r['cpu_ratio']:.2f}x** "
+            f"({r['cpu_ratio_range'][0]:.2f}-{r['cpu_ratio_range'][1]:.2f}); "
             f"wall {r['wall_s']['fp32'] * 1e3:.0f} / {r['wall_s']['bf16'] * 1e3:.0f} ms -> {r['wall_ratio']:.2f}x "
             f"({r['wall_ratio_range'][0]:.2f}-{r['wall_ratio_range'][1]:.2f})")
 

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from server_load import wav_bytes
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
 from aiowhisper_npu.benchmark.harness import Run, pct, write_report
+from server_load import wav_bytes
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 CLK = os.sysconf("SC_CLK_TCK")

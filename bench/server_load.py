@@ -400,8 +400,10 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines += [f"| {w['streams']} | {w['p50_s']:.2f} | {w['p95_s']:.2f} | {w['max_s']:.2f} | "
               f"{w['words_matched']}/{w['words_expected']} | {w['wer_vs_offline']:.3f} |" for w in r["ws"]]
     if r["inprocess"]:
-        lines += ["", "The same streams in-process on `rt.transcribe_stream` (no server), run right after each server level:", "",
-                  "| streams | p50 s | p95 s | max s | words matched | WER vs offline |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "The same streams in-process on `rt.transcribe_stream` (no server), "
+                  "run right after each server level:", "",
+                  "| streams | p50 s | p95 s | max s | words matched | WER vs offline |",
+                  "|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {w['streams']} | {w['p50_s']:.2f} | {w['p95_s']:.2f} | {w['max_s']:.2f} | "
                   f"{w['words_matched']}/{w['words_expected']} | {w['wer_vs_offline']:.3f} |" for w in r["inprocess"]]
     rss = r["rss"]

@@ -62,7 +62,8 @@ class StreamRun:
     compute_per_audio: float = 0.0
 
 
-async def realtime_streams(rt: aw.Runtime, audio: np.ndarray, *, n: int, chunk_s: float, context: str) -> list[StreamRun]:
+async def realtime_streams(rt: aw.Runtime, audio: np.ndarray, *, n: int, chunk_s: float,
+                           context: str) -> list[StreamRun]:
     """Run ``n`` real-time streams of ``audio`` at once on ``rt``, stream i offset by ``i * chunk_s / n``."""
     chunk = round(chunk_s * SAMPLE_RATE)
     runs = [StreamRun() for _ in range(n)]
@@ -263,12 +264,14 @@ async def accuracy_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def report(res: dict[str, Any]) -> str:
-    lat_cols = [("model", "model", ""), ("lanes", "lanes", "d"), ("context", "context", ""), ("chunk_s", "chunk s", ".1f"),
-                ("updates", "updates", "d"), ("p50_s", "p50 s", ".3f"), ("p95_s", "p95 s", ".3f"),
+    lat_cols = [("model", "model", ""), ("lanes", "lanes", "d"), ("context", "context", ""),
+                ("chunk_s", "chunk s", ".1f"), ("updates", "updates", "d"), ("p50_s", "p50 s", ".3f"),
+                ("p95_s", "p95 s", ".3f"),
                 ("max_s", "max s", ".3f"), ("skipped", "coalesced", "d"),
                 ("compute_per_audio_s", "compute s / audio s", ".3f")]
-    conc_cols = [("lanes", "lanes", "d"), ("context", "context", ""), ("streams", "streams", "d"), ("p50_s", "p50 s", ".3f"),
-                 ("p95_s", "p95 s", ".3f"), ("skipped", "coalesced", "d"), ("latency_growth_s", "growth s", ".3f"),
+    conc_cols = [("lanes", "lanes", "d"), ("context", "context", ""), ("streams", "streams", "d"),
+                 ("p50_s", "p50 s", ".3f"), ("p95_s", "p95 s", ".3f"), ("skipped", "coalesced", "d"),
+                 ("latency_growth_s", "growth s", ".3f"),
                  ("max_queued_s", "max queued s", ".2f"), ("compute_per_audio_s", "compute s / audio s", ".3f"),
                  ("attempt", "attempt", "d"), ("load_before", "load", ".1f"), ("sustained", "sustained", "")]
     acc_cols = [("model", "model", ""), ("clip", "clip", ""), ("variant", "variant", ""), ("audio_s", "audio s", ".2f"),
@@ -286,7 +289,8 @@ def report(res: dict[str, Any]) -> str:
         best = {f"lanes={ln} {c}": max([r["streams"] for r in res["concurrency"]
                                         if (r["lanes"], r["context"]) == (ln, c) and r["sustained"]], default=0)
                 for ln, c in keys}
-        out += ["### Concurrent real-time tiny.en streams (1 s chunks)", "", markdown_table(res["concurrency"], conc_cols), "",
+        out += ["### Concurrent real-time tiny.en streams (1 s chunks)", "",
+                markdown_table(res["concurrency"], conc_cols), "",
                 "Most sustained: " + ", ".join(f"{c}: {n}" for c, n in sorted(best.items())), ""]
     if res.get("accuracy"):
         agg = []
@@ -304,9 +308,11 @@ def report(res: dict[str, Any]) -> str:
                     ("rel_l2", "mean rel L2", ".3f"), ("same", "same text as full", ""),
                     ("loops", "runaway repetitions", "d"), ("wer_full", "mean WER full vs truth", ".3f"),
                     ("wer_b", "mean WER bucketed vs truth", ".3f")]
-        out += ["### Bucketed vs full context", "", markdown_table(agg, agg_cols), "", markdown_table(res["accuracy"], acc_cols), "",
+        out += ["### Bucketed vs full context", "", markdown_table(agg, agg_cols), "",
+                markdown_table(res["accuracy"], acc_cols), "",
                 "Decoded text where the two differ (full / bucketed):", ""]
-        out += [f"- {r['model']} {r['clip']} {r['variant']}: \"{r['text_full'][:160]}\" / \"{r['text_bucketed'][:160]}\""
+        out += [f"- {r['model']} {r['clip']} {r['variant']}: "
+                f"\"{r['text_full'][:160]}\" / \"{r['text_bucketed'][:160]}\""
                 for r in res["accuracy"] if "text_full" in r and not r["same_text"]]
         out.append("")
     return "\n".join(out)

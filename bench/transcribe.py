@@ -85,7 +85,7 @@ def _fw_runner(model: aw.WhisperModel, compute_type: str, beam_size: int) -> Cal
     def run(audio: np.ndarray) -> dict[str, Any]:
         spent[0] = 0.0
         t0 = time.perf_counter()
-        segments, info = fw.transcribe(audio, beam_size=beam_size)
+        segments, _ = fw.transcribe(audio, beam_size=beam_size)
         segs = list(segments)
         wall = time.perf_counter() - t0
         tokens = sum(len([t for t in s.tokens if t < 50257]) for s in segs)

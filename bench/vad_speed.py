@@ -37,7 +37,8 @@ def make_audio(minutes: float, seed: int = 23) -> np.ndarray:
     while total < n:
         clip = clips[int(rng.integers(len(clips)))]
         gap = int(rng.uniform(0.5, 4.0) * aw.SAMPLE_RATE)
-        quiet = (rng.standard_normal(gap) * 0.003).astype(np.float32) if rng.random() < 0.5 else np.zeros(gap, np.float32)
+        quiet = ((rng.standard_normal(gap) * 0.003).astype(np.float32) if rng.random() < 0.5
+                 else np.zeros(gap, np.float32))
         parts += [clip, quiet]
         total += clip.size + gap
     return np.ascontiguousarray(np.concatenate(parts)[:n])

@@ -1,10 +1,10 @@
 """Structural checks of the package, with plain Python: ``python tools/check_structure.py [PACKAGE_DIR]``.
 
 1. **No import circle** among the package's modules, nor among its sub-packages (``pipeline/`` and
-   ``devices/`` importing each other is a circle even when no two modules do). Every ``import`` statement counts, wherever it stands: at
-   module level, inside a function (a lazy import) or under ``if TYPE_CHECKING:``. ``from .pkg import name``
-   depends on ``pkg.name`` when that is a module, else on ``pkg`` (its ``__init__``); importing a module does
-   not count as depending on the packages that hold it.
+   ``devices/`` importing each other is a circle even when no two modules do). Every ``import`` statement
+   counts, wherever it stands: at module level, inside a function (a lazy import) or under
+   ``if TYPE_CHECKING:``. ``from .pkg import name`` depends on ``pkg.name`` when that is a module, else on
+   ``pkg`` (its ``__init__``); importing a module does not count as depending on the packages that hold it.
 2. **No module reads another module's private names**: ``from mod import _name``, ``mod._name`` on an imported
    project module, and ``obj._name`` on any object but ``self``, ``cls`` or the module's own globals when no
    class of the module itself defines ``_name`` (so it is a private field of another module's class). Dunder
@@ -190,7 +190,7 @@ class Package:
                              if not a.name.startswith(top + ".")}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and not (node.module or "").startswith(top):
                 external |= {a.asname or a.name for a in node.names}
-        for node, target, names in self.imports(name):
+        for node, target, _ in self.imports(name):
             if not (target == top or target.startswith(top + ".")):
                 continue
             if isinstance(node, ast.Import):

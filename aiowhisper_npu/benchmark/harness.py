@@ -129,12 +129,13 @@ class Run:
     """The record of one benchmark run, begun when it is made.
 
     ``record()`` returns ``created`` (ISO 8601 UTC of the start), ``command``, ``settings`` (the parsed
-    options, or the dict given), ``machine`` (:func:`machine` plus ``load_avg_start``, ``load_avg_end`` and ``other_processes``:
-    the CPU other processes used meanwhile, the noise gauge; see :meth:`other_processes`) and ``versions``.
+    options, or the dict given), ``machine`` (:func:`machine` plus ``load_avg_start``, ``load_avg_end`` and
+    ``other_processes``: the CPU other processes used meanwhile, the noise gauge; see :meth:`other_processes`)
+    and ``versions``.
     """
 
     def __init__(self, settings: dict[str, Any] | argparse.Namespace | None = None, command: str = ""):
-        self.created = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        self.created = _dt.datetime.now(_dt.UTC).isoformat()
         # a dict is kept, not copied: a run may resolve its settings as it goes
         self.settings: dict[str, Any] = settings if isinstance(settings, dict) else dict(vars(settings or {}))
         self.command = command

@@ -66,9 +66,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("lanes", 2, lanes=2, note="depth 2, 2 kernel lanes"),
     Variant("lanes_d4", 4, lanes=2, note="depth 4, 2 kernel lanes (the CPU default)"),
     Variant("lanes_d4_numpy", 4, lanes=2, native=False,
-            note="the CPU default with the numpy forms (BLAS GEMMs, numpy element-wise passes) instead of the C kernels"),
+            note="the CPU default with the numpy forms (BLAS GEMMs, numpy element-wise passes) "
+                 "instead of the C kernels"),
     Variant("lanes_d4_bf16", 4, lanes=2, precision="bf16",
-            note="the CPU default with precision='bf16' (AVX512_BF16 GEMM where the CPU has it; compare with lanes_d4)"),
+            note="the CPU default with precision='bf16' (AVX512_BF16 GEMM where the CPU has it; "
+                 "compare with lanes_d4)"),
 )
 
 
@@ -148,7 +150,8 @@ def aggregate(v: Variant, samples: Sequence[RunSample], audio_s: float, windows:
     dev_k = pct([r.stats.device_kernel_s / max(1, r.stats.tiles) * 1e3 for r in samples], 50)
     wall50 = pct(walls, 50)
     return {
-        "name": v.name, "note": v.note, "settings": {**v.runtime_kwargs(), "native_kernels": v.native}, "repeats": len(samples),
+        "name": v.name, "note": v.note, "settings": {**v.runtime_kwargs(), "native_kernels": v.native},
+        "repeats": len(samples),
         "tiles": tiles, "tiles_per_window": tiles // max(1, windows),
         "wall_s": {**spread(walls), "all": walls},
         "internal_wall_s": spread([r.stats.wall_s for r in samples]),

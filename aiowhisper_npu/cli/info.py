@@ -36,8 +36,7 @@ def _bf16_decoder() -> str:
 
 def collect_info() -> dict[str, Any]:
     """A JSON-able description of the backends, pyxrt, model cache, installed models and BLAS."""
-    from .. import __version__
-    from .. import numerics
+    from .. import __version__, numerics
     from ..models.registry import cache_dir, installed_models
 
     pyxrt = _pyxrt()

@@ -282,7 +282,7 @@ class DecoderEngine:
                     self._finish(ticket, None, err)
                 runnable = []
                 outputs = []
-            for (ticket, p), out in zip(runnable, outputs):
+            for (ticket, _), out in zip(runnable, outputs):
                 try:
                     ticket.task.feed(out)
                 except Exception as exc:

@@ -393,7 +393,8 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass], parallel: Parallel | N
             _round_(qkv)
         for p, (r0, r1), slot in zip(passes, spans, slots):
             _self_attention(p, i, qkv[r0:r1], attn[r0:r1], slot, bf16)
-        add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments, parallel), None)  # x += attn W_o + b_o
+        # x += attn W_o + b_o
+        add_norm_(x, layer.out_b, _linear_rows(attn, layer.out_w, None, segments, parallel), None)
         q = _linear_rows(_layer_norm(x, h_norm), layer.q_w, layer.q_b, segments, parallel)
         if bf16:
             _round_(q)
@@ -408,7 +409,7 @@ def forward(dec: PreparedDecoder, passes: Sequence[Pass], parallel: Parallel | N
         if slot >= 0:
             p.cache.commit()
     rows = []
-    for p, (r0, r1) in zip(passes, spans):
+    for p, (r0, _) in zip(passes, spans):
         b, n = p.tokens.shape
         at = np.asarray([a % n for a in p.logits_at], np.intp)
         rows.append((r0 + np.arange(b)[:, None] * n + at[None, :]).reshape(-1))

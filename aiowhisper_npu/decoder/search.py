@@ -234,7 +234,7 @@ class BeamSearch:
 
     def advance(self, logits: np.ndarray) -> Advance | None:
         b = self.beam_size
-        rows, vocab = logits.shape
+        _, vocab = logits.shape
         # Cumulated log-probabilities of every continuation (float32, as CTranslate2), in place.
         offset = self._scores - logsumexp_rows(logits)
         with np.errstate(over="ignore"):  # disabled tokens (float32's lowest) on penalised beams: -inf

@@ -48,8 +48,17 @@ from ..errors import BackendUnavailable, DeviceError
 from ..sim.config import gil_copy
 from ..sim.layout import pack_offsets
 from ..tiles import BufferView, KernelProgram
-from .manifest import (ArgSpec, Manifest, ManifestError, check_program, load_manifest, pack_instances,
-                       program_constants, read_insts, weight_names)
+from .manifest import (
+    ArgSpec,
+    Manifest,
+    ManifestError,
+    check_program,
+    load_manifest,
+    pack_instances,
+    program_constants,
+    read_insts,
+    weight_names,
+)
 from .xrt_memory import XrtBuffer, chunks, live, typed, weight_data
 
 __all__ = ["XrtBuffer", "XrtRun", "XrtDevice", "make_xrt_device", "import_pyxrt", "WAIT_STRATEGIES"]

@@ -46,11 +46,20 @@ import numpy as np
 
 from ..bf16 import round_bf16
 from ..models.model import EncoderWeights, ModelDimensions
-from ..native import attention as attention_c
-from ..native import gemm, gemm_bf16
-from ..numerics import (PRECISIONS, add_norm_, bias_gelu_, bf16_gemm_available, exp_rows_,
-                        fused_attention_available, gelu_, layer_norm_affine, packed_gemm_available, round_bf16_,
-                        switches)
+from ..native import attention as attention_c, gemm, gemm_bf16
+from ..numerics import (
+    PRECISIONS,
+    add_norm_,
+    bf16_gemm_available,
+    bias_gelu_,
+    exp_rows_,
+    fused_attention_available,
+    gelu_,
+    layer_norm_affine,
+    packed_gemm_available,
+    round_bf16_,
+    switches,
+)
 
 __all__ = ["PACKED", "PACKED_BF16", "qkv_columns", "prepare_weights", "pack_weights", "Workspace", "linear_",
            "attention", "stem", "qkv", "attn_mlp", "OPS"]

@@ -23,9 +23,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import kernels
 from ..models.model import ModelDimensions, WhisperModel
 from ..tiles import ArraySpec, Tile
+from . import kernels
 
 __all__ = ["DEFAULT_TILE_ROWS", "EncoderPlan", "EncoderProgram", "WindowJob", "encode_window_sequential"]
 

@@ -17,8 +17,8 @@ from .. import __version__
 from ..runtime.runtime import Runtime
 from .config import ServerConfig
 from .errors import install_error_handlers
-from .limits import UploadLimit
 from .http_routes import router as http_router
+from .limits import UploadLimit
 from .state import ServerState
 from .websocket import router as ws_router
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, List, Optional
+from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 from starlette.middleware import Middleware
@@ -37,8 +37,8 @@ class SpreadRouter(FIFOMixin, RequestRouter):
     """Two replicas at random, in random order; Serve sends to the one with fewer requests in progress that
     accepts it (the first on a tie, hence the shuffle)."""
 
-    async def choose_replicas(self, candidate_replicas: List[RunningReplica],
-                              pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
 
 

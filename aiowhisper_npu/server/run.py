@@ -4,7 +4,8 @@ graceful SIGTERM/SIGINT shutdown.
 On the signal, :class:`GracefulServer` first stops accepting connections and drains the WebSocket streams
 (each gets its final message and a close with 1001, see :mod:`.websocket`), then uvicorn's own shutdown lets
 in-flight HTTP requests finish (streams and requests together within ``shutdown_timeout_s``; what is left
-then is cancelled), and the lifespan closes the runtime. As uvicorn does, the process then ends by the signal it received.
+then is cancelled), and the lifespan closes the runtime. As uvicorn does, the process then ends by the
+signal it received.
 """
 
 from __future__ import annotations

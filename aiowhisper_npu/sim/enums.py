@@ -104,23 +104,24 @@ class ert_cmd_state(PyEnum):  # noqa: N801 - pyxrt's name
     """Command states. 3 (RUNNING) is not bound in pyxrt, so ``state()`` can return an unnamed value."""
 
     __slots__ = ()
-    _names = {1: "ERT_CMD_STATE_NEW", 2: "ERT_CMD_STATE_QUEUED", 4: "ERT_CMD_STATE_COMPLETED",
-              5: "ERT_CMD_STATE_ERROR", 6: "ERT_CMD_STATE_ABORT", 7: "ERT_CMD_STATE_SUBMITTED",
-              8: "ERT_CMD_STATE_TIMEOUT", 9: "ERT_CMD_STATE_NORESPONSE", 10: "ERT_CMD_STATE_SKERROR",
-              11: "ERT_CMD_STATE_SKCRASHED"}
+    _names: ClassVar[dict[int, str]] = {1: "ERT_CMD_STATE_NEW", 2: "ERT_CMD_STATE_QUEUED",
+                                        4: "ERT_CMD_STATE_COMPLETED", 5: "ERT_CMD_STATE_ERROR",
+                                        6: "ERT_CMD_STATE_ABORT", 7: "ERT_CMD_STATE_SUBMITTED",
+                                        8: "ERT_CMD_STATE_TIMEOUT", 9: "ERT_CMD_STATE_NORESPONSE",
+                                        10: "ERT_CMD_STATE_SKERROR", 11: "ERT_CMD_STATE_SKCRASHED"}
 
 
 class xclBOSyncDirection(PyEnum):  # noqa: N801
     __slots__ = ()
-    _names = {0: "XCL_BO_SYNC_BO_TO_DEVICE", 1: "XCL_BO_SYNC_BO_FROM_DEVICE", 2: "XCL_BO_SYNC_BO_GMIO_TO_AIE",
-              3: "XCL_BO_SYNC_BO_AIE_TO_GMIO"}
+    _names: ClassVar[dict[int, str]] = {0: "XCL_BO_SYNC_BO_TO_DEVICE", 1: "XCL_BO_SYNC_BO_FROM_DEVICE",
+                                        2: "XCL_BO_SYNC_BO_GMIO_TO_AIE", 3: "XCL_BO_SYNC_BO_AIE_TO_GMIO"}
 
 
 class bo_flags(PyEnum):  # noqa: N801 - bound as ``bo.flags`` (type name "flags")
     __slots__ = ()
     _strict = True
-    _names = {0: "normal", 1 << 24: "cacheable", 1 << 28: "device_only", 1 << 29: "host_only", 1 << 30: "p2p",
-              1 << 27: "svm"}
+    _names: ClassVar[dict[int, str]] = {0: "normal", 1 << 24: "cacheable", 1 << 28: "device_only",
+                                        1 << 29: "host_only", 1 << 30: "p2p", 1 << 27: "svm"}
 
 
 bo_flags.__name__ = "flags"
@@ -133,9 +134,10 @@ class xrt_info_device(PyEnum):  # noqa: N801
 
     __slots__ = ()
     _strict = True
-    _names = {0: "bdf", 1: "interface_uuid", 2: "kdma", 3: "max_clock_frequency_mhz", 4: "m2m", 5: "name",
-              6: "nodma", 7: "offline", 8: "electrical", 9: "thermal", 10: "mechanical", 11: "memory",
-              12: "platform", 13: "pcie_info", 14: "host", 17: "dynamic_regions", 18: "vmr"}
+    _names: ClassVar[dict[int, str]] = {0: "bdf", 1: "interface_uuid", 2: "kdma", 3: "max_clock_frequency_mhz",
+                                        4: "m2m", 5: "name", 6: "nodma", 7: "offline", 8: "electrical",
+                                        9: "thermal", 10: "mechanical", 11: "memory", 12: "platform",
+                                        13: "pcie_info", 14: "host", 17: "dynamic_regions", 18: "vmr"}
 
 
 def require(value: object, enum_type: type[PyEnum], signature: str) -> PyEnum:

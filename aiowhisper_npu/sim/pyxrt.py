@@ -29,16 +29,25 @@ from __future__ import annotations
 import ctypes as _ctypes
 import time as _time
 import weakref as _weakref
-from typing import Any as _Any
+from typing import Any as _Any, ClassVar as _ClassVar
 
 import numpy as _np
 
 from aiowhisper_npu.sim.config import SimConfig as _SimConfig, gil_copy as _gil_copy, gil_sleep as _gil_sleep
-from aiowhisper_npu.sim.enums import (PyEnum as _PyEnum, bo_flags as _bo_flags, ert_cmd_state,
-                                      require as _require, xclBOSyncDirection, xrt_info_device)
+from aiowhisper_npu.sim.enums import (
+    PyEnum as _PyEnum,
+    bo_flags as _bo_flags,
+    ert_cmd_state,
+    require as _require,
+    xclBOSyncDirection,
+    xrt_info_device,
+)
 from aiowhisper_npu.sim.npu import Memory as _Memory, MemRef as _MemRef, SimNPU as _SimNPU, SimRun as _SimRun
-from aiowhisper_npu.sim.xclbin import KernelDesc as _KernelDesc, XclbinDesc as _XclbinDesc, \
-    parse_xclbin as _parse_xclbin
+from aiowhisper_npu.sim.xclbin import (
+    KernelDesc as _KernelDesc,
+    XclbinDesc as _XclbinDesc,
+    parse_xclbin as _parse_xclbin,
+)
 
 __all__ = ["device", "xclbin", "uuid", "hw_context", "kernel", "run", "bo", "ert_cmd_state",
            "xclBOSyncDirection", "xrt_info_device", "XCL_BO_FLAGS_NONE", "enumerate_devices", "log_message",
@@ -345,8 +354,8 @@ class bo:  # noqa: N801
     p2p = _bo_flags.p2p  # type: ignore[attr-defined]
     svm = _bo_flags.svm  # type: ignore[attr-defined]
 
-    _SIGS = ["pyxrt.bo(device: pyxrt.device, size: int, flags: pyxrt.bo.flags, group: int)",
-             "pyxrt.bo(parent: pyxrt.bo, size: int, offset: int)"]
+    _SIGS: _ClassVar[list[str]] = ["pyxrt.bo(device: pyxrt.device, size: int, flags: pyxrt.bo.flags, group: int)",
+                                   "pyxrt.bo(parent: pyxrt.bo, size: int, offset: int)"]
 
     def __init__(self, *args: _Any):
         if len(args) == 4 and isinstance(args[0], device) and _is_int(args[1]) and type(args[2]) is _bo_flags \

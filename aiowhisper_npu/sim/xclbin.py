@@ -128,7 +128,7 @@ class _Invalid(Exception):
 def _req(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in d:
         raise _Invalid(f"{where}: missing '{key}'")
-    if not isinstance(d[key], kind) or isinstance(d[key], bool) and kind is not bool:
+    if not isinstance(d[key], kind) or (isinstance(d[key], bool) and kind is not bool):
         raise _Invalid(f"{where}: '{key}' has the wrong type")
     return d[key]
 

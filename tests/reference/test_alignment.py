@@ -11,12 +11,17 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
-from aiowhisper_npu.decoder.alignment import (align_from_scores, alignment_matrix, alignment_tokens, median_filter,
-                                              negative_dtw, text_token_probs)
+from aiowhisper_npu.decoder.alignment import (
+    align_from_scores,
+    alignment_matrix,
+    alignment_tokens,
+    median_filter,
+    negative_dtw,
+    text_token_probs,
+)
 from aiowhisper_npu.decoder.options import AlignmentResult
-from aiowhisper_npu.transcription.timing import words_from_alignment
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
-
+from aiowhisper_npu.transcription.timing import words_from_alignment
 from tests.support import DATA
 
 

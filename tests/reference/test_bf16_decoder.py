@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
+from aiowhisper_npu.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
 from aiowhisper_npu.decoder import kernels as dk
 from aiowhisper_npu.decoder.cache import KVCache
-from aiowhisper_npu.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
 from aiowhisper_npu.transcription.metrics import word_error_rate, words as metric_words
-
 from tests.support import CLIPS
 from tests.support.ct2_reference import GreedyReference
 from tests.support.loops import asyncio_only

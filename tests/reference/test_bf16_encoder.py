@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu.audio.io import split_windows
 from aiowhisper_npu import numerics
+from aiowhisper_npu.audio.io import split_windows
 from aiowhisper_npu.models.model import BlockWeights, EncoderWeights
-
 from tests.support import CLIPS, rel_l2
 from tests.support.ct2_reference import CT2Reference
 from tests.support.loops import asyncio_only

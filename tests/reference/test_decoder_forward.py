@@ -10,7 +10,6 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.decoder import kernels as dk
 from aiowhisper_npu.decoder.cache import KVCache
-
 from tests.support.ct2_reference import GreedyReference
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from aiowhisper_npu.audio.io import N_FRAMES, N_SAMPLES, load_audio, split_windows
-from aiowhisper_npu.errors import AudioError
 from aiowhisper_npu.audio.mel import (
     N_FREQS,
     frames_power,
@@ -19,6 +18,7 @@ from aiowhisper_npu.audio.mel import (
     power_frames,
 )
 from aiowhisper_npu.audio.mel_stream import IncrementalLogMel, LogMelStream
+from aiowhisper_npu.errors import AudioError
 
 DATA = Path(__file__).parents[1] / "data"
 

@@ -16,16 +16,15 @@ import struct
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
 import pytest
 
+from aiowhisper_npu.errors import ModelError
 from aiowhisper_npu.models import loading, registry
 from aiowhisper_npu.models.ct2_format import Ct2File, read_ct2_variables
 from aiowhisper_npu.models.ct2_whisper import load_ct2_encoder
-from aiowhisper_npu.errors import ModelError
 from aiowhisper_npu.models.loading import clear_model_cache, load_model
 from aiowhisper_npu.models.model import DecoderWeights, EncoderWeights, WhisperModel
 
@@ -66,7 +65,8 @@ def ct2_bytes(
     for name, arr, type_id in variables:
         data = np.ascontiguousarray(arr).tobytes()
         out += [_s(name), struct.pack("<B", arr.ndim), *(struct.pack("<I", d) for d in arr.shape)]
-        out.append(struct.pack("<BI", type_id, len(data)) if version >= 4 else struct.pack("<BI", arr.itemsize, arr.size))
+        out.append(struct.pack("<BI", type_id, len(data)) if version >= 4
+                   else struct.pack("<BI", arr.itemsize, arr.size))
         out.append(data)
     if version >= 3:
         out.append(struct.pack("<I", len(aliases)))
@@ -198,7 +198,8 @@ def test_weights_equal_raw_float16(name: str) -> None:
     m = load_model(name)
     path, w = m.path / "model.bin", m.weights
     last = len(w.blocks) - 1
-    for var, arr in (("encoder/conv1/weight", w.conv1_w), ("encoder/position_encodings/encodings", w.positional_embedding),
+    for var, arr in (("encoder/conv1/weight", w.conv1_w),
+                     ("encoder/position_encodings/encodings", w.positional_embedding),
                      ("encoder/layer_0/self_attention/linear_0/weight", w.blocks[0].qkv_w),
                      (f"encoder/layer_{last}/ffn/linear_1/bias", w.blocks[last].fc2_b),
                      ("encoder/layer_norm/gamma", w.ln_post_w)):
@@ -384,8 +385,8 @@ def _record(name: str, arr: np.ndarray, type_id: int, nbytes: int | None = None)
          "unknown dtype id 9"),
         (struct.pack("<I", 6) + _s("WhisperSpec") + struct.pack("<II", 3, 1) + _record("x", np.zeros(2, "<f4"), 0, 12),
          "should hold 8 bytes, but its header says 12"),
-        (struct.pack("<I", 6) + _s("WhisperSpec") + struct.pack("<II", 3, 1) + _s("x") + struct.pack("<BII", 2, 2**32 - 1,
-         2**32 - 1) + struct.pack("<BI", 0, 2**32 - 4), "should hold"),
+        (struct.pack("<I", 6) + _s("WhisperSpec") + struct.pack("<II", 3, 1) + _s("x")
+         + struct.pack("<BII", 2, 2**32 - 1, 2**32 - 1) + struct.pack("<BI", 0, 2**32 - 4), "should hold"),
         (struct.pack("<I", 6) + _s("WhisperSpec") + struct.pack("<II", 3, 1) + _s("x") + struct.pack("<BI", 1, 2**30)
          + struct.pack("<BI", 1, 2**30), "truncated"),
         (struct.pack("<I", 6) + _s("WhisperSpec") + struct.pack("<III", 3, 0, 1) + _s("a") + _s("missing"),
@@ -540,7 +541,8 @@ def hf_tensors(w: EncoderWeights, prefix: str = "model.encoder.") -> dict[str, n
         t.update({f"{p}self_attn.out_proj.weight": b.out_w, f"{p}self_attn.out_proj.bias": b.out_b,
                   f"{p}self_attn_layer_norm.weight": b.attn_ln_w, f"{p}self_attn_layer_norm.bias": b.attn_ln_b,
                   f"{p}final_layer_norm.weight": b.mlp_ln_w, f"{p}final_layer_norm.bias": b.mlp_ln_b,
-                  f"{p}fc1.weight": b.fc1_w, f"{p}fc1.bias": b.fc1_b, f"{p}fc2.weight": b.fc2_w, f"{p}fc2.bias": b.fc2_b})
+                  f"{p}fc1.weight": b.fc1_w, f"{p}fc1.bias": b.fc1_b,
+                  f"{p}fc2.weight": b.fc2_w, f"{p}fc2.bias": b.fc2_b})
     return {k: np.ascontiguousarray(a) for k, a in t.items()}
 
 
@@ -550,7 +552,8 @@ def hf_decoder_tensors(w: DecoderWeights, prefix: str = "model.decoder.") -> dic
          f"{prefix}layer_norm.weight": w.ln_w, f"{prefix}layer_norm.bias": w.ln_b}
     for i, b in enumerate(w.blocks):
         p = f"{prefix}layers.{i}."
-        for att, parts, ws, bs in (("self_attn", "qkv", b.qkv_w, b.qkv_b), ("encoder_attn", "kv", b.cross_kv_w, b.cross_kv_b)):
+        for att, parts, ws, bs in (("self_attn", "qkv", b.qkv_w, b.qkv_b),
+                                   ("encoder_attn", "kv", b.cross_kv_w, b.cross_kv_b)):
             for x, wx, bx in zip(parts, np.split(ws, len(parts)), np.split(bs, len(parts))):
                 t[f"{p}{att}.{x}_proj.weight"] = wx
                 if x != "k":
@@ -561,7 +564,8 @@ def hf_decoder_tensors(w: DecoderWeights, prefix: str = "model.decoder.") -> dic
                   f"{p}encoder_attn.out_proj.weight": b.cross_out_w, f"{p}encoder_attn.out_proj.bias": b.cross_out_b,
                   f"{p}encoder_attn_layer_norm.weight": b.cross_ln_w, f"{p}encoder_attn_layer_norm.bias": b.cross_ln_b,
                   f"{p}final_layer_norm.weight": b.mlp_ln_w, f"{p}final_layer_norm.bias": b.mlp_ln_b,
-                  f"{p}fc1.weight": b.fc1_w, f"{p}fc1.bias": b.fc1_b, f"{p}fc2.weight": b.fc2_w, f"{p}fc2.bias": b.fc2_b})
+                  f"{p}fc1.weight": b.fc1_w, f"{p}fc1.bias": b.fc1_b,
+                  f"{p}fc2.weight": b.fc2_w, f"{p}fc2.bias": b.fc2_b})
     return {k: np.ascontiguousarray(a) for k, a in t.items()}
 
 
@@ -635,7 +639,8 @@ def test_hf_bfloat16_and_bare_prefix(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(hf_config(tiny))
     m = load_model(tmp_path)
     name = "encoder.layers.2.fc1.weight"
-    assert np.array_equal(m.weights.blocks[2].fc1_w, (bf16_bits(tensors[name]).astype(np.uint32) << 16).view(np.float32))
+    assert np.array_equal(m.weights.blocks[2].fc1_w,
+                          (bf16_bits(tensors[name]).astype(np.uint32) << 16).view(np.float32))
     np.testing.assert_allclose(m.weights.blocks[2].fc1_w, tiny.weights.blocks[2].fc1_w, rtol=1e-2)
 
 

@@ -27,7 +27,6 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.devices.manifest import ManifestError
 from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.sim.layout import MAX_DATA_BOS, pack_offsets
-
 from tests.support import CLIPS, DATA, rel_l2
 from tests.support.ct2_reference import CT2Reference
 

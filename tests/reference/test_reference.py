@@ -10,7 +10,6 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu import numerics
 from aiowhisper_npu.audio.io import split_windows
-
 from tests.support import CLIPS, rel_l2
 from tests.support.ct2_reference import CT2Reference
 from tests.support.loops import asyncio_only

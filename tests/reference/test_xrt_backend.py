@@ -23,11 +23,11 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices.manifest import ManifestError
 from aiowhisper_npu.devices.xrt import XrtDevice, make_xrt_device
-from aiowhisper_npu.pipeline.pipeline import Pipeline
 from aiowhisper_npu.encoder.plan import EncoderProgram
+from aiowhisper_npu.pipeline.pipeline import Pipeline
 from aiowhisper_npu.pipeline.pool import BufferPool
-from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.pipeline.stats import StatsRecorder
+from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.tiles import ArraySpec, Tile, slot_nbytes
 
 DATA = Path(__file__).parents[1] / "data"
@@ -262,7 +262,8 @@ def test_pyxrt_built_for_another_python(monkeypatch: pytest.MonkeyPatch) -> None
     class Finder:
         def find_spec(self, name: str, *args: Any) -> None:
             if name == "pyxrt":
-                raise ImportError("pyxrt.cpython-313-x86_64-linux-gnu.so: undefined symbol: _PyThreadState_UncheckedGet")
+                raise ImportError("pyxrt.cpython-313-x86_64-linux-gnu.so: "
+                                  "undefined symbol: _PyThreadState_UncheckedGet")
 
     monkeypatch.delitem(sys.modules, "pyxrt", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])

@@ -13,11 +13,17 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server needs the server extra (fastapi, uvicorn)")
 
-from aiowhisper_npu.cli import main  # noqa: E402
-from aiowhisper_npu.server import ServerConfig  # noqa: E402
-from aiowhisper_npu.server.scaleout import (CONTROL_SLACK, ScaleOut, deployment_options,  # noqa: E402
-                                            missing_resources, parse_autoscale, parse_resources,
-                                            replica_resources)
+from aiowhisper_npu.cli import main
+from aiowhisper_npu.server import ServerConfig
+from aiowhisper_npu.server.scaleout import (
+    CONTROL_SLACK,
+    ScaleOut,
+    deployment_options,
+    missing_resources,
+    parse_autoscale,
+    parse_resources,
+    replica_resources,
+)
 
 
 def test_replica_resources_follow_the_backend() -> None:

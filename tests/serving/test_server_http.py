@@ -8,9 +8,7 @@ import io
 import json
 import socket
 import struct
-import wave
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -22,7 +20,6 @@ pytest.importorskip("fastapi", reason="the server needs the server extra (fastap
 import aiowhisper_npu as aw  # noqa: E402
 from aiowhisper_npu.formats import format_timestamp  # noqa: E402
 from aiowhisper_npu.server.auth import bearer_token, is_loopback, key_matches, open_binding_warning  # noqa: E402
-
 from tests.support import DATA  # noqa: E402
 from tests.support.server import ServerProcess, wait_until  # noqa: E402
 
@@ -216,7 +213,8 @@ def test_upload_over_the_limit_is_413(server: ServerProcess, client: openai.Open
         yield b"\r\n--b--\r\n"
 
     status, body = _request(server, "POST", "/v1/audio/transcriptions", chunked(), chunked=True,
-                            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=b"})
+                            headers={"Authorization": f"Bearer {KEY}",
+                                     "Content-Type": "multipart/form-data; boundary=b"})
     assert status == 413 and body["error"]["code"] == "file_too_large"
 
     host, port = server.url.split("//")[1].split(":")

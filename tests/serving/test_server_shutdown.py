@@ -3,12 +3,11 @@ new work is refused, and the process exits (by the re-raised signal, as uvicorn 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
 from typing import Any
-
-import asyncio
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ websockets = pytest.importorskip("websockets", reason="the stream tests need the
 pytest.importorskip("fastapi", reason="the server needs the server extra (fastapi, uvicorn)")
 
 import aiowhisper_npu as aw  # noqa: E402
-
 from tests.support import DATA  # noqa: E402
 from tests.support.server import ServerProcess, wait_until  # noqa: E402
 

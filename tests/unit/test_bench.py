@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import latency  # noqa: E402  (bench/latency.py: the checkout's entry to aiowhisper_npu.benchmark.latency)
-
 from aiowhisper_npu.benchmark.measure import VARIANTS  # noqa: E402
 
 STAGES = ("host_prep", "to_device", "kernel", "from_device")

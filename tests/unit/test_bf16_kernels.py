@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from aiowhisper_npu import numerics
-from aiowhisper_npu.encoder import kernels
 from aiowhisper_npu.bf16 import round_bf16, to_bf16_bits
+from aiowhisper_npu.encoder import kernels
 
 gb = pytest.importorskip("aiowhisper_npu.native._gemm_bf16")
 if not gb.available():

@@ -15,7 +15,6 @@ from aiowhisper_npu.decoder import kernels as dk
 from aiowhisper_npu.decoder.cache import KVCache
 from aiowhisper_npu.decoder.engine import DecoderEngine, TaskCancelled
 from aiowhisper_npu.runtime.recognizer import run_task
-
 from tests.support.loops import all_loops, all_loops_fast_on_asyncio
 
 

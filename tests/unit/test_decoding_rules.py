@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 
 from aiowhisper_npu.decoder.cache import CrossCache, KVCache
-from aiowhisper_npu.decoder.logit_filters import (DISABLED, NoRepeatNgram, RepetitionPenalty, SuppressBlank,
-                                                  SuppressTokens, TimestampRules, build_filters)
-from aiowhisper_npu.decoder.search import BeamSearch, BestSampler, GreedySearch, RandomSampler, logsumexp_rows
+from aiowhisper_npu.decoder.logit_filters import (
+    DISABLED,
+    NoRepeatNgram,
+    RepetitionPenalty,
+    SuppressBlank,
+    SuppressTokens,
+    TimestampRules,
+    build_filters,
+)
+from aiowhisper_npu.decoder.search import BeamSearch, BestSampler, GreedySearch, RandomSampler
 
 # A toy vocabulary laid out like Whisper's: text 0..9, eot 10, specials 11..13, <|notimestamps|> 14,
 # timestamps 15..24 (<|0.00|> .. <|0.18|>).

@@ -17,7 +17,6 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices.cpu import CpuDevice, set_blas_threads
 from aiowhisper_npu.encoder.plan import EncoderPlan, EncoderProgram, encode_window_sequential
-
 from tests.support import rel_l2
 from tests.support.loops import TRIO, asyncio_only, loops_fast_on_asyncio, on_loops
 
@@ -285,7 +284,7 @@ async def test_cancellation_releases_everything(tiny: aw.WhisperModel, speech: n
     """
     ref = sequential(64)
     rng = random.Random(1234)
-    for attempt in range(3):
+    for _attempt in range(3):
         device = HookedDevice(1)
         async with aw.Runtime(tiny, device=device, pipeline_depth=3, tile_rows=64) as rt:
             await rt.encode(np.zeros(1000, np.float32))  # warm: worker threads exist now

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import anyio
 import numpy as np
@@ -24,9 +24,9 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.devices import xrt as xrt_backend
-from aiowhisper_npu.tiles import ArraySpec, BufferView
 from aiowhisper_npu.sim import DATA_DIR, DEFAULT_MANIFEST, SimConfig, new_pyxrt
 from aiowhisper_npu.sim.enums import PyEnum
+from aiowhisper_npu.tiles import ArraySpec, BufferView
 
 DATA = Path(__file__).parents[1] / "data"
 SURFACE = json.loads((DATA / "pyxrt_surface.json").read_text())
@@ -190,7 +190,7 @@ def _trace_instances(xrt: ModuleType, uses: set[Use]) -> None:
     for owner, cls in classes.items():
         def getattribute(self: Any, name: str, _owner: str = owner) -> Any:
             value = object.__getattribute__(self, name)
-            if name.startswith("_") and name not in ("__call__",) or \
+            if (name.startswith("_") and name not in ("__call__",)) or \
                     sys._getframe(1).f_globals.get("__name__") == xrt.__name__:
                 return value
             uses.add((_owner, name, None))
@@ -225,7 +225,7 @@ def _copy_manifest(tmp: Path) -> Path:
 
 class _Copy:
     ops = ("work",)
-    resident: dict[str, np.ndarray] = {}
+    resident: ClassVar[dict[str, np.ndarray]] = {}
 
     def make_workspace(self) -> None:
         return None

@@ -18,7 +18,6 @@ from aiowhisper_npu.encoder.plan import EncoderPlan, WindowJob
 from aiowhisper_npu.pipeline.pipeline import Pipeline
 from aiowhisper_npu.pipeline.pool import BufferPool
 from aiowhisper_npu.tiles import ArraySpec, Tile, slot_nbytes
-
 from tests.support.loops import ALL_LOOPS, run_guarded
 
 SPEC = ArraySpec((16,))

@@ -17,9 +17,17 @@ import pytest
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
 from aiowhisper_npu.devices.cpu import CpuDevice
-
-from tests.support.loops import (ASYNCIO, TRIO, all_loops, all_loops_fast_on_asyncio, join_thread, lane_threads,
-                                 live_tasks, loops_fast_on_asyncio, settle)
+from tests.support.loops import (
+    ASYNCIO,
+    TRIO,
+    all_loops,
+    all_loops_fast_on_asyncio,
+    join_thread,
+    lane_threads,
+    live_tasks,
+    loops_fast_on_asyncio,
+    settle,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -144,7 +152,7 @@ async def test_aclose_inside_a_stream_block(tiny: aw.WhisperModel, speech: np.nd
                     await s.__anext__()
                 await anyio.sleep(0)  # later awaits in the block are not cancelled
         else:
-            async for upd in stream:
+            async for _ in stream:
                 await rt.aclose()
                 break
             with pytest.raises(RuntimeError, match="not open"):

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aiowhisper_npu.sim import DATA_DIR, SCALAR_MACS_PER_S, SimConfig, new_pyxrt
 from aiowhisper_npu.bf16 import from_bf16_bits, round_bf16, to_bf16_bits
+from aiowhisper_npu.sim import DATA_DIR, SCALAR_MACS_PER_S, SimConfig, new_pyxrt
 
 COPY_MS = 20.0
 
