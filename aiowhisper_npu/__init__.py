@@ -17,13 +17,14 @@ __version__ = "0.1.0"
 from .audio.io import SAMPLE_RATE, load_audio, validate_audio
 from .audio.mel import log_mel_spectrogram, log_mel_windows
 from .audio.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
+from .decoder.tokenizer import Tokenizer
+from .deprecation import renamed_module_attrs
 from .devices.manifest import ManifestError
 from .errors import AiowhisperError, AudioError, BackendUnavailable, DeviceError, ModelError
 from .models.loading import load_model
 from .models.model import ModelDimensions, WhisperModel
 from .pipeline.pool import BufferPool, PoolStats
 from .pipeline.stats import PipelineStats, StageEvent
-from .deprecation import renamed_module_attrs
 from .runtime.encoder import Encoder
 from .runtime.recognizer import Recognizer
 from .runtime.runtime import EncoderOutput, Runtime
@@ -32,11 +33,10 @@ from .runtime.transcriber import SegmentStream
 from .streaming.captions import CaptionSegment, CaptionStream, CaptionUpdate
 from .streaming.input import StreamLag
 from .streaming.stream import EncodeStream, StreamUpdate
-from .transcription.protocol import Window, WindowRecognizer
-from .transcription.results import Segment, TranscriptionInfo, TranscriptionResult, Word
-from .decoder.tokenizer import Tokenizer
 from .transcription.metrics import word_error_rate
 from .transcription.options import TranscriptionOptions
+from .transcription.protocol import Window, WindowRecognizer
+from .transcription.results import Segment, TranscriptionInfo, TranscriptionResult, Word
 
 __all__ = [
     "__version__", "SAMPLE_RATE", "load_audio", "validate_audio", "log_mel_spectrogram", "log_mel_windows",

@@ -1,4 +1,4 @@
-"""Live-caption accuracy without the machine's load: final-text WER of ``rt.transcribe_stream`` against offline
+"""Live-caption accuracy without the machine's load: final-text WER of ``rt.captions()`` against offline
 ``transcribe()`` over several clips, with chunks fed in lock step.
 
 The latency benchmark (``bench/caption_latency.py``) feeds audio in true real time, so its WER depends on the
@@ -54,7 +54,7 @@ async def lockstep(rt: aw.Runtime, audio: np.ndarray, chunk_s: float, options: d
 
     commits: list[tuple[str, float]] = []
     text, compute, busy, updates = "", 0.0, 0, 0
-    async with rt.transcribe_stream(source(), **options) as s:
+    async with rt.captions(source(), **options) as s:
         async for u in s:
             commits.extend((w, u.audio_s + u.compute_s) for w in words(u.new))
             text, compute = u.committed, compute + u.compute_s
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-s", type=float, default=0.5)
     p.add_argument("--option", default="", metavar="NAME=VALUE,...", help="options of every variant")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE,...",
-                   help="another set of transcribe_stream options, compared with the defaults (JSON values)")
+                   help="another set of captions() options, compared with the defaults (JSON values)")
     p.add_argument("--json")
     p.add_argument("--md")
     return p

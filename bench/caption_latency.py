@@ -1,4 +1,4 @@
-"""Live-caption benchmark: word commit latency of ``rt.transcribe_stream`` on real-time streams.
+"""Live-caption benchmark: word commit latency of ``rt.captions()`` on real-time streams.
 
 **Word commit latency** = the wall-clock moment a word is first committed (the update that commits it is in
 the consumer's hands) minus the moment its audio ended in the stream. A word's end comes from offline
@@ -41,7 +41,7 @@ DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 
 def parse_option(item: str) -> tuple[str, Any]:
-    """``NAME=VALUE`` of a transcribe_stream option: the value as JSON (numbers, booleans), else a string."""
+    """``NAME=VALUE`` of a captions() option: the value as JSON (numbers, booleans), else a string."""
     name, value = item.split("=", 1)
     try:
         return name, json.loads(value)
@@ -71,7 +71,7 @@ async def one_stream(rt: aw.Runtime, audio: np.ndarray, t0: float, chunk_s: floa
     buffers: list[float] = []
     skipped = busy = 0
     committed = ""
-    async with rt.transcribe_stream(source(), **{"update_every_s": chunk_s, **options}) as s:
+    async with rt.captions(source(), **{"update_every_s": chunk_s, **options}) as s:
         async for u in s:
             t = anyio.current_time() - t0
             commits.extend((w, t) for w in words(u.new))
@@ -159,7 +159,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, nargs="*", help="exact stream counts to run (default 1..max)")
     p.add_argument("--update-every-s", type=float, default=None, help="default: the chunk length")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="another transcribe_stream option (a JSON value or a string), e.g. trim_s=3")
+                   help="another captions() option (a JSON value or a string), e.g. trim_s=3")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=VALUE",
                    help="also run every N with these options instead (interleaved, same process), e.g. the "
                         "previous defaults: --compare draft=0 --compare min_context_s=0")

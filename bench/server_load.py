@@ -207,7 +207,7 @@ def commit_latencies(stream: dict[str, Any], ref_words: list[tuple[str, float]])
 
 
 async def one_inprocess_stream(rt: aw.Runtime, audio: np.ndarray, chunk_s: float, start: float) -> dict[str, Any]:
-    """The same stream as :func:`one_stream`, straight on ``rt.transcribe_stream`` (no server, no socket)."""
+    """The same stream as :func:`one_stream`, straight on ``rt.captions()`` (no server, no socket)."""
     step = int(chunk_s * 16000)
     commits: list[tuple[str, float]] = []
     await asyncio.sleep(max(0.0, start - time.perf_counter()))
@@ -219,7 +219,7 @@ async def one_inprocess_stream(rt: aw.Runtime, audio: np.ndarray, chunk_s: float
             yield audio[i:i + step]
 
     final = ""
-    async with rt.transcribe_stream(source()) as captions:
+    async with rt.captions(source()) as captions:
         async for u in captions:
             now = time.perf_counter()
             commits += [(w, now) for w in norm_words(u.new)]
@@ -288,7 +288,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--goal-p95", type=float, default=3.3)
     p.add_argument("--stop-factor", type=float, default=2.0, help="stop adding streams past this x the goal")
     p.add_argument("--inprocess", type=int, nargs="*", default=[1, 4],
-                   help="stream counts to repeat in-process on rt.transcribe_stream, for the server's overhead")
+                   help="stream counts to repeat in-process on rt.captions, for the server's overhead")
     p.add_argument("--no-http-inprocess", dest="http_inprocess", action="store_false",
                    help="skip the in-process rt.transcribe run paired with the 1-client HTTP level")
     p.add_argument("--soak-s", type=float, default=180.0)
@@ -400,7 +400,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines += [f"| {w['streams']} | {w['p50_s']:.2f} | {w['p95_s']:.2f} | {w['max_s']:.2f} | "
               f"{w['words_matched']}/{w['words_expected']} | {w['wer_vs_offline']:.3f} |" for w in r["ws"]]
     if r["inprocess"]:
-        lines += ["", "The same streams in-process on `rt.transcribe_stream` (no server), "
+        lines += ["", "The same streams in-process on `rt.captions` (no server), "
                   "run right after each server level:", "",
                   "| streams | p50 s | p95 s | max s | words matched | WER vs offline |",
                   "|---:|---:|---:|---:|---:|---:|"]

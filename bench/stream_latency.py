@@ -79,7 +79,7 @@ async def realtime_streams(rt: aw.Runtime, audio: np.ndarray, *, n: int, chunk_s
                 yield piece
 
         run = runs[i]
-        async with rt.stream(source(), update_every_s=chunk_s, context=context) as s:
+        async with rt.encode_stream(source(), update_every_s=chunk_s, context=context) as s:
             async for upd in s:
                 run.latencies.append(anyio.current_time() - (t0 + upd.end_s))
                 run.reader_latencies.append(upd.latency_s)
@@ -125,7 +125,7 @@ async def warm(rt: aw.Runtime, audio: np.ndarray) -> None:
     await rt.encode_mels(mel)
     for k in range(256, 1500, 256):
         await rt.encode_mels(mel, k)
-    async for _ in rt.stream([audio[i : i + 8000] for i in range(0, 3 * SAMPLE_RATE, 8000)]):
+    async for _ in rt.encode_stream([audio[i : i + 8000] for i in range(0, 3 * SAMPLE_RATE, 8000)]):
         pass  # the stream's own code paths and worker threads
 
 

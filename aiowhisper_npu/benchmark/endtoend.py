@@ -58,7 +58,7 @@ async def stream_first_update(rt: Any, trials: int, progress: ProgressBar) -> di
                     yield audio[i : i + chunk]
 
             t_start = time.perf_counter()
-            async with rt.stream(chunks(), update_every_s=1.0) as s:
+            async with rt.encode_stream(chunks(), update_every_s=1.0) as s:
                 async for upd in s:
                     since_start.append(time.perf_counter() - t_start)
                     lat.append(float(upd.latency_s))

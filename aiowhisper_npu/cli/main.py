@@ -147,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="save hidden states (n_windows, 1500, d) to this .npy")
     _runtime_args(p)
     p = sub.add_parser("stream", help="live captions of an audio file fed in chunks (--encoder: encoder updates)",
-                       description="Feed a file in chunks (optionally at real-time pace) to Runtime.transcribe_stream "
+                       description="Feed a file in chunks (optionally at real-time pace) to Runtime.captions() "
                                    "and show live captions (committed text plain, tentative text dimmed) and a "
-                                   "latency summary; with --encoder, to Runtime.stream, printing each encoder "
+                                   "latency summary; with --encoder, to Runtime.encode_stream(), printing each encoder "
                                    "update with its latency.")
     p.add_argument("file", help="audio file")
     p.add_argument("--realtime", action="store_true", help="feed chunks at real-time pace")

@@ -1,4 +1,4 @@
-"""``aiowhisper-npu stream FILE``: feed a file to :meth:`Runtime.stream` in chunks and print every update.
+"""``aiowhisper-npu stream FILE``: feed a file to :meth:`Runtime.encode_stream` in chunks and print every update.
 
 Text output is one line per update (window, covered seconds, final flag, positions, latency, lag) and a
 summary; ``--json`` prints one JSON object per line instead: ``{"type": "update", ...}`` per update, then

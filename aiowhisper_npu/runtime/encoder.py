@@ -1,10 +1,10 @@
 """The encoder of an open runtime: ready log-mel windows in, hidden states out, on the tile pipeline.
 
 :class:`Encoder` holds the runtime's model sizes, its tile size and the
-:class:`~aiowhisper_npu.encoder.plan.EncoderPlan` of every context length asked so far (built once each), and runs a request's windows as jobs of the shared
-:class:`~aiowhisper_npu.pipeline.pipeline.Pipeline`. It is built once when the runtime opens; the recognizer,
-the encode streams and :meth:`Runtime.encode <aiowhisper_npu.runtime.runtime.Runtime.encode>` all encode
-through it.
+:class:`~aiowhisper_npu.encoder.plan.EncoderPlan` of every context length asked so far (built once each),
+and runs a request's windows as jobs of the shared :class:`~aiowhisper_npu.pipeline.pipeline.Pipeline`. It
+is built once when the runtime opens; the recognizer, the encode streams and
+:meth:`Runtime.encode <aiowhisper_npu.runtime.runtime.Runtime.encode>` all encode through it.
 """
 
 from __future__ import annotations

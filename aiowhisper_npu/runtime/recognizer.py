@@ -19,9 +19,9 @@ import numpy as np
 
 from ..decoder.cache import CrossCache
 from ..decoder.engine import DecoderEngine, Task
+from ..decoder.generation import Generation, LanguageDetection
 from ..decoder.kernels import cross_cache
 from ..decoder.options import AlignmentResult, GenerationOptions, GenerationResult
-from ..decoder.generation import Generation, LanguageDetection
 from ..decoder.tasks import AlignmentTask
 from ..decoder.tokenizer import Tokenizer
 from ..models.model import ModelDimensions

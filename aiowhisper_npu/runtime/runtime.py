@@ -27,8 +27,9 @@ import numpy as np
 
 from ..audio.io import SAMPLE_RATE
 from ..audio.mel import log_mel_windows
+from ..decoder.engine import EngineStats
+from ..deprecation import warn_renamed
 from ..devices import make_device
-from ..tiles import Device
 from ..encoder.kernels import PRECISIONS
 from ..encoder.plan import DEFAULT_TILE_ROWS, EncoderPlan, EncoderProgram
 from ..models.loading import load_model
@@ -36,13 +37,11 @@ from ..models.model import ModelDimensions, WhisperModel
 from ..pipeline.pipeline import Pipeline
 from ..pipeline.pool import BufferPool
 from ..pipeline.stats import PipelineStats, StatsRecorder
-from ..tiles import slot_nbytes
 from ..streaming.captions import CaptionStream
 from ..streaming.stream import EncodeStream
-from ..decoder.engine import EngineStats
-from ..deprecation import warn_renamed
-from ..transcription.results import TranscriptionResult
+from ..tiles import Device, slot_nbytes
 from ..transcription.options import TranscriptionOptions
+from ..transcription.results import TranscriptionResult
 from .encoder import Encoder
 from .host import NOT_OPEN, ServiceHost
 from .recognizer import Recognizer

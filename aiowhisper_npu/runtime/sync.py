@@ -28,8 +28,7 @@ import functools
 import inspect
 import sys
 import threading
-from typing import (Any, AsyncIterator, Awaitable, Callable, Concatenate, Generic, Iterator, ParamSpec,
-                    TypeVar, cast)
+from typing import Any, AsyncIterator, Awaitable, Callable, Concatenate, Generic, Iterator, ParamSpec, TypeVar, cast
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal

@@ -19,13 +19,13 @@ import numpy as np
 from ..audio.io import load_audio, validate_audio
 from ..decoder.engine import DecoderEngine
 from ..decoder.kernels import prepare_decoder
-from ..transcription.results import Segment, TranscriptionInfo, TranscriptionResult
 from ..decoder.tokenizer import Tokenizer
-from ..transcription.seek import Transcription
 from ..deprecation import renamed_module_attrs
-from ..transcription.options import TranscriptionOptions
 from ..errors import ModelError
 from ..models.model import WhisperModel
+from ..transcription.options import TranscriptionOptions
+from ..transcription.results import Segment, TranscriptionInfo, TranscriptionResult
+from ..transcription.seek import Transcription
 from .encoder import Encoder
 from .host import NOT_OPEN
 from .recognizer import Recognizer

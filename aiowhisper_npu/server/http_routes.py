@@ -114,7 +114,8 @@ def _temperature(raw: str | None) -> tuple[float, ...] | None:
     try:
         t = float(raw)
     except ValueError:
-        raise APIError(400, f"temperature must be a number between 0 and 1, got {raw!r}", param="temperature")
+        raise APIError(400, f"temperature must be a number between 0 and 1, got {raw!r}",
+                       param="temperature") from None
     if not 0.0 <= t <= 1.0:
         raise APIError(400, f"temperature must be between 0 and 1, got {raw!r}", param="temperature")
     if t == 0.0:

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Union
+from typing import Any, AsyncIterable, AsyncIterator
 
 import anyio
 import numpy as np
@@ -58,7 +58,7 @@ class Failure:
     error: Exception
 
 
-_Item = Union[Chunk, Failure]
+_Item = Chunk | Failure
 
 
 @dataclass(frozen=True, eq=False)

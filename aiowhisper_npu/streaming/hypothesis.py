@@ -25,8 +25,8 @@ import numpy as np
 
 from ..decoder.options import MAX_LENGTH, GenerationOptions
 from ..decoder.tokenizer import Tokenizer
-from ..transcription.protocol import Window, WindowRecognizer
 from ..transcription.fallback import average_logprob, build_prompt, compression_ratio
+from ..transcription.protocol import Window, WindowRecognizer
 from ..transcription.segmentation import split_by_timestamps
 from ..transcription.timing import add_word_timestamps, words_from_alignment
 from .agreement import TimedWord

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio.io import N_FRAMES
-from .protocol import WindowRecognizer
 from .features import window_features
+from .protocol import WindowRecognizer
 
 __all__ = ["LanguageDetection", "detect_language"]
 

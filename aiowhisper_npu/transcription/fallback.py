@@ -18,10 +18,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
-from .protocol import Window, WindowRecognizer
 from ..decoder.options import MAX_LENGTH, GenerationOptions, GenerationResult
 from ..decoder.tokenizer import Tokenizer
 from .options import TranscriptionOptions
+from .protocol import Window, WindowRecognizer
 
 __all__ = ["build_prompt", "compression_ratio", "average_logprob", "generation_options", "suppress_token_ids",
            "WindowDecoding", "generate_with_fallback"]

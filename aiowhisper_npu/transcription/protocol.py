@@ -12,9 +12,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..models.model import ModelDimensions
 from ..decoder.options import AlignmentResult, GenerationOptions, GenerationResult
 from ..decoder.tokenizer import Tokenizer
+from ..models.model import ModelDimensions
 
 __all__ = ["Window", "WindowRecognizer"]
 

@@ -37,17 +37,17 @@ import anyio
 import numpy as np
 
 from ..audio.io import N_FRAMES, SAMPLE_RATE, validate_audio
-from .protocol import WindowRecognizer
+from ..decoder.languages import language_code
+from ..decoder.tokenizer import Tokenizer
 from .detection import detect_language
 from .fallback import WindowDecoding, build_prompt, generate_with_fallback, suppress_token_ids
 from .features import FRAMES_PER_SECOND, TIME_PER_FRAME, audio_features, content_frames, window_features
 from .hallucination import HallucinationWindow, skip_hallucinations
-from ..decoder.languages import language_code
+from .options import TranscriptionOptions
+from .protocol import WindowRecognizer
 from .results import Segment, TranscriptionInfo, TranscriptionResult, Word
 from .segmentation import WindowSplit, split_by_timestamps
 from .timing import add_word_timestamps, last_end, words_from_alignment
-from ..decoder.tokenizer import Tokenizer
-from .options import TranscriptionOptions
 
 __all__ = ["Transcription", "checked_input", "transcribe_segments", "transcribe"]
 

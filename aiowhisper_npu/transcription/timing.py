@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from ..decoder.options import AlignmentResult
-from .segmentation import SegmentDraft, TimedWord
 from ..decoder.tokenizer import Tokenizer
+from .segmentation import SegmentDraft, TimedWord
 
 __all__ = ["AlignedWord", "words_from_alignment", "merge_punctuations", "add_word_timestamps", "last_end",
            "TOKENS_PER_SECOND", "SENTENCE_END_MARKS"]
@@ -40,7 +40,8 @@ class AlignedWord:
     probability: float
 
 
-def words_from_alignment(tokenizer: Tokenizer, text_tokens: Sequence[int], alignment: AlignmentResult) -> list[AlignedWord]:
+def words_from_alignment(tokenizer: Tokenizer, text_tokens: Sequence[int],
+                         alignment: AlignmentResult) -> list[AlignedWord]:
     """The words of ``text_tokens`` with their times (seconds from the window's start), from ``alignment``."""
     words, word_tokens = tokenizer.split_to_word_tokens([*text_tokens, tokenizer.eot])
     if len(word_tokens) <= 1:

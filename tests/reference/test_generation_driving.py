@@ -9,7 +9,7 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.decoder import generation as gen_module
-from aiowhisper_npu.decoder.generation import Generation, detect_language, generate, ct2_suppress_tokens
+from aiowhisper_npu.decoder.generation import Generation, ct2_suppress_tokens, detect_language, generate
 from aiowhisper_npu.decoder.kernels import forward
 from aiowhisper_npu.decoder.options import GenerationOptions
 from tests.support.generation_peer import Peer, check_grammar

@@ -13,7 +13,6 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE
-
 from tests.support import rel_l2
 from tests.support.ct2_reference import CT2Reference
 from tests.support.loops import loops_fast_on_asyncio

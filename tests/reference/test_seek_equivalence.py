@@ -13,10 +13,9 @@ import anyio
 import numpy as np
 import pytest
 
-from aiowhisper_npu.transcription.seek import transcribe
-from aiowhisper_npu.transcription.options import TranscriptionOptions
 from aiowhisper_npu.models.registry import resolve_model_dir
-
+from aiowhisper_npu.transcription.options import TranscriptionOptions
+from aiowhisper_npu.transcription.seek import transcribe
 from tests.support.ct2_backend import CT2WindowDecoder
 from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
 
@@ -43,7 +42,8 @@ def random_options(rng: np.random.Generator, multilingual: bool, family: str = "
         temperature=pick(0.0, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], (0.0, 0.7), 0.5),
         compression_ratio_threshold=pick(2.4, None, 1.4), log_prob_threshold=pick(-1.0, None, -0.4),
         no_speech_threshold=pick(0.6, None, 0.3), condition_on_previous_text=bool(rng.random() < 0.7),
-        prompt_reset_on_temperature=pick(0.5, 0.1), initial_prompt=pick(None, "Hello there.", [400, 401, 402], list(range(400, 700))),
+        prompt_reset_on_temperature=pick(0.5, 0.1),
+        initial_prompt=pick(None, "Hello there.", [400, 401, 402], list(range(400, 700))),
         prefix=pick(None, None, "So"), hotwords=pick(None, "fox hunt"),
         suppress_tokens=pick([-1], [], None, [-1, 11], [11, 13]), suppress_blank=bool(rng.random() < 0.8),
         max_initial_timestamp=pick(1.0, 0.4), max_new_tokens=pick(None, None, 25),

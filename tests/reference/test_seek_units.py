@@ -13,15 +13,19 @@ import anyio
 import numpy as np
 import pytest
 
+from aiowhisper_npu.decoder.options import AlignmentResult
+from aiowhisper_npu.decoder.tokenizer import Tokenizer
+from aiowhisper_npu.models.registry import resolve_model_dir
 from aiowhisper_npu.transcription.detection import detect_language
 from aiowhisper_npu.transcription.fallback import build_prompt, generate_with_fallback, suppress_token_ids
-from aiowhisper_npu.decoder.options import AlignmentResult
-from aiowhisper_npu.transcription.segmentation import SegmentDraft, split_by_timestamps
-from aiowhisper_npu.transcription.timing import AlignedWord, add_word_timestamps, merge_punctuations, words_from_alignment
-from aiowhisper_npu.decoder.tokenizer import Tokenizer
 from aiowhisper_npu.transcription.options import TranscriptionOptions
-from aiowhisper_npu.models.registry import resolve_model_dir
-
+from aiowhisper_npu.transcription.segmentation import SegmentDraft, split_by_timestamps
+from aiowhisper_npu.transcription.timing import (
+    AlignedWord,
+    add_word_timestamps,
+    merge_punctuations,
+    words_from_alignment,
+)
 from tests.support.ct2_backend import CT2WindowDecoder
 from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
 
@@ -296,7 +300,8 @@ def _merge_punctuations(seed: int) -> None:
 
     rng = np.random.default_rng(seed)
     vocab = ["", " ", "a", " b", " (", "(", ".", ",", " \"", "\"", "!", " c", "d ", "'", " '"]
-    words = [dict(word=str(rng.choice(vocab)), tokens=[int(t) for t in rng.integers(0, 99, size=int(rng.integers(0, 3)))],
+    words = [dict(word=str(rng.choice(vocab)),
+                  tokens=[int(t) for t in rng.integers(0, 99, size=int(rng.integers(0, 3)))],
                   start=0.0, end=0.0, probability=0.5) for _ in range(int(rng.integers(0, 9)))]
     ours = [AlignedWord(**w) for w in copy.deepcopy(words)]
     fw_merge(words, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 
 import aiowhisper_npu as aw
-from aiowhisper_npu.transcription.features import audio_features, content_frames, window_features
 from aiowhisper_npu.decoder.options import GenerationOptions, GenerationResult
 from aiowhisper_npu.decoder.tokenizer import Tokenizer
-from aiowhisper_npu.transcription.seek import Transcription, transcribe, transcribe_segments
-from aiowhisper_npu.transcription.options import TranscriptionOptions, parse_clip_timestamps
 from aiowhisper_npu.models.registry import resolve_model_dir
-
+from aiowhisper_npu.transcription.features import audio_features, content_frames, window_features
+from aiowhisper_npu.transcription.options import TranscriptionOptions, parse_clip_timestamps
+from aiowhisper_npu.transcription.seek import Transcription, transcribe, transcribe_segments
 from tests.support import DATA
 from tests.support.ct2_backend import CT2WindowDecoder
 from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims

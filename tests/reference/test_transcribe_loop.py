@@ -15,10 +15,9 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
+from aiowhisper_npu.transcription.options import TranscriptionOptions
 from aiowhisper_npu.transcription.results import TranscriptionResult
 from aiowhisper_npu.transcription.seek import transcribe
-from aiowhisper_npu.transcription.options import TranscriptionOptions
-
 from tests.support import CLIPS, DATA
 from tests.support.ct2_backend import CT2WindowDecoder
 

@@ -17,7 +17,6 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import load_audio
-
 from tests.support import CLIPS, DATA
 from tests.support.loops import all_loops, all_loops_fast_on_asyncio, asyncio_only
 

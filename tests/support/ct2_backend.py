@@ -1,6 +1,6 @@
 """Test-only :class:`~aiowhisper_npu.transcription.protocol.WindowRecognizer` over CTranslate2: each protocol
-method is the CTranslate2 call faster-whisper makes, so running our seek loop over it and comparing with faster-whisper on
-the same ``ctranslate2.models.Whisper`` checks the loop alone."""
+method is the CTranslate2 call faster-whisper makes, so running our seek loop over it and comparing with
+faster-whisper on the same ``ctranslate2.models.Whisper`` checks the loop alone."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aiowhisper_npu.models.model import ModelDimensions
 class CT2Window:
     """An encoded window: CTranslate2's encoder output."""
 
-    def __init__(self, owner: "CT2WindowDecoder", output: Any):
+    def __init__(self, owner: CT2WindowDecoder, output: Any):
         self.owner = owner
         self.output: Any = output
 

@@ -12,7 +12,7 @@ paths, unfinished segments...) without running a model.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class ScriptedWhisper:
     """See the module docstring. ``multilingual`` must match the tokenizer's vocabulary."""
 
     device = "cpu"
-    device_index = [0]
+    device_index: ClassVar[list[int]] = [0]
 
     def __init__(self, tokenizer: Tokenizer, seed: int):
         self.tok = tokenizer
@@ -91,7 +91,8 @@ class ScriptedWhisper:
         for text in text_tokens:
             scale = 0.2 if self.rng.random() < 0.3 else 1.0  # sometimes improbable words (hallucination-like)
             probs = [float(p) for p in scale * self.rng.random(len(text)) ** 0.5]
-            out.append(SimpleNamespace(alignments=self._path(len(text) + 1, int(num_frames) // 2), text_token_probs=probs))
+            out.append(SimpleNamespace(alignments=self._path(len(text) + 1, int(num_frames) // 2),
+                                       text_token_probs=probs))
         return out
 
     # -- scripted answers ---------------------------------------------------------------------------------

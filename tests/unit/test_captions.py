@@ -22,11 +22,8 @@ from aiowhisper_npu.streaming.agreement import LocalAgreement, TimedWord
 from aiowhisper_npu.streaming.hypothesis import DecodeSettings, decode_buffer
 from aiowhisper_npu.transcription.fallback import suppress_token_ids
 from aiowhisper_npu.transcription.metrics import word_error_rate as wer
-
 from tests.support import DATA
 from tests.support.loops import all_loops, asyncio_only, live_tasks, settle
-
-
 
 
 def chunked(audio: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:

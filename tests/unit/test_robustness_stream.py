@@ -21,9 +21,16 @@ from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE
 from aiowhisper_npu.models.model import ModelDimensions
 from aiowhisper_npu.pipeline.stats import PipelineStats
 from aiowhisper_npu.streaming.stream import EncodeStream
-
-from tests.support.loops import (HANG_S, all_loops, all_loops_fast_on_asyncio, asyncio_only, lane_threads, live_tasks,
-                                 on_trio, settle)
+from tests.support.loops import (
+    HANG_S,
+    all_loops,
+    all_loops_fast_on_asyncio,
+    asyncio_only,
+    lane_threads,
+    live_tasks,
+    on_trio,
+    settle,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -20,9 +20,8 @@ import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import N_SAMPLES, SAMPLE_RATE, resample
 from aiowhisper_npu.audio.mel import log_mel_windows
 from aiowhisper_npu.devices.cpu import CpuDevice
-from aiowhisper_npu.streaming.stream import EncodeStream, StreamUpdate, context_positions
 from aiowhisper_npu.streaming.flow import StreamResampler
-
+from aiowhisper_npu.streaming.stream import EncodeStream, StreamUpdate, context_positions
 from tests.support import rel_l2
 from tests.support.loops import asyncio_only, loops_fast_on_asyncio
 
@@ -172,7 +171,7 @@ async def test_partials_come_first_and_respect_update_every_s(tiny: aw.WhisperMo
             prev[u.window] = u.end_s
         windows = [u.window for u in updates]
         assert windows == sorted(windows)  # nothing for a window after its final
-        part = [u for u in updates if not u.final and u.window == 1][0]
+        part = next(u for u in updates if not u.final and u.window == 1)
         prefix = audio[N_SAMPLES : round(part.end_s * SAMPLE_RATE)]
         assert np.array_equal(part.hidden_states, (await rt.encode(prefix)).hidden_states[0])
         assert updates[-1].lag.updates == len(updates) and updates[-1].lag.finals == 2
@@ -258,7 +257,7 @@ async def test_break_out_of_a_bare_async_for(tiny: aw.WhisperModel, clips: dict[
         await rt.encode(audio[:1000])
         tasks = _tasks()
         src = Source(audio, fixed(audio.size, 4000))
-        async for upd in rt.encode_stream(src()):
+        async for _upd in rt.encode_stream(src()):
             break
         tiles = rt.stats.tiles  # nothing is in flight here: a stream encodes only inside __anext__
         assert await settle(lambda: src.closed and _tasks() == tasks)
@@ -285,7 +284,7 @@ async def test_aclose_releases_the_reader_and_source(tiny: aw.WhisperModel, clip
         await stream.aclose()  # idempotent
         src2 = Source(audio, fixed(audio.size, 4000))
         async with rt.encode_stream(src2()) as s:
-            async for upd in s:
+            async for _upd in s:
                 await s.aclose()
         assert src2.closed and _tasks() == tasks
 

@@ -14,7 +14,6 @@ import pytest
 
 import aiowhisper_npu as aw
 from aiowhisper_npu.audio.io import SAMPLE_RATE
-
 from tests.support.loops import TRIO, UVLOOP, lane_threads, run_guarded
 
 CLIPS = ["quick_fox.wav", "numbers.wav", "weather.wav", "door.wav"]
