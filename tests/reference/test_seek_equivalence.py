@@ -16,7 +16,7 @@ import pytest
 from aiowhisper_npu.models.registry import resolve_model_dir
 from aiowhisper_npu.transcription.options import TranscriptionOptions
 from aiowhisper_npu.transcription.seek import transcribe
-from tests.support.ct2_backend import CT2WindowDecoder
+from tests.support.ct2_backend import CT2Recognizer
 from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -96,7 +96,7 @@ def run_both(model: str, seed: int, audio: np.ndarray, kw: dict[str, Any], monke
     fw = faster_whisper_on(theirs_model, path, monkeypatch)
     segments, info = fw.transcribe(audio, **copy.deepcopy(kw))
     theirs = list(segments)
-    decoder = CT2WindowDecoder(ours_model, scripted_dims(VOCAB[model]), path)
+    decoder = CT2Recognizer(ours_model, scripted_dims(VOCAB[model]), path)
     result = anyio.run(transcribe, decoder, audio, TranscriptionOptions(**kw))
     assert decoder.open_windows == 0
     return (theirs, info, theirs_model.log), (result.segments, result.info, ours_model.log)

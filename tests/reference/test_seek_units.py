@@ -26,7 +26,7 @@ from aiowhisper_npu.transcription.timing import (
     merge_punctuations,
     words_from_alignment,
 )
-from tests.support.ct2_backend import CT2WindowDecoder
+from tests.support.ct2_backend import CT2Recognizer
 from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
 
 CJK = "我们明天去市场买水果和蔬菜。今日はとても良い天気ですね、散歩しましょう！"
@@ -158,7 +158,7 @@ def _generate_with_fallback(toks: tuple[Tokenizer, Any, str], seed: int) -> None
     window = SimpleNamespace(frames=int(rng.integers(1, 3001)))
     result, logprob, temperature, ratio = fw_model(model=fake_theirs).generate_with_fallback(
         window, prompt, theirs, fw_options)
-    decoder = CT2WindowDecoder(fake_ours, scripted_dims(VOCAB[name]), resolve_model_dir(name))
+    decoder = CT2Recognizer(fake_ours, scripted_dims(VOCAB[name]), resolve_model_dir(name))
     got = anyio.run(generate_with_fallback, decoder, _OpenWindow(window), prompt, ours, options, suppress)
     assert (got.avg_logprob, got.temperature, got.compression_ratio) == (logprob, temperature, ratio)
     assert got.tokens == result.sequences_ids[0] and got.no_speech_prob == result.no_speech_prob
@@ -187,7 +187,7 @@ def _detect_language(seed: int) -> None:
     fake_theirs, fake_ours = ScriptedWhisper(tok, seed), ScriptedWhisper(tok, seed)
     want = fw_model(model=fake_theirs).detect_language(
         features=features, language_detection_segments=segments, language_detection_threshold=threshold)
-    decoder = CT2WindowDecoder(fake_ours, scripted_dims(VOCAB["base"]), resolve_model_dir("base"))
+    decoder = CT2Recognizer(fake_ours, scripted_dims(VOCAB["base"]), resolve_model_dir("base"))
     got = anyio.run(lambda: detect_language(decoder, features, segments=segments, threshold=threshold))
     assert (got.language, got.probability, got.all_language_probs) == want
     assert decoder.open_windows == 0
@@ -212,7 +212,7 @@ def test_detect_language_votes(script: list[tuple[str, float]], threshold: float
     features = np.ones((80, 9000), np.float32)
     theirs = fw_model(model=Scripted(tok, 0)).detect_language(
         features=features, language_detection_segments=3, language_detection_threshold=threshold)
-    decoder = CT2WindowDecoder(Scripted(tok, 0), scripted_dims(VOCAB["base"]), resolve_model_dir("base"))
+    decoder = CT2Recognizer(Scripted(tok, 0), scripted_dims(VOCAB["base"]), resolve_model_dir("base"))
     got = anyio.run(lambda: detect_language(decoder, features, segments=3, threshold=threshold))
     assert (got.language, got.probability) == theirs[:2] == want
     assert got.all_language_probs == theirs[2]

@@ -22,14 +22,14 @@ from aiowhisper_npu.transcription.features import audio_features, content_frames
 from aiowhisper_npu.transcription.options import TranscriptionOptions, parse_clip_timestamps
 from aiowhisper_npu.transcription.seek import Transcription, transcribe, transcribe_segments
 from tests.support import DATA
-from tests.support.ct2_backend import CT2WindowDecoder
+from tests.support.ct2_backend import CT2Recognizer
 from tests.support.fake_ct2 import VOCAB, ScriptedWhisper, scripted_dims
 from tests.support.loops import ASYNCIO, TRIO, on_loops
 
 pytestmark = pytest.mark.anyio
 
 
-def scripted(model: str = "tiny.en", seed: int = 0, cls: type = CT2WindowDecoder) -> Any:
+def scripted(model: str = "tiny.en", seed: int = 0, cls: type = CT2Recognizer) -> Any:
     tok = Tokenizer.for_model(resolve_model_dir(model), VOCAB[model])
     return cls(ScriptedWhisper(tok, seed), scripted_dims(VOCAB[model]), resolve_model_dir(model))
 
@@ -156,7 +156,7 @@ async def test_info_and_result() -> None:
 
 
 # -- windows are closed on every exit ---------------------------------------------------------------------
-class Failing(CT2WindowDecoder):
+class Failing(CT2Recognizer):
     fail_in = "generate"
 
     async def generate(self, window: Any, prompt: Any, options: GenerationOptions) -> GenerationResult:
@@ -178,7 +178,7 @@ async def test_errors_propagate_and_close_the_window(where: str) -> None:
     assert decoder.open_windows == 0 and any(c[0] == "encode" for c in decoder.calls)
 
 
-class Blocking(CT2WindowDecoder):
+class Blocking(CT2Recognizer):
     """Its second generation never returns."""
 
     entered: anyio.Event
@@ -238,6 +238,6 @@ async def test_a_window_that_does_not_advance_is_skipped(monkeypatch: pytest.Mon
     fw = faster_whisper_on(Stuck(tok, 0), path, monkeypatch)
     with pytest.raises(RuntimeError, match="looping"):
         list(fw.transcribe(noise(40), temperature=0.0)[0])
-    decoder = CT2WindowDecoder(Stuck(tok, 0), scripted_dims(VOCAB["tiny.en"]), path)
+    decoder = CT2Recognizer(Stuck(tok, 0), scripted_dims(VOCAB["tiny.en"]), path)
     result = await transcribe(decoder, noise(40), TranscriptionOptions(temperature=0.0))
     assert result.segments == [] and sum(1 for c in decoder.calls if c[0] == "generate") == 2

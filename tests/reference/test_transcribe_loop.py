@@ -19,7 +19,7 @@ from aiowhisper_npu.transcription.options import TranscriptionOptions
 from aiowhisper_npu.transcription.results import TranscriptionResult
 from aiowhisper_npu.transcription.seek import transcribe
 from tests.support import CLIPS, DATA
-from tests.support.ct2_backend import CT2WindowDecoder
+from tests.support.ct2_backend import CT2Recognizer
 
 GREEDY = dict(beam_size=1, temperature=0.0)
 
@@ -31,7 +31,7 @@ class Peer:
         from faster_whisper import WhisperModel
 
         self.fw = WhisperModel(str(model.path), compute_type="float32", cpu_threads=2)
-        self.decoder = CT2WindowDecoder(self.fw.model, model.dims, model.path)
+        self.decoder = CT2Recognizer(self.fw.model, model.dims, model.path)
 
     def run(self, audio: np.ndarray, **kw: Any) -> tuple[list[Any], Any, TranscriptionResult]:
         segments, info = self.fw.transcribe(audio, **kw)

@@ -17,7 +17,7 @@ from aiowhisper_npu.models.model import ModelDimensions
 class CT2Window:
     """An encoded window: CTranslate2's encoder output."""
 
-    def __init__(self, owner: CT2WindowDecoder, output: Any):
+    def __init__(self, owner: CT2Recognizer, output: Any):
         self.owner = owner
         self.output: Any = output
 
@@ -32,7 +32,7 @@ class CT2Window:
         return self.output
 
 
-class CT2WindowDecoder:
+class CT2Recognizer:
     """A WindowRecognizer running CTranslate2 (``ct2`` is a ``ctranslate2.models.Whisper``, e.g. faster-whisper's
     ``WhisperModel.model``, so that both share one model). Calls run in a worker thread. ``open_windows``
     counts windows encoded and not yet closed; ``calls`` records ``(method, argument)`` pairs."""

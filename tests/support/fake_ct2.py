@@ -3,7 +3,7 @@
 from a seeded generator **in call order**, and logging every call.
 
 faster-whisper (built around it) and our seek loop (over
-:class:`tests.support.ct2_backend.CT2WindowDecoder` around it) then see the same answers as long as they make
+:class:`tests.support.ct2_backend.CT2Recognizer` around it) then see the same answers as long as they make
 the same calls, so their outputs must be equal bit for bit and their call logs equal; the answers are chosen
 to reach every branch of the seek loop (timestamp patterns, fallback, silence, anomalous words, truncated
 paths, unfinished segments...) without running a model.
