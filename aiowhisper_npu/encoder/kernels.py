@@ -287,11 +287,11 @@ def attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, me
 
 
 def _attention_bf16(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
-    """:func:`attention` in bf16, decided row by row, so that a row's result does not depend on the rows it
-    shares a tile with (P is rounded to bf16, and ``round(exp(s))`` and ``round(exp(s - max))`` differ, so
-    whether a row is shifted must depend on that row alone). A row whose every head's scores are bounded by
-    ``BF16_SHIFT_FREE_BOUND`` (Cauchy-Schwarz; below ``SHIFT_FREE_BOUND``, so the C kernel's own check over
-    the rows it is given always passes) runs unshifted, in the C kernel where it is built; every other row is
+    """:func:`attention` in bf16, decided row by row and head by head, so that a row's result does not depend on
+    the rows it shares a tile with (P is rounded to bf16, and ``round(exp(s))`` and ``round(exp(s - max))``
+    differ, so whether a row is shifted must depend on that row alone). A row of a head whose scores are bounded
+    by ``BF16_SHIFT_FREE_BOUND`` (Cauchy-Schwarz; below ``SHIFT_FREE_BOUND``, so the C kernel's own check over the
+    rows it is given always passes) runs unshifted, in the C kernel where it is built; every other row is
     shifted by its row maximum. BLAS sums a row of a product of fewer than ~11 rows in another order than of
     more, so a small group of rows is padded with zero rows to ``BLAS_MIN_ROWS``."""
     t, d = qkv_in.shape[0], merged.shape[1]
@@ -300,30 +300,35 @@ def _attention_bf16(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspa
     q3 = qkv_in[r0 : r0 + n, :d].reshape(n, heads, hd)
     k_sq = np.einsum("thd,thd->th", k3, k3, out=ws.norms[:t]).max(axis=0)  # per head: max |k|^2
     q_sq = np.einsum("thd,thd->th", q3, q3, out=ws.norms[t : t + n])  # per row and head: |q|^2
-    free = (q_sq * k_sq).max(axis=1) <= BF16_SHIFT_FREE_BOUND**2
-    free_rows, shifted_rows = np.flatnonzero(free), np.flatnonzero(~free)
-    free_todo: list[int] = list(range(heads))  # heads the free rows still need
-    if switches.attention and free_rows.size:
-        whole = free_rows.size == n
-        q = qkv_in[r0 : r0 + n, :d] if whole else qkv_in[r0 + free_rows, :d]
-        out = merged if whole else np.empty((free_rows.size, d), np.float32)
-        free_todo = attention_c.heads(q, qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], out, heads, hd + 1,
-                                      SHIFT_FREE_BOUND, ws.c_scratch, True, switches.bf16_kernel)
-        if not whole:
-            merged[free_rows] = out
-    for rows, shift, todo in ((free_rows, False, free_todo), (shifted_rows, True, list(range(heads)))):
-        for c0 in range(0, rows.size, ATTN_ROWS):
-            idx = rows[c0 : c0 + ATTN_ROWS]
-            m = max(idx.size, BLAS_MIN_ROWS)
-            q = np.zeros((m, hd), np.float32)
-            out = np.empty((m, hd), np.float32)
-            for h in todo:
-                q[: idx.size] = qkv_in[r0 + idx, h * hd : (h + 1) * hd]
-                k = qkv_in[:, d + h * hd : d + (h + 1) * hd]
-                v1 = qkv_in[:, 2 * d + h * (hd + 1) : 2 * d + (h + 1) * (hd + 1)]
+    free = q_sq * k_sq <= BF16_SHIFT_FREE_BOUND**2  # (rows, heads)
+    if switches.attention and free.all():  # the common case: every head of every row in one call
+        left = attention_c.heads(qkv_in[r0 : r0 + n, :d], qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], merged,
+                                 heads, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch, True, switches.bf16_kernel)
+        if not left:
+            return
+        free[:, left] = False  # not finite unshifted (non-finite inputs): shift those heads' rows
+    for h in range(heads):
+        cols, vcols = slice(h * hd, (h + 1) * hd), slice(2 * d + h * (hd + 1), 2 * d + (h + 1) * (hd + 1))
+        k, v1 = qkv_in[:, d + h * hd : d + (h + 1) * hd], qkv_in[:, vcols]
+        free_rows, shifted_rows = np.flatnonzero(free[:, h]), np.flatnonzero(~free[:, h])
+        if switches.attention and free_rows.size:
+            q = qkv_in[r0 + free_rows, cols]
+            out = np.empty((free_rows.size, hd), np.float32)
+            if attention_c.heads(q, k, v1, out, 1, hd + 1, SHIFT_FREE_BOUND, ws.c_scratch, True,
+                                 switches.bf16_kernel):
+                shifted_rows = np.union1d(shifted_rows, free_rows)  # not finite: shift them all
+            else:
+                merged[free_rows, cols] = out
+            free_rows = free_rows[:0]
+        for rows, shift in ((free_rows, False), (shifted_rows, True)):
+            for c0 in range(0, rows.size, ATTN_ROWS):
+                idx = rows[c0 : c0 + ATTN_ROWS]
+                q = np.zeros((max(idx.size, BLAS_MIN_ROWS), hd), np.float32)
+                q[: idx.size] = qkv_in[r0 + idx, cols]
+                out = np.empty_like(q)
                 if not _head_attention(q, k, v1, ws, out, shift):
                     _head_attention(q, k, v1, ws, out, True)
-                merged[idx, h * hd : (h + 1) * hd] = out[: idx.size]
+                merged[idx, cols] = out[: idx.size]
 
 
 def attn_mlp(res: Mapping[str, np.ndarray], ws: Workspace, layer: int, x: np.ndarray, r0: int,
