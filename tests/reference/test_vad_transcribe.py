@@ -61,6 +61,8 @@ def _recordings() -> dict[str, np.ndarray]:
 
 
 RECORDINGS = _recordings()
+# "mixed" (67 s, two windows of long_40s) takes tens of seconds per test: the full suite only
+NAMES = [pytest.param(n, marks=pytest.mark.slow) if n == "mixed" else n for n in RECORDINGS]
 
 
 class FasterWhisper:
@@ -157,7 +159,7 @@ def test_restore_equals_faster_whispers(words: bool) -> None:
             assert [(w.start, w.end) for w in mine.words] == [(w.start, w.end) for w in theirs.words]
 
 
-@pytest.mark.parametrize("name", list(RECORDINGS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("words", [False, True], ids=["segments", "words"])
 def test_tiny_on_their_speech_chunks_equals_faster_whisper(tiny: aw.WhisperModel, fw_tiny: FasterWhisper,
                                                            their_vad: None, name: str, words: bool) -> None:
@@ -196,7 +198,7 @@ def _close_end_to_end(mine: aw.TranscriptionResult, theirs: list[Any], info: Any
         assert 0 <= s.start <= s.end <= mine.info.duration
 
 
-@pytest.mark.parametrize("name", list(RECORDINGS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("words", [False, True], ids=["segments", "words"])
 def test_tiny_vad_filter_close_to_faster_whisper(tiny: aw.WhisperModel, fw_tiny: FasterWhisper, name: str,
                                                  words: bool) -> None:
