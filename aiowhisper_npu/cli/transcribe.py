@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
     p.add_argument("--no-condition-on-previous-text", action="store_true",
                    help="do not prompt each window with the previous text")
+    p.add_argument("--vad", action="store_true",
+                   help="transcribe the speech only, found by voice activity detection (the 'vad' extra)")
     p.add_argument("--output-format", "-f", default="txt", choices=FORMATS, help="format of -o (default txt)")
     p.add_argument("-o", "--output", default=None, help="write the transcript here ('-': standard output)")
     p.add_argument("--quiet", "-q", action="store_true", help="do not print segments as they are decoded")
@@ -36,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = dict(language=args.language, task=args.task, beam_size=args.beam_size,
                                 word_timestamps=args.word_timestamps, initial_prompt=args.initial_prompt,
-                                condition_on_previous_text=not args.no_condition_on_previous_text)
+                                condition_on_previous_text=not args.no_condition_on_previous_text,
+                                vad_filter=args.vad)
     if args.temperature is not None:
         opts["temperature"] = tuple(args.temperature) if len(args.temperature) > 1 else args.temperature[0]
     return opts
@@ -87,7 +90,8 @@ def run_transcribe_command(args: argparse.Namespace, make_runtime: Callable[[arg
     if info is None:  # no segment at all: the info is still known
         info_text = "no speech found"
     else:
-        info_text = (f"{info.duration:.1f} s of audio, language {info.language} "
+        speech = f" ({info.duration_after_vad:.1f} s of speech)" if args.vad else ""
+        info_text = (f"{info.duration:.1f} s of audio{speech}, language {info.language} "
                      f"({info.language_probability:.2f}), {elapsed:.1f} s ({info.duration / elapsed:.1f}x realtime)")
     print(f"# {args.file}: {info_text}, {args.model} on {args.backend}", file=sys.stderr)
     if args.output:

@@ -1,8 +1,12 @@
 """What a transcription is asked: :class:`TranscriptionOptions`, faster-whisper's ``WhisperModel.transcribe``
 parameters with the same names and defaults (faster-whisper 1.2.1), so that code can switch between the two.
 
-Not supported: voice activity detection (``vad_filter=True`` raises :class:`ValueError`), a ``chunk_length``
-other than Whisper's 30 s, and ``log_progress`` (no progress bar). Where faster-whisper would fail,
+``vad_filter=True`` transcribes the speech only (:mod:`.speech`), as faster-whisper's sequential mode, and is
+ignored when ``clip_timestamps`` is given (anything but the default ``"0"``); ``vad_parameters`` is read as
+:func:`vad_options` reads it, and checked even when ``vad_filter`` is off.
+
+Not supported: a ``chunk_length`` other than Whisper's 30 s, and ``log_progress`` (no progress bar). Where
+faster-whisper would fail,
 ``language_detection_threshold=None`` takes the first window's most probable language and
 ``clip_timestamps=""`` starts language detection at 0; nonsense (a clip ending before it starts, negative
 ids or temperatures...) raises :class:`ValueError` here instead of going through.
@@ -10,14 +14,16 @@ ids or temperatures...) raises :class:`ValueError` here instead of going through
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..audio.vad import VadOptions
 from ..decoder.languages import language_code
 from ..decoder.tokenizer import TASKS, TIME_PRECISION
 
-__all__ = ["TranscriptionOptions", "DEFAULT_TEMPERATURES", "parse_clip_timestamps"]
+__all__ = ["TranscriptionOptions", "DEFAULT_TEMPERATURES", "parse_clip_timestamps", "vad_options"]
 
 #: faster-whisper's temperature fallback schedule.
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -78,6 +84,29 @@ def parse_clip_timestamps(clip: str | Sequence[float]) -> tuple[float, ...]:
     return tuple(values)
 
 
+def vad_options(parameters: Any) -> VadOptions:
+    """``vad_parameters`` as :class:`VadOptions`: ``None`` gives the defaults (faster-whisper's sequential
+    mode keeps them all, ``min_silence_duration_ms=2000`` included), a dict gives its fields.
+
+    Raises:
+        TypeError: ``parameters`` is none of these, or a dict with a key that is not a field.
+        ValueError: a value out of range (see :class:`VadOptions`).
+    """
+    if parameters is None:
+        return VadOptions()
+    if isinstance(parameters, VadOptions):
+        return parameters
+    if isinstance(parameters, dict):
+        names = {f.name for f in dataclasses.fields(VadOptions)}
+        unknown = sorted(str(k) for k in parameters if k not in names)
+        if unknown:
+            raise TypeError(f"vad_parameters: unknown option(s) {', '.join(unknown)}; "
+                            f"the options are {', '.join(sorted(names))}")
+        return VadOptions(**parameters)
+    raise TypeError(f"vad_parameters must be VadOptions, a dict of its fields or None, "
+                    f"got {type(parameters).__name__}")
+
+
 @dataclass(frozen=True)
 class TranscriptionOptions:
     """The options of one transcription, named and defaulted as faster-whisper's ``transcribe`` (see its
@@ -86,7 +115,8 @@ class TranscriptionOptions:
 
     Raises:
         ValueError: a value of the wrong type or out of range (e.g. ``beam_size=0``, a negative temperature,
-            an unknown task or language, ``vad_filter=True``).
+            an unknown task or language, a ``vad_parameters`` value out of range).
+        TypeError: ``vad_parameters`` that is not :class:`VadOptions`, a dict of its fields, or ``None``.
     """
 
     language: str | None = None
@@ -114,7 +144,7 @@ class TranscriptionOptions:
     append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
     multilingual: bool = False
     vad_filter: bool = False
-    vad_parameters: Any = None
+    vad_parameters: VadOptions | dict[str, Any] | None = None
     max_new_tokens: int | None = None
     chunk_length: int | None = None
     clip_timestamps: str | Sequence[float] = "0"
@@ -124,9 +154,8 @@ class TranscriptionOptions:
     language_detection_segments: int = 1
 
     def __post_init__(self) -> None:
-        if self.vad_filter is not False or self.vad_parameters is not None:
-            raise ValueError("vad_filter/vad_parameters are not supported: voice activity detection is out of "
-                             "scope; pass clip_timestamps to transcribe parts of the audio")
+        if self.vad_parameters is not None:
+            object.__setattr__(self, "vad_parameters", vad_options(self.vad_parameters))
         if self.chunk_length not in (None, 30):
             raise ValueError(f"chunk_length must be None or 30 (Whisper's window), got {self.chunk_length!r}")
         if self.language is not None:
@@ -153,7 +182,7 @@ class TranscriptionOptions:
             _number(name, getattr(self, name), optional=True)
         _number("hallucination_silence_threshold", self.hallucination_silence_threshold, optional=True, minimum=0)
         for name in ("condition_on_previous_text", "suppress_blank", "without_timestamps", "word_timestamps",
-                     "multilingual"):
+                     "multilingual", "vad_filter"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("prefix", "hotwords"):
@@ -189,6 +218,12 @@ class TranscriptionOptions:
             object.__setattr__(self, "clip_timestamps", parse_clip_timestamps(self.clip_timestamps))
 
     # -- derived values -----------------------------------------------------------------------------------
+    @property
+    def applies_vad(self) -> bool:
+        """Whether the VAD runs: ``vad_filter`` on and ``clip_timestamps`` left at ``"0"`` (faster-whisper
+        ignores the VAD when clips are given)."""
+        return self.vad_filter and self.clip_timestamps == "0"
+
     @property
     def temperatures(self) -> tuple[float, ...]:
         """The fallback schedule (one temperature: a schedule of one)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..audio.vad import VadOptions
 from .options import TranscriptionOptions
 
 __all__ = ["Word", "Segment", "TranscriptionInfo", "TranscriptionResult"]
@@ -49,8 +50,9 @@ class TranscriptionInfo:
     """About the whole transcription: the language used (detected, or given: probability 1), the audio's
     duration, every language's probability when it was detected, and the options.
 
-    ``duration_after_vad`` equals ``duration`` and ``vad_options`` is ``None``: there is no VAD (kept for
-    faster-whisper compatibility)."""
+    ``duration_after_vad`` is the seconds of speech transcribed with ``vad_filter=True`` (the whole
+    ``duration`` without it); ``vad_options`` the :class:`VadOptions` the VAD ran with, or else the
+    ``vad_parameters`` given (``None`` by default), as faster-whisper reports them."""
 
     language: str
     language_probability: float
@@ -58,7 +60,7 @@ class TranscriptionInfo:
     all_language_probs: list[tuple[str, float]] | None
     transcription_options: TranscriptionOptions
     duration_after_vad: float | None = None
-    vad_options: None = None
+    vad_options: VadOptions | None = None
 
     def __post_init__(self) -> None:
         if self.duration_after_vad is None:

@@ -20,6 +20,10 @@ walks the clips (``clip_timestamps``; the whole recording by default). Per 30 s 
    unless ``condition_on_previous_text`` is off or the window needed a temperature above
    ``prompt_reset_on_temperature``.
 
+With ``vad_filter`` (:attr:`TranscriptionOptions.applies_vad`), the loop runs on the speech only, joined
+(:func:`.speech.speech_only`, before the features), and each segment is mapped back to the original timeline
+as it is emitted (:func:`.speech.restore_timestamps`).
+
 One deviation: a window that would not move ``seek`` forward (its tokens end in a timestamp pair at
 ``<|0.00|>``), which faster-whisper decodes again and again, is skipped.
 
@@ -37,16 +41,18 @@ import anyio
 import numpy as np
 
 from ..audio.io import N_FRAMES, SAMPLE_RATE, validate_audio
+from ..audio.vad import SpeechTimestampsMap
 from ..decoder.languages import language_code
 from ..decoder.tokenizer import Tokenizer
 from .detection import detect_language
 from .fallback import WindowDecoding, build_prompt, generate_with_fallback, suppress_token_ids
 from .features import FRAMES_PER_SECOND, TIME_PER_FRAME, audio_features, content_frames, window_features
 from .hallucination import HallucinationWindow, skip_hallucinations
-from .options import TranscriptionOptions
+from .options import TranscriptionOptions, vad_options
 from .protocol import WindowRecognizer
 from .results import Segment, TranscriptionInfo, TranscriptionResult, Word
 from .segmentation import WindowSplit, split_by_timestamps
+from .speech import restore_timestamps, speech_only
 from .timing import add_word_timestamps, last_end, words_from_alignment
 
 __all__ = ["Transcription", "checked_input", "transcribe_segments", "transcribe"]
@@ -68,7 +74,7 @@ class Transcription:
     :meth:`segments` (once) for the segments as each window is decoded."""
 
     def __init__(self, decoder: WindowRecognizer, features: np.ndarray, tokenizer: Tokenizer,
-                 options: TranscriptionOptions, info: TranscriptionInfo):
+                 options: TranscriptionOptions, info: TranscriptionInfo, speech: SpeechTimestampsMap | None = None):
         self.decoder = decoder
         self.features = features
         self.tokenizer = tokenizer
@@ -76,6 +82,7 @@ class Transcription:
         self.info = info
         self._suppress = suppress_token_ids(tokenizer, options.suppress_tokens)
         self._multilingual = options.multilingual and tokenizer.multilingual
+        self._speech = speech  # the VAD's map back to the original timeline, when speech was cut out
         self._started = False
 
     @classmethod
@@ -90,11 +97,18 @@ class Transcription:
         Raises:
             ValueError: an option does not fit this model (an unknown language, a token id beyond the
                 vocabulary, a prompt longer than the context).
+            BackendUnavailable: ``vad_filter`` without the 'vad' extra.
         """
         base = decoder.tokenizer
         _check_token_ids(options, base.n_vocab)
+        duration = after_vad = audio.shape[0] / SAMPLE_RATE
+        given, speech = options.vad_parameters, None
+        vad = None if given is None and not options.applies_vad else vad_options(given)
+        if vad is not None and options.applies_vad:
+            kept = await anyio.to_thread.run_sync(speech_only, audio, vad)
+            audio, after_vad, speech = kept.audio, kept.duration, kept.timestamps_map()
+            log.info("the VAD kept %.2f s of %.2f s", after_vad, duration)
         features = await anyio.to_thread.run_sync(audio_features, audio, decoder.dims.n_mels)
-        duration = audio.shape[0] / SAMPLE_RATE
         task = options.task
         if not base.multilingual:
             if options.multilingual:
@@ -118,8 +132,9 @@ class Transcription:
             log.info("detected language %r with probability %.2f", language, probability)
         tokenizer = base.with_task(task).with_language(language)
         info = TranscriptionInfo(language=tokenizer.language or language, language_probability=probability,
-                                 duration=duration, all_language_probs=all_probs, transcription_options=options)
-        return cls(decoder, features, tokenizer, options, info)
+                                 duration=duration, all_language_probs=all_probs, transcription_options=options,
+                                 duration_after_vad=after_vad, vad_options=vad)
+        return cls(decoder, features, tokenizer, options, info, speech)
 
     # -- the seek loop ------------------------------------------------------------------------------------
     def _clips(self) -> list[tuple[int, int]]:
@@ -181,10 +196,11 @@ class Transcription:
                 emitted += 1
                 words = ([Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in draft.words]
                          if opts.word_timestamps else None)
-                yield Segment(id=emitted, seek=previous_seek, start=float(draft.start), end=float(draft.end),
-                              text=text, tokens=list(draft.tokens), avg_logprob=d.avg_logprob,
-                              compression_ratio=d.compression_ratio, no_speech_prob=d.no_speech_prob, words=words,
-                              temperature=d.temperature)
+                segment = Segment(id=emitted, seek=previous_seek, start=float(draft.start), end=float(draft.end),
+                                  text=text, tokens=list(draft.tokens), avg_logprob=d.avg_logprob,
+                                  compression_ratio=d.compression_ratio, no_speech_prob=d.no_speech_prob,
+                                  words=words, temperature=d.temperature)
+                yield segment if self._speech is None else restore_timestamps(segment, self._speech)
             if not opts.condition_on_previous_text or d.temperature > opts.prompt_reset_on_temperature:
                 prompt_reset_since = len(all_tokens)
             seek = _progress(seek, previous_seek, size)

@@ -60,8 +60,8 @@ def test_options_have_faster_whispers_names_and_defaults() -> None:
     dict(compression_ratio_threshold=float("inf")), dict(log_prob_threshold="low"), dict(word_timestamps=1),
     dict(suppress_tokens=[-2]), dict(suppress_tokens="-1"), dict(initial_prompt=[1, -5]),
     dict(initial_prompt=[1.5]), dict(clip_timestamps="0,x"), dict(clip_timestamps="5,3"),
-    dict(clip_timestamps=[-1.0]), dict(clip_timestamps=[0.0, float("inf")]), dict(vad_filter=True),
-    dict(vad_parameters={"threshold": 0.5}), dict(chunk_length=20), dict(max_initial_timestamp=-1),
+    dict(clip_timestamps=[-1.0]), dict(clip_timestamps=[0.0, float("inf")]), dict(vad_filter=1),
+    dict(vad_parameters={"threshold": 1.5}), dict(chunk_length=20), dict(max_initial_timestamp=-1),
     dict(hallucination_silence_threshold=-2), dict(language_detection_segments=0), dict(prefix=5),
     dict(prepend_punctuations=None), dict(repetition_penalty=0),
 ], ids=lambda kw: "-".join(f"{k}={v!r}" for k, v in kw.items()))
