@@ -256,12 +256,23 @@ def _head_attention(q: np.ndarray, k: np.ndarray, v1: np.ndarray, ws: Workspace,
     return shift or bool(np.isfinite(o1).all())
 
 
+def _squared_norms(qkv_in: np.ndarray, r0: int, n: int, heads: int, d: int,
+                   ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+    """The Cauchy-Schwarz bound's terms: ``|q|^2`` per row (``r0:r0+n``) and head, ``max |k|^2`` per head."""
+    t, hd = qkv_in.shape[0], d // heads
+    k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)
+    q3 = qkv_in[r0 : r0 + n, :d].reshape(n, heads, hd)
+    k_sq = np.einsum("thd,thd->th", k3, k3, out=ws.norms[:t]).max(axis=0)
+    q_sq = np.einsum("thd,thd->th", q3, q3, out=ws.norms[t : t + n])
+    return q_sq, k_sq
+
+
 def attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, merged: np.ndarray) -> None:
     """Multi-head attention of rows ``r0:r0+n`` against every position; heads land in ``merged`` (n, d)."""
     if ws.bf16:
         _attention_bf16(qkv_in, r0, n, heads, ws, merged)
         return
-    t, d = qkv_in.shape[0], merged.shape[1]
+    d = merged.shape[1]
     hd = d // heads
     todo: list[int] = list(range(heads))
     if switches.attention:  # every head it can run without the max shift; the rest come back
@@ -270,10 +281,7 @@ def attention(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspace, me
                                   switches.bf16_kernel)
         if not todo:
             return
-    k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)
-    q3 = qkv_in[r0 : r0 + n, :d].reshape(n, heads, hd)
-    k_sq = np.einsum("thd,thd->th", k3, k3, out=ws.norms[:t]).max(axis=0)  # per head: max |k|^2
-    q_sq = np.einsum("thd,thd->th", q3, q3, out=ws.norms[t : t + n])  # per row and head: |q|^2
+    q_sq, k_sq = _squared_norms(qkv_in, r0, n, heads, d, ws)
     for h in todo:
         q = qkv_in[r0 : r0 + n, h * hd : (h + 1) * hd]
         k = qkv_in[:, d + h * hd : d + (h + 1) * hd]
@@ -294,12 +302,9 @@ def _attention_bf16(qkv_in: np.ndarray, r0: int, n: int, heads: int, ws: Workspa
     rows it is given always passes) runs unshifted, in the C kernel where it is built; every other row is
     shifted by its row maximum. BLAS sums a row of a product of fewer than ~11 rows in another order than of
     more, so a small group of rows is padded with zero rows to ``BLAS_MIN_ROWS``."""
-    t, d = qkv_in.shape[0], merged.shape[1]
+    d = merged.shape[1]
     hd = d // heads
-    k3 = qkv_in[:, d : 2 * d].reshape(t, heads, hd)
-    q3 = qkv_in[r0 : r0 + n, :d].reshape(n, heads, hd)
-    k_sq = np.einsum("thd,thd->th", k3, k3, out=ws.norms[:t]).max(axis=0)  # per head: max |k|^2
-    q_sq = np.einsum("thd,thd->th", q3, q3, out=ws.norms[t : t + n])  # per row and head: |q|^2
+    q_sq, k_sq = _squared_norms(qkv_in, r0, n, heads, d, ws)
     free = q_sq * k_sq <= BF16_SHIFT_FREE_BOUND**2  # (rows, heads)
     if switches.attention and free.all():  # the common case: every head of every row in one call
         left = attention_c.heads(qkv_in[r0 : r0 + n, :d], qkv_in[:, d : 2 * d], qkv_in[:, 2 * d :], merged,
